@@ -1,0 +1,97 @@
+"""The model's contract: what an exported model promises the code that serves it.
+
+Training writes it inside the TorchScript file (as an extra file) and beside it; the
+handler reads it back from the archive. Class names, input shape and normalization live
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+CONTRACT_FILE = "contract.json"
+INDEX_TO_NAME_FILE = "index_to_name.json"  # the name TorchServe's tooling expects
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    name: str
+    version: str
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...]  # per channel, of pixels scaled to [0, 1]
+    std: tuple[float, ...]
+    test_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        channels = self.input_shape[0]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"mean/std need {channels} values, one per input channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std must be positive")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelContract:
+        fields = json.loads(text)
+        for key in ("class_names", "input_shape", "mean", "std"):
+            fields[key] = tuple(fields[key])
+        return cls(**fields)
+
+    def index_to_name(self) -> dict[str, str]:
+        return {str(i): name for i, name in enumerate(self.class_names)}
+
+
+@contextmanager
+def quiet_jit() -> Iterator[None]:
+    """Silence torch>=2.13's DeprecationWarning for torch.jit, and only that.
+
+    TorchScript is deprecated upstream but it is what TorchServe 0.12's BaseHandler loads
+    (a .pt2 from torch.export is not); until the serving stack moves, the warning tells a
+    user nothing they can act on.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
+        yield
+
+
+def save_torchscript(module: torch.jit.ScriptModule, path: Path, contract: ModelContract) -> None:
+    with quiet_jit():
+        torch.jit.save(module, str(path), _extra_files={CONTRACT_FILE: contract.to_json()})
+
+
+def load_torchscript(
+    path: Path | str, map_location: str | torch.device | None = None
+) -> tuple[torch.jit.ScriptModule, ModelContract]:
+    extra_files = {CONTRACT_FILE: ""}
+    with quiet_jit():
+        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra_files)
+    if not extra_files[CONTRACT_FILE]:
+        raise ValueError(f"{path} holds no {CONTRACT_FILE}: export it with `python -m training export`")
+    return module, ModelContract.from_json(extra_files[CONTRACT_FILE])

@@ -1,0 +1,1 @@
+"""Train, evaluate and export the FashionMNIST CNN: `python -m training --help`."""
