@@ -1,0 +1,40 @@
+"""Shared fixtures. Models are exported by the project's own export code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fashion_contract import FASHION_MNIST_CLASSES, ModelContract
+from training.export import export_model
+from training.model import FashionCNN, ModelConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_contract(**overrides) -> ModelContract:
+    fields = dict(
+        name="fashion-cnn",
+        version="0.0-test",
+        class_names=FASHION_MNIST_CLASSES,
+        input_shape=(1, 28, 28),
+        mean=(0.2860,),
+        std=(0.3530,),
+        test_accuracy=None,
+    )
+    fields.update(overrides)
+    return ModelContract(**fields)
+
+
+@pytest.fixture(scope="session")
+def tiny_export_dir(tmp_path_factory) -> Path:
+    """An untrained (seeded) FashionCNN exported with a contract: model.pt + index_to_name.json.
+
+    Right for shapes, formats and plumbing; its predictions mean nothing.
+    """
+    torch.manual_seed(0)
+    out_dir = tmp_path_factory.mktemp("tiny_export")
+    export_model(FashionCNN(ModelConfig()), make_contract(), out_dir, torch.randn(4, 1, 28, 28))
+    return out_dir

@@ -1,0 +1,56 @@
+"""Export a checkpoint as TorchScript with its contract, and prove it answers like eager.
+
+    python -m training export --checkpoint artifacts/train/best.pt --out artifacts/export
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fashion_contract import (
+    INDEX_TO_NAME_FILE,
+    ModelContract,
+    load_torchscript,
+    quiet_jit,
+    save_torchscript,
+)
+from training.model import FashionCNN
+
+MODEL_FILE = "model.pt"
+PARITY_TOLERANCE = 1e-5
+
+
+class ParityError(RuntimeError):
+    pass
+
+
+def export_model(
+    model: FashionCNN, contract: ModelContract, out_dir: Path, example_batch: torch.Tensor
+) -> float:
+    """Write model.pt (TorchScript + contract) and index_to_name.json into out_dir.
+
+    Reloads the written file and compares it with the eager model on example_batch
+    (normalized, (B, C, H, W)); returns the max absolute logit difference and raises
+    ParityError above PARITY_TOLERANCE.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    with quiet_jit():
+        scripted = torch.jit.script(model)
+    model_path = out_dir / MODEL_FILE
+    save_torchscript(scripted, model_path, contract)
+    (out_dir / INDEX_TO_NAME_FILE).write_text(json.dumps(contract.index_to_name(), indent=2))
+
+    reloaded, reloaded_contract = load_torchscript(model_path)
+    if reloaded_contract != contract:
+        raise ParityError(f"contract read back from {model_path} differs from the one written")
+    with torch.inference_mode():
+        max_diff = (model(example_batch) - reloaded(example_batch)).abs().max().item()
+    if max_diff > PARITY_TOLERANCE:
+        raise ParityError(
+            f"TorchScript logits differ from eager by {max_diff:.3g} (> {PARITY_TOLERANCE:g})"
+        )
+    return max_diff
