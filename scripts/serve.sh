@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Start, stop or inspect a local TorchServe serving the model store:
+#   scripts/serve.sh start | stop | status
+# Everything the server writes (logs, pid file, key_file.json with the tokens, unpacked
+# archives, worker sockets, the effective config) stays under one run directory.
+# Settings (environment variables):
+#   RUN_DIR=run                 run directory (created; one server per run directory)
+#   MODEL_STORE=model_store     folder holding the .mar files
+#   MODEL_NAME=fashion-cnn      model whose worker must be READY before `start` returns
+#   MODELS=<MODEL_NAME>=<MODEL_NAME>.mar   what to load (torchserve --models syntax)
+#   INFERENCE_PORT=8080 MANAGEMENT_PORT=8081 METRICS_PORT=8082
+#   GRPC_INFERENCE_PORT=7070 GRPC_MANAGEMENT_PORT=7071   (all bound to 127.0.0.1)
+#   TS_CONFIG=config.properties base config; the ports above replace its addresses
+#   LOG_CONFIG=log4j2.xml       log4j2 config (quiet: warnings, errors, lifecycle only)
+#   START_TIMEOUT=120           seconds to wait for a READY worker
+#   OMP_NUM_THREADS=1           torch threads per worker (1 per worker suits 2 cores)
+#   MODEL_LOG_LEVEL=info        worker log level in logs/model_log.log (warn: stderr only)
+#   VENV=.venv                  environment with torchserve (its bin/java is used if present)
+# After `start`, RUN_DIR/endpoints.json holds the URLs and RUN_DIR/key_file.json the tokens
+# (scripts/client.py, predict.sh and explain.sh read both).
+set -euo pipefail
+repo_root=$(cd "$(dirname "$0")/.." && pwd)
+
+abspath() { mkdir -p "$1" && (cd "$1" && pwd); }
+run_dir=$(abspath "${RUN_DIR:-${repo_root}/run}")
+model_store=${MODEL_STORE:-${repo_root}/model_store}
+model_name=${MODEL_NAME:-fashion-cnn}
+models=${MODELS:-${model_name}=${model_name}.mar}
+inference_port=${INFERENCE_PORT:-8080}
+management_port=${MANAGEMENT_PORT:-8081}
+metrics_port=${METRICS_PORT:-8082}
+grpc_inference_port=${GRPC_INFERENCE_PORT:-7070}
+grpc_management_port=${GRPC_MANAGEMENT_PORT:-7071}
+ts_config=${TS_CONFIG:-${repo_root}/config.properties}
+log_config=${LOG_CONFIG:-${repo_root}/log4j2.xml}
+start_timeout=${START_TIMEOUT:-120}
+venv=${VENV:-${repo_root}/.venv}
+
+# TorchServe keys its pid file on TMPDIR and unpacks archives under TEMP: both per run dir.
+tmp_dir=${run_dir}/tmp
+log_dir=${run_dir}/logs
+pid_file=${tmp_dir}/.model_server.pid
+key_file=${run_dir}/key_file.json
+endpoints_file=${run_dir}/endpoints.json
+python=${venv}/bin/python
+
+say() { printf 'serve: %s\n' "$*"; }
+fail() { printf 'serve: %s\n' "$*" >&2; exit 1; }
+
+server_pid() {
+    # Prints the frontend's pid if the pid file names a live process.
+    local pid
+    [[ -f "$pid_file" ]] || return 1
+    pid=$(<"$pid_file")
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+descendants() {
+    local child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        echo "$child"
+        descendants "$child"
+    done
+}
+
+show_log_tail() {
+    local file
+    for file in "${log_dir}/torchserve.out" "${log_dir}/ts_log.log" "${log_dir}/model_log.log"; do
+        [[ -s "$file" ]] || continue
+        printf '\n--- last lines of %s ---\n' "$file" >&2
+        tail -n 25 "$file" >&2
+    done
+}
+
+# Prints the model's worker states, e.g. "READY", from the management API; exit 1 if unreachable.
+worker_status() {
+    "$python" - "$endpoints_file" "$key_file" "$model_name" <<'PY'
+import json, sys, urllib.request
+endpoints_file, key_file, model = sys.argv[1:]
+url = json.load(open(endpoints_file))["management"] + "/models/" + model
+key = json.load(open(key_file))["management"]["key"]
+request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+with urllib.request.urlopen(request, timeout=5) as response:
+    described = json.load(response)
+print(" ".join(w["status"] for version in described for w in version.get("workers", [])))
+PY
+}
+
+write_run_config() {
+    # The base config with this run's addresses and ports (nothing else changes).
+    grep -Ev '^[[:space:]]*(inference_address|management_address|metrics_address|grpc_inference_address|grpc_management_address|grpc_inference_port|grpc_management_port|model_store|load_models)[[:space:]]*=' \
+        "$ts_config" >"${run_dir}/config.properties"
+    cat >>"${run_dir}/config.properties" <<EOF
+
+# --- set by scripts/serve.sh for this run ---
+inference_address=http://127.0.0.1:${inference_port}
+management_address=http://127.0.0.1:${management_port}
+metrics_address=http://127.0.0.1:${metrics_port}
+grpc_inference_address=127.0.0.1
+grpc_management_address=127.0.0.1
+grpc_inference_port=${grpc_inference_port}
+grpc_management_port=${grpc_management_port}
+EOF
+    cat >"$endpoints_file" <<EOF
+{
+  "inference": "http://127.0.0.1:${inference_port}",
+  "management": "http://127.0.0.1:${management_port}",
+  "metrics": "http://127.0.0.1:${metrics_port}",
+  "model": "${model_name}",
+  "key_file": "${key_file}"
+}
+EOF
+}
+
+start() {
+    local pid deadline states=""
+    if pid=$(server_pid); then
+        say "already running (pid ${pid}) in ${run_dir}; 'scripts/serve.sh stop' first to restart"
+        return 0
+    fi
+    [[ -x "${venv}/bin/torchserve" ]] || fail "torchserve not in ${venv}: run scripts/setup.sh"
+    [[ -f "$ts_config" ]] || fail "no config at ${ts_config}"
+    [[ -d "$model_store" ]] || fail "no model store at ${model_store}: run scripts/archive.sh"
+    model_store=$(cd "$model_store" && pwd)
+    local mar=${models#*=}
+    [[ "$models" == *"://"* || -e "${model_store}/${mar}" ]] ||
+        fail "no ${model_store}/${mar}: run scripts/archive.sh"
+
+    mkdir -p "$tmp_dir" "$log_dir"
+    rm -f "$key_file"
+    write_run_config
+
+    # The key file is written to the current directory, so start from the run directory.
+    # `torchserve --start` leaves java holding its stdout: send it to a file.
+    say "starting TorchServe (logs in ${log_dir})"
+    (
+        cd "$run_dir"
+        exec env PATH="${venv}/bin:${PATH}" TMPDIR="$tmp_dir" TEMP="$tmp_dir" \
+            LOG_LOCATION="$log_dir" METRICS_LOCATION="$log_dir" \
+            OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" \
+            torchserve --start --ncs \
+            --model-store "$model_store" \
+            --models "$models" \
+            --ts-config "${run_dir}/config.properties" \
+            --log-config "$log_config"
+    ) >"${log_dir}/torchserve.out" 2>&1 </dev/null || {
+        show_log_tail
+        fail "torchserve --start failed"
+    }
+
+    # /ping turns healthy before the worker has loaded the model: wait for READY instead.
+    deadline=$((SECONDS + start_timeout))
+    while ((SECONDS < deadline)); do
+        if ! server_pid >/dev/null; then
+            show_log_tail
+            fail "TorchServe exited during start-up (see ${log_dir})"
+        fi
+        if [[ -f "$key_file" ]] && states=$(worker_status 2>/dev/null) && [[ " $states " == *" READY "* ]]; then
+            say "model ${model_name} is READY (pid $(server_pid))"
+            say "inference:  http://127.0.0.1:${inference_port}/predictions/${model_name}"
+            say "explain:    http://127.0.0.1:${inference_port}/explanations/${model_name}"
+            say "management: http://127.0.0.1:${management_port}/models/${model_name}"
+            say "metrics:    http://127.0.0.1:${metrics_port}/metrics"
+            say "tokens:     ${key_file} (send 'Authorization: Bearer <inference.key>')"
+            say "stop with:  ${RUN_DIR:+RUN_DIR=${run_dir} }scripts/serve.sh stop"
+            return 0
+        fi
+        sleep 1
+    done
+    show_log_tail
+    say "worker states: ${states:-unknown}; stopping the server"
+    stop >/dev/null 2>&1 || true
+    fail "model ${model_name} not READY after ${start_timeout}s (see ${log_dir})"
+}
+
+stop() {
+    local pid leftover=() waited=0
+    if ! pid=$(server_pid); then
+        say "not running (no live pid in ${pid_file})"
+        rm -f "$pid_file" "$key_file"
+        return 0
+    fi
+    mapfile -t leftover < <(descendants "$pid")
+    (
+        cd "$run_dir"
+        exec env PATH="${venv}/bin:${PATH}" TMPDIR="$tmp_dir" TEMP="$tmp_dir" torchserve --stop
+    ) >>"${log_dir}/torchserve.out" 2>&1 </dev/null || true
+    while kill -0 "$pid" 2>/dev/null && ((waited < 30)); do
+        sleep 1
+        waited=$((waited + 1))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "pid ${pid} still alive after ${waited}s: sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    # Workers normally exit with the frontend; make sure none of ours is left behind.
+    for child in "${leftover[@]}"; do
+        kill -0 "$child" 2>/dev/null && kill -KILL "$child" 2>/dev/null || true
+    done
+    rm -f "$pid_file" "$key_file"
+    say "stopped (pid ${pid})"
+}
+
+status() {
+    local pid states
+    if ! pid=$(server_pid); then
+        say "not running (run dir ${run_dir})"
+        return 3
+    fi
+    say "running (pid ${pid}, run dir ${run_dir})"
+    if states=$(worker_status 2>/dev/null); then
+        say "model ${model_name} workers: ${states:-none}"
+        [[ " $states " == *" READY "* ]] || return 1
+    else
+        say "management API not answering for ${model_name}"
+        return 1
+    fi
+    "$python" -c 'import json, sys; [print(f"serve: {k}: {v}") for k, v in json.load(open(sys.argv[1])).items()]' "$endpoints_file"
+}
+
+case "${1:-}" in
+start) start ;;
+stop) stop ;;
+status) status ;;
+*) fail "usage: scripts/serve.sh start|stop|status (settings: see the header of $0)" ;;
+esac
