@@ -1,0 +1,213 @@
+"""TorchServe handler for the FashionMNIST CNN: predictions and integrated-gradients explanations.
+
+Thin on purpose: decoding lives in fashion_image, request parsing in fashion_request,
+top-k in fashion_predict, explanations in fashion_explain. This class wires them to
+TorchServe's lifecycle and answers each request of a batch on its own:
+
+- a bad request gets a 4xx JSON body {"code", "type", "message"} through
+  context.set_response_status(code, phrase, idx); the rest of the batch is still served;
+- each request's own `explain` header decides prediction or explanation (the stock
+  BaseHandler.handle looks at request 0 only and would explain a whole mixed batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import fashion_errors as errors
+import numpy as np
+import torch
+from fashion_explain import black_baseline, heatmap_base64, integrated_gradients, round_attributions
+from fashion_image import prepare_image, to_batch_tensor
+from fashion_predict import PROBABILITY_DECIMALS, top_k_batch
+from fashion_request import OptionLimits, RequestOptions, parse_request
+from ts.torch_handler.base_handler import BaseHandler
+
+from fashion_contract import load_torchscript
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """The `handler:` section of model-config.yaml, with defaults for keys left out."""
+
+    topk: int = 5
+    ig_steps: int = 50
+    max_ig_steps: int = 200
+    torch_threads: int = 1
+    max_image_pixels: int = 36_000_000
+    max_image_bytes: int = 16 * 1024 * 1024
+
+    @classmethod
+    def from_model_yaml(cls, model_yaml_config: dict | None) -> HandlerSettings:
+        section = (model_yaml_config or {}).get("handler") or {}
+        known = {key: int(section[key]) for key in cls.__dataclass_fields__ if key in section}
+        return cls(**known)
+
+
+@dataclass
+class PreparedBatch:
+    """The good requests of a batch (in batch order) and the refused ones by batch index."""
+
+    indices: list[int] = field(default_factory=list)
+    pixels: list[np.ndarray] = field(default_factory=list)  # (H, W) uint8 each
+    options: list[RequestOptions] = field(default_factory=list)
+    refused: dict[int, errors.RequestError] = field(default_factory=dict)
+
+
+def wants_explanation(context, idx: int) -> bool:
+    """Whether request `idx` came through an explanations endpoint (header explain: True)."""
+    headers = context.get_all_request_header(idx) or {}
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == "explain" and isinstance(value, str):
+            return value.strip().lower() == "true"
+    return False
+
+
+class FashionHandler(BaseHandler):
+    def initialize(self, context) -> None:
+        properties = context.system_properties
+        self.settings = HandlerSettings.from_model_yaml(getattr(context, "model_yaml_config", None))
+        # One intra-op thread per worker: torch's default (one per core) spins between ops
+        # and fights the frontend and other workers for the same cores.
+        torch.set_num_threads(self.settings.torch_threads)
+
+        gpu_id = properties.get("gpu_id")
+        if gpu_id is not None and torch.cuda.is_available():
+            self.device = torch.device(f"cuda:{gpu_id}")
+        else:
+            self.device = torch.device("cpu")
+
+        self.manifest = context.manifest
+        serialized_file = self.manifest["model"]["serializedFile"]
+        self.model_pt_path = os.path.join(properties["model_dir"], serialized_file)
+        self.model, self.contract = load_torchscript(self.model_pt_path, map_location=self.device)
+        self.model.eval()
+
+        self.input_size = tuple(self.contract.input_shape[1:])  # (H, W)
+        self.limits = OptionLimits(
+            default_topk=min(self.settings.topk, self.contract.num_classes),
+            default_steps=min(self.settings.ig_steps, self.settings.max_ig_steps),
+            max_steps=self.settings.max_ig_steps,
+        )
+        self.baseline = black_baseline(self.contract.mean, self.contract.std, self.input_size)
+        self.baseline = self.baseline.to(self.device)
+        self.initialized = True
+        logger.info(
+            "Loaded %s %s on %s (%s)",
+            self.contract.name,
+            self.contract.version,
+            self.device,
+            self.settings,
+        )
+
+    def handle(self, data: list[dict], context) -> list:
+        start = time.perf_counter()
+        self.context = context
+        responses: list = [None] * len(data)
+        prepared = self.preprocess(data)
+        for idx, error in prepared.refused.items():
+            context.set_response_status(error.code, error.phrase, idx)
+            responses[idx] = error.to_body()
+
+        if prepared.indices:
+            batch = to_batch_tensor(
+                prepared.pixels, self.contract.mean, self.contract.std, self.device
+            )
+            probabilities = self.inference(batch)
+            explain_rows = [
+                row for row, idx in enumerate(prepared.indices) if wants_explanation(context, idx)
+            ]
+            predict_rows = [row for row in range(len(prepared.indices)) if row not in explain_rows]
+            if predict_rows:
+                answers = self.postprocess(
+                    probabilities[predict_rows], [prepared.options[r] for r in predict_rows]
+                )
+                for row, answer in zip(predict_rows, answers, strict=True):
+                    responses[prepared.indices[row]] = answer
+            if explain_rows:
+                answers = self.explain_handle(batch, probabilities, prepared, explain_rows)
+                for row, answer in zip(explain_rows, answers, strict=True):
+                    responses[prepared.indices[row]] = answer
+
+        for idx in range(len(data)):
+            context.set_response_content_type(idx, JSON)
+        metrics = getattr(context, "metrics", None)
+        if metrics is not None:
+            metrics.add_time(
+                "HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms"
+            )
+        return responses
+
+    def preprocess(self, data: list[dict]) -> PreparedBatch:
+        """Parse and decode each request; a bad one is set aside with its error."""
+        prepared = PreparedBatch()
+        for idx, request in enumerate(data):
+            try:
+                image_bytes, options = parse_request(
+                    request, self.contract.class_names, self.limits, self.settings.max_image_bytes
+                )
+                pixels = prepare_image(
+                    image_bytes, self.input_size, options.invert, self.settings.max_image_pixels
+                )
+            except errors.RequestError as error:
+                logger.info("Request %d refused: %s %s", idx, error.code, error.message)
+                prepared.refused[idx] = error
+                continue
+            prepared.indices.append(idx)
+            prepared.pixels.append(pixels)
+            prepared.options.append(options)
+        return prepared
+
+    def inference(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) normalized images -> (N, num_classes) probabilities."""
+        with torch.inference_mode():
+            return torch.softmax(self.model(batch), dim=1)
+
+    def postprocess(self, probabilities: torch.Tensor, options: list[RequestOptions]) -> list[dict]:
+        return top_k_batch(probabilities, self.contract.class_names, [o.topk for o in options])
+
+    def explain_handle(
+        self,
+        batch: torch.Tensor,
+        probabilities: torch.Tensor,
+        prepared: PreparedBatch,
+        rows: list[int],
+    ) -> list[dict]:
+        """Integrated gradients for the given rows, each for its own target: the requested
+        class, else the predicted one. Rows asking for different step counts run apart."""
+        predicted = probabilities.argmax(dim=1).tolist()
+        targets = [
+            prepared.options[r].target if prepared.options[r].target is not None else predicted[r]
+            for r in rows
+        ]
+        answers: dict[int, dict] = {}
+        for steps in sorted({prepared.options[r].steps for r in rows}):
+            group = [
+                (r, t)
+                for r, t in zip(rows, targets, strict=True)
+                if prepared.options[r].steps == steps
+            ]
+            group_rows = [r for r, _ in group]
+            attributions, deltas = integrated_gradients(
+                self.model, batch[group_rows], self.baseline, [t for _, t in group], steps
+            )
+            # Grayscale input: channels carry the same pixel, so their attributions add up.
+            attributions_hw = attributions.sum(dim=1).cpu().numpy()  # (n, H, W)
+            for i, (row, target) in enumerate(group):
+                answers[row] = {
+                    "target": target,
+                    "target_name": self.contract.class_names[target],
+                    "probability": round(float(probabilities[row, target]), PROBABILITY_DECIMALS),
+                    "steps": steps,
+                    "delta": float(deltas[i]),
+                    "attributions": round_attributions(attributions_hw[i]),
+                    "heatmap_png": heatmap_base64(prepared.pixels[row], attributions_hw[i]),
+                }
+        return [answers[r] for r in rows]

@@ -1,0 +1,182 @@
+"""Image bytes -> the (N, C, H, W) tensor the model was trained on.
+
+FashionMNIST items are light garments on a black background, 28x28, grayscale. A person
+sends anything Pillow reads (PNG, JPEG, WebP, BMP, GIF, TIFF, ...), in any size, maybe
+rotated by EXIF, maybe with transparency, maybe a dark item photographed on a light table.
+These functions bring such an image to the training distribution as far as is cheap.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import fashion_errors as errors
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+ACCEPTED_FORMATS = "PNG, JPEG, WebP, BMP, GIF (first frame) or TIFF"
+# Above this border brightness (0..1) the background is taken to be light, so the image is
+# inverted to light-on-black like FashionMNIST. See should_invert.
+AUTO_INVERT_BORDER_BRIGHTNESS = 0.5
+INVERT_MODES = ("auto", "true", "false")
+
+_EXIF_ORIENTATION = 0x0112
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def decode_image(image_bytes: bytes, max_pixels: int, draft_size: tuple[int, int]) -> Image.Image:
+    """Decode to an upright grayscale image: mode "L", or "LA" where the image has transparency.
+
+    Refuses an image above `max_pixels` from its header, before decoding a pixel, so a
+    decompression bomb costs nothing. JPEGs are decoded at a reduced scale (Pillow's draft)
+    no smaller than `draft_size` (H, W), which is most of a JPEG's decoding time saved.
+    """
+    if not image_bytes:
+        raise errors.empty_request("The request holds no image bytes: send one image.")
+    try:
+        image = Image.open(io.BytesIO(image_bytes))
+    except Image.DecompressionBombError as exc:
+        raise errors.image_too_large(
+            f"The image is too large to decode ({exc}); send at most {max_pixels:,} pixels."
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise errors.invalid_image(
+            f"The body is not an image Pillow can read; send a {ACCEPTED_FORMATS} file."
+        ) from exc
+
+    width, height = image.size
+    if width * height > max_pixels:
+        raise errors.image_too_large(
+            f"The image is {width}x{height} = {width * height:,} pixels; "
+            f"at most {max_pixels:,} are accepted. Resize it before sending."
+        )
+    if width == 0 or height == 0:
+        raise errors.invalid_image(f"The image is {width}x{height}: it has no pixels.")
+
+    if image.format == "JPEG":
+        # Grayscale straight from the decoder, at the smallest DCT scale still >= twice the
+        # model's input: the later resize then has enough pixels to antialias from.
+        side = 2 * max(draft_size)
+        image.draft("L", (side, side))
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise errors.invalid_image(
+            f"The image could not be decoded: it is truncated or corrupt ({exc}). "
+            f"Send a complete {ACCEPTED_FORMATS} file."
+        ) from exc
+
+    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    return _to_luminance(image)
+
+
+def _to_luminance(image: Image.Image) -> Image.Image:
+    """Grayscale, keeping an alpha channel where there is one ("L" or "LA")."""
+    if image.mode in ("L", "LA"):
+        return image
+    if image.mode == "P":
+        has_alpha = "transparency" in image.info
+        return image.convert("LA" if has_alpha else "L")
+    if image.mode in _ALPHA_MODES:
+        return image.convert("LA")
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+        # Pillow's own conversion clips 16-bit and float pixels to 255; scale them instead.
+        values = np.asarray(image, dtype=np.float32)
+        peak = 1.0 if image.mode == "F" and values.max() <= 1.0 else 255.0
+        if image.mode != "F" and values.max() > 255:
+            peak = 65535.0
+        scaled = np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L")
+    return image.convert("L")
+
+
+def fit_to_size(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """Resize keeping the aspect ratio, flatten alpha, and centre on an (H, W) uint8 canvas.
+
+    Transparent pixels become black when the visible content is light and white when it is
+    dark, so the item always stands out from its background. The padding takes the colour
+    of the resized image's border, so it reads as more background, not as a frame.
+    """
+    height, width = size
+    scale = min(width / image.width, height / image.height)
+    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if new_size != image.size:
+        image = image.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+    if image.mode == "LA":
+        pixels = _composite_alpha(np.asarray(image))
+    else:
+        pixels = np.asarray(image, dtype=np.uint8)
+
+    if pixels.shape == (height, width):
+        return pixels
+    fill = round(float(border_pixels(pixels).mean()))
+    canvas = np.full((height, width), fill, dtype=np.uint8)
+    top = (height - pixels.shape[0]) // 2
+    left = (width - pixels.shape[1]) // 2
+    canvas[top : top + pixels.shape[0], left : left + pixels.shape[1]] = pixels
+    return canvas
+
+
+def _composite_alpha(gray_alpha: np.ndarray) -> np.ndarray:
+    gray = gray_alpha[..., 0].astype(np.float32)
+    alpha = gray_alpha[..., 1].astype(np.float32) / 255.0
+    coverage = float(alpha.sum())
+    content_brightness = float((gray * alpha).sum()) / coverage if coverage > 0 else 255.0
+    background = 0.0 if content_brightness >= 128 else 255.0
+    flat = gray * alpha + background * (1.0 - alpha)
+    return np.rint(flat).astype(np.uint8)
+
+
+def border_pixels(pixels: np.ndarray) -> np.ndarray:
+    """The outermost ring of a 2-D image, as a flat array."""
+    if min(pixels.shape) <= 2:
+        return pixels.ravel()
+    return np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+
+
+def should_invert(pixels: np.ndarray, invert: str) -> bool:
+    """Whether to invert a fitted uint8 image: "true", "false", or "auto".
+
+    Auto: invert when the mean brightness of the image's outer ring of pixels is above
+    AUTO_INVERT_BORDER_BRIGHTNESS (0.5 of white), i.e. a light background, the opposite of
+    FashionMNIST's black one.
+    """
+    if invert == "true":
+        return True
+    if invert == "false":
+        return False
+    return float(border_pixels(pixels).mean()) / 255.0 > AUTO_INVERT_BORDER_BRIGHTNESS
+
+
+def prepare_image(
+    image_bytes: bytes, size: tuple[int, int], invert: str, max_pixels: int
+) -> np.ndarray:
+    """Image bytes -> the (H, W) uint8 image the model sees (before normalization)."""
+    pixels = fit_to_size(decode_image(image_bytes, max_pixels, size), size)
+    if should_invert(pixels, invert):
+        pixels = 255 - pixels
+    return pixels
+
+
+def to_batch_tensor(
+    images: Sequence[np.ndarray],
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Stack (H, W) uint8 images into one normalized float batch (N, C, H, W) on `device`.
+
+    Copied to the device as uint8 (4x fewer bytes), then scaled and normalized there.
+    Grayscale is repeated over C channels when the contract asks for more than one.
+    """
+    channels = len(mean)
+    stacked = torch.from_numpy(np.stack(images)).to(device)  # (N, H, W) uint8
+    batch = stacked.unsqueeze(1).expand(-1, channels, -1, -1).float()  # (N, C, H, W)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, channels, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, channels, 1, 1)
+    return batch.div_(255.0).sub_(mean_t).div_(std_t)

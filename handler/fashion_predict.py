@@ -1,0 +1,38 @@
+"""Model outputs -> the JSON TorchServe's image_classifier users expect."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+PROBABILITY_DECIMALS = 6
+
+
+def top_k(probabilities: torch.Tensor, class_names: Sequence[str], k: int) -> dict[str, float]:
+    """One example's (C,) probabilities -> {class name: probability} for the k most likely,
+    highest first (a JSON object keeps this order)."""
+    values, indices = torch.topk(probabilities, k)
+    return {
+        class_names[index]: round(value, PROBABILITY_DECIMALS)
+        for value, index in zip(values.tolist(), indices.tolist(), strict=True)
+    }
+
+
+def top_k_batch(
+    probabilities: torch.Tensor, class_names: Sequence[str], ks: Sequence[int]
+) -> list[dict[str, float]]:
+    """(N, C) probabilities and one k per example -> one top-k object per example.
+
+    One topk call and one device-to-host copy for the whole batch, at the largest k.
+    """
+    largest = max(ks)
+    values, indices = torch.topk(probabilities, largest, dim=1)
+    values, indices = values.tolist(), indices.tolist()
+    return [
+        {
+            class_names[index]: round(value, PROBABILITY_DECIMALS)
+            for value, index in zip(row_values[:k], row_indices[:k], strict=True)
+        }
+        for row_values, row_indices, k in zip(values, indices, ks, strict=True)
+    ]
