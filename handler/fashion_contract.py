@@ -93,5 +93,7 @@ def load_torchscript(
     with quiet_jit():
         module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra_files)
     if not extra_files[CONTRACT_FILE]:
-        raise ValueError(f"{path} holds no {CONTRACT_FILE}: export it with `python -m training export`")
+        raise ValueError(
+            f"{path} holds no {CONTRACT_FILE}: export it with `python -m training export`"
+        )
     return module, ModelContract.from_json(extra_files[CONTRACT_FILE])

@@ -1,6 +1,6 @@
 """Export a checkpoint as TorchScript with its contract, and prove it answers like eager.
 
-    python -m training export --checkpoint artifacts/train/best.pt --out artifacts/export
+python -m training export --checkpoint artifacts/train/best.pt --out artifacts/export
 """
 
 from __future__ import annotations

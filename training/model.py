@@ -35,6 +35,7 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 class FashionCNN(nn.Module):
     def __init__(self, config: ModelConfig = ModelConfig()) -> None:
         super().__init__()
+        self.config = config
         c1, c2, c3 = config.channels
         self.features = nn.Sequential(
             conv_block(config.in_channels, c1),  # (B, c1, 28, 28)

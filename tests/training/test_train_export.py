@@ -1,0 +1,127 @@
+import json
+
+import pytest
+import torch
+
+from fashion_contract import FASHION_MNIST_CLASSES, INDEX_TO_NAME_FILE, load_torchscript
+from tests.conftest import make_contract
+from tests.training.idx_files import write_dataset
+from training import data, export
+from training import train as train_module
+from training.__main__ import main
+from training.model import FashionCNN
+from training.train import augment, load_checkpoint, normalize
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("idx"), n_train=600, n_test=200)
+
+
+@pytest.fixture(scope="module")
+def trained_dir(dataset_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    args = ["train", "--data-dir", str(dataset_dir), "--out", str(out), "--epochs", "2"]
+    assert main([*args, "--val-size", "100", "--batch-size", "64", "--threads", "1"]) == 0
+    return out
+
+
+def test_training_writes_checkpoint_metrics_and_plots(trained_dir):
+    metrics = json.loads((trained_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2
+    assert set(metrics["per_class_accuracy"]) == set(FASHION_MNIST_CLASSES)
+    assert metrics["train_seconds"] > 0
+    # the synthetic classes are a bright band at the label's height: easy to learn
+    assert metrics["test_accuracy"] > 0.5
+    for name in ("best.pt", "last.pt", "confusion_matrix.png", "learning_curves.png"):
+        assert (trained_dir / name).stat().st_size > 0
+    _, state = load_checkpoint(trained_dir / "best.pt")
+    assert len(state["history"]) == 2
+    assert state["val_accuracy"] == max(row["val_accuracy"] for row in state["history"])
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(
+    dataset_dir, tmp_path, monkeypatch
+):
+    def run(out, *extra):
+        argv = ["train", "--data-dir", str(dataset_dir), "--out", str(out), "--epochs", "2"]
+        return main([*argv, "--val-size", "100", "--threads", "1", *extra])
+
+    assert run(tmp_path / "whole") == 0
+
+    real_evaluate = train_module.evaluate
+    calls = []
+
+    def interrupt_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "split")
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    assert torch.load(tmp_path / "split" / "last.pt", weights_only=False)["epoch"] == 1
+    assert run(tmp_path / "split", "--resume", str(tmp_path / "split" / "last.pt")) == 0
+
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    assert [row["epoch"] for row in resumed["history"]] == [1, 2]
+    for name, tensor in whole["model_state"].items():
+        assert torch.equal(tensor, resumed["model_state"][name]), name
+
+
+def test_dry_run_runs_a_few_batches(dataset_dir, tmp_path):
+    assert main(["train", "--data-dir", str(dataset_dir), "--out", str(tmp_path), "--dry-run"]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_export_round_trips_the_contract_and_matches_eager(trained_dir, dataset_dir, tmp_path):
+    argv = ["export", "--checkpoint", str(trained_dir / "best.pt"), "--out", str(tmp_path)]
+    assert main([*argv, "--data-dir", str(dataset_dir), "--version", "2.1"]) == 0
+    scripted, contract = load_torchscript(tmp_path / export.MODEL_FILE)
+    metrics = json.loads((trained_dir / "metrics.json").read_text())
+    eager, state = load_checkpoint(trained_dir / "best.pt")
+    assert contract.class_names == FASHION_MNIST_CLASSES
+    assert contract.input_shape == (1, 28, 28)
+    assert contract.mean == (state["mean"],) and contract.std == (state["std"],)
+    assert contract.version == "2.1" and contract.test_accuracy == metrics["test_accuracy"]
+    index_to_name = json.loads((tmp_path / INDEX_TO_NAME_FILE).read_text())
+    assert index_to_name == {str(i): name for i, name in enumerate(FASHION_MNIST_CLASSES)}
+    batch = normalize(data.read_split(dataset_dir, "test").images[:32], state["mean"], state["std"])
+    with torch.inference_mode():
+        assert torch.allclose(scripted(batch), eager(batch), atol=1e-5)
+
+
+def test_export_fails_when_parity_is_broken(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # no difference can pass
+    with pytest.raises(export.ParityError, match="differ from eager"):
+        export.export_model(FashionCNN(), make_contract(), tmp_path, torch.randn(2, 1, 28, 28))
+
+
+def test_augment_only_flips_and_shifts():
+    torch.manual_seed(0)
+    background = -1.0
+    batch = torch.rand(16, 1, 28, 28)
+    out = augment(batch, torch.Generator().manual_seed(1), background)
+    assert out.shape == batch.shape
+    padded = torch.nn.functional.pad(batch, (2, 2, 2, 2), value=background)
+    for original, augmented in zip(padded, out, strict=True):
+        candidates = [
+            image[:, dy : dy + 28, dx : dx + 28]
+            for image in (original, original.flip(-1))
+            for dy in range(5)
+            for dx in range(5)
+        ]
+        assert any(torch.equal(augmented, c) for c in candidates)
+
+
+@pytest.mark.slow
+def test_one_short_epoch_on_real_data_learns(tmp_path):
+    if data.find_data_dir() is None:
+        pytest.skip("real FashionMNIST not found (apt-get install dataset-fashion-mnist)")
+    args = ["train", "--out", str(tmp_path), "--epochs", "1", "--train-subset", "8000"]
+    assert main([*args, "--val-size", "1000", "--no-download"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.70  # chance is 0.10

@@ -1,0 +1,90 @@
+"""Evaluate on the test set: accuracy, per-class accuracy, confusion matrix and learning curves.
+
+python -m training evaluate --checkpoint artifacts/train/best.pt --out artifacts/train
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt
+import torch
+
+from fashion_contract import FASHION_MNIST_CLASSES
+from training.data import Split
+from training.train import evaluate, normalize, peak_memory_mb
+
+METRICS_FILE = "metrics.json"
+
+
+def confusion_matrix(
+    labels: torch.Tensor, predicted: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """(num_classes, num_classes) counts; rows are true classes, columns predictions."""
+    flat = labels * num_classes + predicted
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def plot_confusion(matrix: torch.Tensor, class_names: tuple[str, ...], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 7))
+    ax.imshow(matrix, cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max().item() / 2
+    for row, counts in enumerate(matrix.tolist()):
+        for col, count in enumerate(counts):
+            color = "white" if count > threshold else "black"
+            ax.text(col, row, count, ha="center", va="center", fontsize=8, color=color)
+    ax.set_title("FashionMNIST test set: confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_learning_curves(history: list[dict], path: Path) -> None:
+    epochs = [row["epoch"] for row in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for split in ("train", "val"):
+        loss_ax.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
+        acc_ax.plot(epochs, [row[f"{split}_accuracy"] for row in history], marker="o", label=split)
+    loss_ax.set(xlabel="epoch", ylabel="loss (train: with label smoothing)", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate_checkpoint(model: torch.nn.Module, state: dict, test: Split, out_dir: Path) -> dict:
+    """Write metrics.json, confusion_matrix.png and learning_curves.png; return the metrics."""
+    x_test = normalize(test.images, state["mean"], state["std"])
+    test_loss, test_accuracy, predicted = evaluate(model, x_test, test.labels)
+    matrix = confusion_matrix(test.labels, predicted, len(FASHION_MNIST_CLASSES))
+    per_class = (matrix.diag() / matrix.sum(1).clamp(min=1)).tolist()
+    history = state["history"]
+    metrics = dict(
+        test_accuracy=test_accuracy,
+        test_loss=test_loss,
+        per_class_accuracy=dict(zip(FASHION_MNIST_CLASSES, per_class, strict=True)),
+        epochs=len(history),
+        best_epoch=state["epoch"],
+        best_val_accuracy=state["val_accuracy"],
+        train_seconds=round(state["train_seconds"], 1),
+        seconds_per_epoch=[round(row["seconds"], 1) for row in history],
+        peak_memory_mb=round(peak_memory_mb()),
+        confusion_matrix=matrix.tolist(),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    plot_confusion(matrix, FASHION_MNIST_CLASSES, out_dir / "confusion_matrix.png")
+    plot_learning_curves(history, out_dir / "learning_curves.png")
+    return metrics

@@ -1,0 +1,229 @@
+"""Train the CNN: held-out validation, AdamW + OneCycle, augmentation, best checkpoint kept.
+
+python -m training train --out artifacts/train            # the full recipe
+python -m training train --dry-run --out /tmp/dry         # a few batches, end to end
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training.data import Split
+from training.model import FashionCNN, ModelConfig, parameter_summary
+
+log = logging.getLogger(__name__)
+
+MAX_SHIFT_PX = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256
+    max_lr: float = 3e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    val_size: int = 5000
+    seed: int = 0
+    train_subset: int | None = None  # use only the first N training images (quick runs)
+    max_batches: int | None = None  # per epoch; set by --dry-run
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> normalized float (N, 1, 28, 28)."""
+    return ((images.float() / 255.0 - mean) / std).unsqueeze(1)
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator, background: float) -> torch.Tensor:
+    """Random horizontal flip and a shift of up to MAX_SHIFT_PX per image. (B, 1, H, W).
+
+    background is the normalized value of a black pixel, which fills what a shift uncovers.
+    """
+    n, _, h, w = batch.shape
+    flip = torch.rand(n, generator=generator, device=batch.device) < 0.5
+    batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+    # A shift is a randomly offset 28x28 window cut out of a padded copy, by indexing.
+    padded = F.pad(batch, (MAX_SHIFT_PX,) * 4, value=background)
+    dy, dx = (torch.randint(0, 2 * MAX_SHIFT_PX + 1, (2, n), generator=generator)).to(batch.device)
+    rows = (dy[:, None] + torch.arange(h, device=batch.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=batch.device))[:, None, None, :]  # (B, 1, 1, W)
+    index = torch.arange(n, device=batch.device)[:, None, None, None]
+    return padded[index, 0:1, rows, cols].view(n, 1, h, w)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and predictions of model on normalized images (N, 1, H, W)."""
+    model.eval()
+    device = next(model.parameters()).device
+    losses, predictions = [], []
+    for start in range(0, len(labels), batch_size):
+        x = images[start : start + batch_size].to(device)
+        y = labels[start : start + batch_size].to(device)
+        logits = model(x).float()
+        losses.append(F.cross_entropy(logits, y, reduction="sum").item())
+        predictions.append(logits.argmax(1).cpu())
+    predicted = torch.cat(predictions)
+    accuracy = (predicted == labels).float().mean().item()
+    return sum(losses) / len(labels), accuracy, predicted
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train(
+    train_split: Split,
+    config: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+    resume: Path | None = None,
+) -> dict:
+    """Train and write last.pt / best.pt into out_dir. Returns the best checkpoint dict."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    images, labels = train_split.images, train_split.labels
+    if config.train_subset:
+        images, labels = images[: config.train_subset], labels[: config.train_subset]
+    order = torch.randperm(len(labels), generator=generator)
+    val_idx, train_idx = order[: config.val_size], order[config.val_size :]
+    # Normalization comes from the training images only; it becomes part of the contract.
+    mean = (images[train_idx].float() / 255).mean().item()
+    std = (images[train_idx].float() / 255).std().item()
+    # Whole splits live in memory as tensors: 55k x 784 floats is 172 MB, and skipping a
+    # DataLoader saves more time per epoch than anything else on a small CPU.
+    x_train, y_train = normalize(images[train_idx], mean, std), labels[train_idx]
+    x_val, y_val = normalize(images[val_idx], mean, std), labels[val_idx]
+
+    model = FashionCNN(config.model).to(device)
+    log.info("model:\n%s", parameter_summary(model))
+    # channels_last: about 10 % faster convolutions on CPU, and the layout tensor cores want.
+    model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch = -(-len(y_train) // config.batch_size)
+    if config.max_batches:
+        steps_per_epoch = min(steps_per_epoch, config.max_batches)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.max_lr, total_steps=config.epochs * steps_per_epoch
+    )
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    start_epoch, history, best, train_seconds = 1, [], None, 0.0
+    if resume:
+        state = torch.load(resume, map_location=device, weights_only=False)
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        scheduler.load_state_dict(state["scheduler_state"])
+        generator.set_state(state["generator_state"])
+        torch.set_rng_state(state["torch_rng_state"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        train_seconds = state["train_seconds"]
+        best_path = out_dir / "best.pt"
+        best = torch.load(best_path, weights_only=False) if best_path.exists() else None
+        log.info("resumed from %s at epoch %d", resume, start_epoch)
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        permutation = torch.randperm(len(y_train), generator=generator)
+        batches = permutation.split(config.batch_size)[:steps_per_epoch]
+        loss_sum = correct = seen = 0
+        progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False)
+        for batch_idx in progress:
+            x = augment(x_train[batch_idx], generator, background=-mean / std).to(device)
+            x = x.contiguous(memory_format=torch.channels_last)
+            y = y_train[batch_idx].to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            progress.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        epoch_seconds = time.perf_counter() - started
+        train_seconds += epoch_seconds
+        val_loss, val_accuracy, _ = evaluate(model, x_val, y_val)
+        history.append(
+            dict(
+                epoch=epoch,
+                train_loss=loss_sum / seen,
+                train_accuracy=correct / seen,
+                val_loss=val_loss,
+                val_accuracy=val_accuracy,
+                seconds=epoch_seconds,
+            )
+        )
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s",
+            epoch, config.epochs, loss_sum / seen, correct / seen, val_loss, val_accuracy,
+            epoch_seconds,
+        )  # fmt: skip
+        state = dict(
+            model_config=asdict(config.model),
+            train_config=asdict(config),
+            model_state=model.state_dict(),
+            optimizer_state=optimizer.state_dict(),
+            scheduler_state=scheduler.state_dict(),
+            generator_state=generator.get_state(),
+            torch_rng_state=torch.get_rng_state(),  # dropout draws from it
+            epoch=epoch,
+            history=history,
+            val_accuracy=val_accuracy,
+            train_seconds=train_seconds,
+            mean=mean,
+            std=std,
+        )
+        torch.save(state, out_dir / "last.pt")
+        if best is None or val_accuracy > best["val_accuracy"]:
+            best = state
+            torch.save(state, out_dir / "best.pt")
+    best = dict(best, history=history, train_seconds=train_seconds)
+    torch.save(best, out_dir / "best.pt")  # with the whole run's history and time
+    log.info("peak memory %.0f MB", peak_memory_mb())
+    return best
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[FashionCNN, dict]:
+    state = torch.load(path, map_location=device, weights_only=False)
+    config = dict(state["model_config"])
+    config["channels"] = tuple(config["channels"])
+    model = FashionCNN(ModelConfig(**config)).to(device)
+    model.load_state_dict(state["model_state"])
+    return model.to(memory_format=torch.contiguous_format).eval(), state
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0))
