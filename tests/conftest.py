@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from fashion_contract import FASHION_MNIST_CLASSES, ModelContract
+from training import data
+from training.__main__ import main as training_main
 from training.export import export_model
 from training.model import FashionCNN, ModelConfig
 
@@ -38,3 +41,25 @@ def tiny_export_dir(tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("tiny_export")
     export_model(FashionCNN(ModelConfig()), make_contract(), out_dir, torch.randn(4, 1, 28, 28))
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory) -> Path:
+    """A model trained briefly on the real FashionMNIST and exported (~1 min on 2 cores).
+
+    FASHION_EXPORT_DIR=artifacts/export reuses an existing export instead (quicker locally).
+    Skips where the real data is not on this machine.
+    """
+    existing = os.environ.get("FASHION_EXPORT_DIR")
+    if existing:
+        return Path(existing)
+    if data.find_data_dir() is None:
+        pytest.skip(
+            "real FashionMNIST not found: run scripts/test-tools.sh or set FASHION_MNIST_DIR"
+        )
+    work = tmp_path_factory.mktemp("real_model")
+    train_args = ["train", "--out", str(work / "train"), "--epochs", "1", "--no-download"]
+    assert training_main(train_args) == 0
+    export_args = ["export", "--checkpoint", str(work / "train" / "best.pt")]
+    assert training_main([*export_args, "--out", str(work / "export"), "--no-download"]) == 0
+    return work / "export"
