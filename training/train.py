@@ -156,7 +156,8 @@ def train(
         permutation = torch.randperm(len(y_train), generator=generator)
         batches = permutation.split(config.batch_size)[:steps_per_epoch]
         loss_sum = correct = seen = 0
-        progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False)
+        # disable=None: a bar on terminals only, not thousands of lines in CI logs and files
+        progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None)
         for batch_idx in progress:
             x = augment(x_train[batch_idx], generator, background=-mean / std).to(device)
             x = x.contiguous(memory_format=torch.channels_last)
