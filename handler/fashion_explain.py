@@ -73,7 +73,7 @@ def heatmap_png(pixels: np.ndarray, attributions: np.ndarray, scale: int = HEATM
     opacity = (MAX_OVERLAY_OPACITY * strength).astype(np.float32)[..., None]
     colour = np.where(attributions[..., None] >= 0, _POSITIVE_RGB, _NEGATIVE_RGB)
     blended = gray * (1.0 - opacity) + colour * opacity  # (H, W, 3)
-    image = Image.fromarray(np.rint(blended).astype(np.uint8), mode="RGB")
+    image = Image.fromarray(np.rint(blended).astype(np.uint8))
     height, width = pixels.shape
     image = image.resize((width * scale, height * scale), Image.Resampling.NEAREST)
     buffer = io.BytesIO()

@@ -90,7 +90,7 @@ def _to_luminance(image: Image.Image) -> Image.Image:
         if image.mode != "F" and values.max() > 255:
             peak = 65535.0
         scaled = np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L")
+        return Image.fromarray(scaled)
     return image.convert("L")
 
 

@@ -1,0 +1,52 @@
+"""Helpers for the handler tests: images made with Pillow, and a real TorchServe Context."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from ts.context import Context, RequestProcessor
+
+
+def encode(image: Image.Image, fmt: str, **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_args)
+    return buffer.getvalue()
+
+
+def garment(width: int = 40, height: int = 40, light_background: bool = False) -> Image.Image:
+    """A bright square "garment" in the middle of a dark picture (or the reverse), mode L."""
+    background, item = (230, 20) if light_background else (0, 220)
+    pixels = np.full((height, width), background, dtype=np.uint8)
+    pixels[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = item
+    return Image.fromarray(pixels)
+
+
+def png_bytes(**kwargs) -> bytes:
+    return encode(garment(**kwargs), "PNG")
+
+
+def make_context(model_dir, model_yaml_config: dict | None = None) -> Context:
+    """A real ts.context.Context as TorchServe's Service builds it, without a server."""
+    manifest = {"model": {"modelName": "fashion", "serializedFile": "model.pt"}}
+    return Context(
+        "fashion",
+        str(model_dir),
+        manifest,
+        8,
+        None,
+        "0.12.0",
+        model_yaml_config=model_yaml_config or {"handler": {"topk": 5, "ig_steps": 8}},
+    )
+
+
+def set_requests(context: Context, headers: list[dict]) -> None:
+    """What Service.predict does before each batch: one RequestProcessor per request."""
+    context.request_processor = [RequestProcessor(h) for h in headers]
+
+
+def noise(width: int = 200, height: int = 200, seed: int = 0) -> Image.Image:
+    """Random RGB pixels: compresses badly, so cutting the file short really truncates it."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))

@@ -1,0 +1,139 @@
+"""The handler class end to end in-process: a real ts.context.Context, no server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from fashion_handler import FashionHandler, HandlerSettings, wants_explanation
+from PIL import Image
+
+from fashion_contract import FASHION_MNIST_CLASSES
+from tests.handler.helpers import encode, garment, make_context, png_bytes, set_requests
+
+EXPLAIN = {"explain": "True"}
+
+
+def run_batch(handler, context, requests: list[dict], headers: list[dict] | None = None):
+    set_requests(context, headers or [{} for _ in requests])
+    responses = handler.handle(requests, context)
+    statuses = [context.get_response_status(i)[0] for i in range(len(requests))]
+    return responses, statuses
+
+
+def test_settings_come_from_model_config_with_defaults():
+    settings = HandlerSettings.from_model_yaml({"handler": {"topk": 3, "max_image_pixels": 100}})
+    assert settings.topk == 3 and settings.max_image_pixels == 100
+    assert settings.ig_steps == 50 and settings.torch_threads == 1
+    assert HandlerSettings.from_model_yaml(None) == HandlerSettings()
+
+
+def test_initialize_loads_the_contract_and_runs_on_cpu(handler_and_context):
+    handler, _ = handler_and_context
+    assert handler.contract.class_names == FASHION_MNIST_CLASSES
+    assert handler.device == torch.device("cpu")
+    assert handler.initialized and torch.get_num_threads() == 1
+
+
+def test_mixed_batch_gets_per_request_statuses_and_answers(handler_and_context):
+    handler, context = handler_and_context
+    requests = [
+        {"body": png_bytes()},
+        {"body": b"not an image"},
+        {"body": {"data": base64.b64encode(png_bytes()).decode()}, "topk": b"2"},
+        {"body": png_bytes(), "topk": b"99"},
+        {"file": encode(garment(50, 30).convert("RGB"), "JPEG")},
+        {"body": png_bytes(), "target": b"Hat"},
+    ]
+    responses, statuses = run_batch(handler, context, requests)
+    assert statuses == [200, 400, 200, 422, 200, 422]
+    assert context.get_response_status(1) == (400, "Bad Request")
+    assert all(context.get_response_content_type(i) == "application/json" for i in range(6))
+
+    assert len(responses[0]) == 5 and len(responses[2]) == 2 and len(responses[4]) == 5
+    for answer in (responses[0], responses[2], responses[4]):
+        assert set(answer) <= set(FASHION_MNIST_CLASSES)
+        probabilities = list(answer.values())
+        assert probabilities == sorted(probabilities, reverse=True)
+    # The same image answers the same whatever else is in the batch.
+    assert responses[2] == dict(list(responses[0].items())[:2])
+
+    assert responses[1]["code"] == 400 and responses[1]["type"] == "InvalidImage"
+    assert responses[3]["type"] == "ParameterOutOfRange" and "1..10" in responses[3]["message"]
+    assert responses[5]["type"] == "UnknownTarget"
+    # Every answer serializes the way TorchServe's create_predict_response does it.
+    for response in responses:
+        json.dumps(response, indent=2)
+
+
+def test_predictions_match_the_model_run_directly(handler_and_context):
+    handler, context = handler_and_context
+    image = garment(28, 28)
+    responses, _ = run_batch(handler, context, [{"body": encode(image, "PNG")}])
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    x = torch.from_numpy((pixels - handler.contract.mean[0]) / handler.contract.std[0])
+    with torch.no_grad():
+        expected = torch.softmax(handler.model(x.view(1, 1, 28, 28)), dim=1)[0]
+    best = int(expected.argmax())
+    name, probability = next(iter(responses[0].items()))
+    assert name == FASHION_MNIST_CLASSES[best]
+    assert probability == pytest.approx(float(expected[best]), abs=1e-5)
+
+
+def test_statuses_reset_between_batches(handler_and_context):
+    handler, context = handler_and_context
+    run_batch(handler, context, [{"body": b""}])
+    _, statuses = run_batch(handler, context, [{"body": png_bytes()}])
+    assert statuses == [200]
+
+
+def test_explanations_use_each_requests_own_target(handler_and_context):
+    handler, context = handler_and_context
+    requests = [
+        {"body": png_bytes(), "target": b"Trouser", "steps": b"4"},
+        {"body": png_bytes(), "target": b"9", "steps": b"4"},
+        {"body": png_bytes(), "steps": b"6"},  # no target: the predicted class
+        {"body": png_bytes()},  # a prediction in the same batch
+        {"body": png_bytes(), "steps": b"500"},
+    ]
+    headers = [EXPLAIN, EXPLAIN, EXPLAIN, {}, EXPLAIN]
+    responses, statuses = run_batch(handler, context, requests, headers)
+    assert statuses == [200, 200, 200, 200, 422]
+
+    first, second, third, prediction, refused = responses
+    assert (first["target"], first["target_name"]) == (1, "Trouser")
+    assert (second["target"], second["target_name"]) == (9, "Ankle boot")
+    predicted = next(iter(prediction))  # the top class of the plain prediction
+    assert third["target_name"] == predicted
+    assert third["probability"] == pytest.approx(prediction[predicted], abs=1e-6)
+    assert (first["steps"], third["steps"]) == (4, 6)
+    assert refused["type"] == "ParameterOutOfRange"
+
+    for answer in (first, second, third):
+        assert np.asarray(answer["attributions"]).shape == (28, 28)
+        assert isinstance(answer["delta"], float)
+        heatmap = Image.open(io.BytesIO(base64.b64decode(answer["heatmap_png"])))
+        assert heatmap.format == "PNG" and heatmap.size == (224, 224)
+        json.dumps(answer)
+    # Different targets, different attributions.
+    assert first["attributions"] != second["attributions"]
+
+
+def test_explain_header_is_read_per_request():
+    context = make_context(".")
+    set_requests(context, [{"explain": "True"}, {}, {"Explain": "true"}, {"explain": "False"}])
+    assert [wants_explanation(context, i) for i in range(4)] == [True, False, True, False]
+
+
+def test_decompression_bomb_in_a_batch_is_413_for_that_request_only(tiny_export_dir):
+    context = make_context(tiny_export_dir, {"handler": {"max_image_pixels": 10_000}})
+    handler = FashionHandler()
+    handler.initialize(context)
+    big = encode(Image.new("L", (101, 100)), "PNG")
+    responses, statuses = run_batch(handler, context, [{"body": big}, {"body": png_bytes()}])
+    assert statuses == [413, 200]
+    assert responses[0]["type"] == "ImageTooLarge" and "10,000" in responses[0]["message"]

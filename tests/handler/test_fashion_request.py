@@ -1,0 +1,158 @@
+"""Request bodies and options as TorchServe 0.12 delivers them."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import fashion_errors as errors
+import pytest
+from fashion_request import (
+    OptionLimits,
+    RequestOptions,
+    decode_base64,
+    parse_options,
+    parse_request,
+)
+
+from fashion_contract import FASHION_MNIST_CLASSES
+from tests.handler.helpers import png_bytes
+
+LIMITS = OptionLimits(default_topk=5, default_steps=50, max_steps=200)
+MAX_BYTES = 1_000_000
+IMAGE = png_bytes()
+B64 = base64.b64encode(IMAGE).decode("ascii")
+DEFAULTS = RequestOptions(topk=5, target=None, invert="auto", steps=50)
+
+
+def parse(request: dict):
+    return parse_request(request, FASHION_MNIST_CLASSES, LIMITS, MAX_BYTES)
+
+
+@pytest.mark.parametrize(
+    "request_dict",
+    [
+        {"body": IMAGE},  # curl -T shirt.png, or --data-binary with octet-stream
+        {"body": bytearray(IMAGE)},
+        {"data": IMAGE},
+        {"file": IMAGE},  # multipart -F file=@shirt.png
+        {"image": IMAGE, "topk": b"5"},  # multipart under another name, beside a query param
+        {"body": {"data": B64}},  # application/json, already parsed by TorchServe
+        {"body": {"data": "data:image/png;base64," + B64}},
+        {"body": {"data": {"b64": B64}}},
+        {"body": {"instances": [{"data": B64}]}},  # KServe v1
+        {"body": {"instances": [{"b64": B64}]}},
+        {"body": {"instances": [B64]}},
+        {"body": json.dumps({"data": B64}).encode()},  # JSON sent as octet-stream
+        {"body": json.dumps({"data": B64})},  # JSON sent as text/plain
+        {"data": B64},  # multipart text field holding base64
+        {"body": ("data:image/png;base64," + B64).encode()},
+    ],
+    ids=lambda r: ",".join(f"{k}:{type(v).__name__}" for k, v in r.items()),
+)
+def test_every_body_form_yields_the_image(request_dict):
+    image_bytes, options = parse(request_dict)
+    assert image_bytes == IMAGE
+    assert options == DEFAULTS
+
+
+def test_query_parameters_arrive_as_bytes_entries_and_are_parsed():
+    # ?topk=3&target=Trouser&invert=true&steps=20 -> one entry each, UTF-8 bytes.
+    _, options = parse(
+        {"body": IMAGE, "topk": b"3", "target": b"Trouser", "invert": b"true", "steps": b"20"}
+    )
+    assert options == RequestOptions(topk=3, target=1, invert="true", steps=20)
+
+
+def test_json_fields_are_options_and_query_parameters_win():
+    _, options = parse({"body": {"data": B64, "topk": 2, "target": 7, "invert": False}})
+    assert options == RequestOptions(topk=2, target=7, invert="false", steps=50)
+    _, options = parse({"body": {"data": B64, "topk": 2}, "topk": b"4"})
+    assert options.topk == 4
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"target": "ankle boot"}, 9),
+        ({"target": "T-shirt/top"}, 0),
+        ({"target": b"3"}, 3),
+        ({"target": 0}, 0),
+    ],
+)
+def test_target_by_index_or_case_insensitive_name(raw, expected):
+    assert parse_options(raw, FASHION_MNIST_CLASSES, LIMITS).target == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(b"true", "true"), (b"1", "true"), (b"FALSE", "false"), (b"no", "false"), (b"auto", "auto")],
+)
+def test_invert_values(value, expected):
+    assert parse_options({"invert": value}, FASHION_MNIST_CLASSES, LIMITS).invert == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "kind"),
+    [
+        ({"topk": b"three"}, 400, "InvalidParameter"),
+        ({"topk": b"2.5"}, 400, "InvalidParameter"),
+        ({"topk": True}, 400, "InvalidParameter"),
+        ({"topk": b"0"}, 422, "ParameterOutOfRange"),
+        ({"topk": b"11"}, 422, "ParameterOutOfRange"),
+        ({"steps": b"0"}, 422, "ParameterOutOfRange"),
+        ({"steps": b"201"}, 422, "ParameterOutOfRange"),
+        ({"steps": b"many"}, 400, "InvalidParameter"),
+        ({"target": b"Hat"}, 422, "UnknownTarget"),
+        ({"target": b"10"}, 422, "UnknownTarget"),
+        ({"target": b"-1"}, 422, "UnknownTarget"),
+        ({"invert": b"maybe"}, 400, "InvalidParameter"),
+    ],
+)
+def test_bad_options_are_refused(raw, code, kind):
+    with pytest.raises(errors.RequestError) as caught:
+        parse_options(raw, FASHION_MNIST_CLASSES, LIMITS)
+    assert (caught.value.code, caught.value.kind) == (code, kind)
+    assert caught.value.message  # says what is accepted
+    body = caught.value.to_body()
+    assert body == {"code": code, "type": kind, "message": caught.value.message}
+
+
+def test_unknown_target_message_lists_the_classes():
+    with pytest.raises(errors.RequestError) as caught:
+        parse_options({"target": b"Hat"}, FASHION_MNIST_CLASSES, LIMITS)
+    assert "Ankle boot" in caught.value.message and "0..9" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("request_dict", "code", "kind"),
+    [
+        ({"body": b""}, 400, "EmptyRequest"),
+        ({}, 400, "EmptyRequest"),
+        ({"topk": b"3"}, 400, "EmptyRequest"),  # only query parameters, no image
+        ({"body": b"{not json"}, 400, "InvalidJSON"),
+        ({"body": {"image": B64}}, 400, "InvalidJSON"),
+        ({"body": {"data": 12}}, 400, "InvalidJSON"),
+        ({"body": {"instances": []}}, 400, "InvalidJSON"),
+        ({"body": {"instances": {"data": B64}}}, 400, "InvalidJSON"),
+        ({"body": {"instances": [42]}}, 400, "InvalidJSON"),
+        ({"body": [1, 2, 3]}, 400, "InvalidJSON"),
+        ({"body": {"instances": [{"data": B64}, {"data": B64}]}}, 422, "TooManyInstances"),
+        ({"body": {"data": "not base64 at all!"}}, 400, "InvalidBase64"),
+        ({"body": {"data": ""}}, 400, "EmptyRequest"),
+        ({"body": b"\0" * (MAX_BYTES + 1)}, 413, "PayloadTooLarge"),
+        ({"body": {"data": "A" * (MAX_BYTES * 2)}}, 413, "PayloadTooLarge"),
+    ],
+)
+def test_bad_bodies_are_refused(request_dict, code, kind):
+    with pytest.raises(errors.RequestError) as caught:
+        parse(request_dict)
+    assert (caught.value.code, caught.value.kind) == (code, kind)
+
+
+def test_base64_variants():
+    assert decode_base64(B64.rstrip("="), MAX_BYTES) == IMAGE  # padding dropped
+    wrapped = "\n".join(B64[i : i + 76] for i in range(0, len(B64), 76))  # MIME line breaks
+    assert decode_base64(wrapped, MAX_BYTES) == IMAGE
+    urlsafe = base64.urlsafe_b64encode(b"\xfb\xff\xfe" * 10).decode()
+    assert decode_base64(urlsafe, MAX_BYTES) == b"\xfb\xff\xfe" * 10
