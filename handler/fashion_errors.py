@@ -9,11 +9,13 @@ from __future__ import annotations
 BAD_REQUEST = 400
 PAYLOAD_TOO_LARGE = 413
 UNPROCESSABLE = 422
+INTERNAL_ERROR = 500
 
 _PHRASES = {
     BAD_REQUEST: "Bad Request",
     PAYLOAD_TOO_LARGE: "Payload Too Large",
     UNPROCESSABLE: "Unprocessable Entity",
+    INTERNAL_ERROR: "Internal Server Error",
 }
 
 
@@ -72,3 +74,8 @@ def image_too_large(message: str) -> RequestError:
 
 def payload_too_large(message: str) -> RequestError:
     return RequestError(PAYLOAD_TOO_LARGE, "PayloadTooLarge", message)
+
+
+def internal_error(message: str) -> RequestError:
+    """Not the client's fault; used so one request's surprise does not fail its batch."""
+    return RequestError(INTERNAL_ERROR, "InternalError", message)

@@ -160,6 +160,13 @@ class FashionHandler(BaseHandler):
                 logger.info("Request %d refused: %s %s", idx, error.code, error.message)
                 prepared.refused[idx] = error
                 continue
+            except Exception:
+                # A bug or a file no check foresaw: fail this request alone, keep the batch.
+                logger.exception("Request %d failed in preprocessing", idx)
+                prepared.refused[idx] = errors.internal_error(
+                    "The server could not process this image; the failure was logged."
+                )
+                continue
             prepared.indices.append(idx)
             prepared.pixels.append(pixels)
             prepared.options.append(options)

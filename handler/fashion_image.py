@@ -63,7 +63,9 @@ def decode_image(image_bytes: bytes, max_pixels: int, draft_size: tuple[int, int
         image.draft("L", (side, side))
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # Pillow's decoders raise many kinds on a broken file
+        if isinstance(exc, MemoryError):
+            raise
         raise errors.invalid_image(
             f"The image could not be decoded: it is truncated or corrupt ({exc}). "
             f"Send a complete {ACCEPTED_FORMATS} file."

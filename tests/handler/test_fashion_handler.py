@@ -6,6 +6,7 @@ import base64
 import io
 import json
 
+import fashion_handler
 import numpy as np
 import pytest
 import torch
@@ -137,3 +138,19 @@ def test_decompression_bomb_in_a_batch_is_413_for_that_request_only(tiny_export_
     responses, statuses = run_batch(handler, context, [{"body": big}, {"body": png_bytes()}])
     assert statuses == [413, 200]
     assert responses[0]["type"] == "ImageTooLarge" and "10,000" in responses[0]["message"]
+
+
+def test_an_unexpected_failure_fails_only_its_request(handler_and_context, monkeypatch):
+    handler, context = handler_and_context
+    real_prepare = fashion_handler.prepare_image
+
+    def flaky_prepare(image_bytes, *args):
+        if image_bytes == b"boom":
+            raise RuntimeError("a bug")
+        return real_prepare(image_bytes, *args)
+
+    monkeypatch.setattr(fashion_handler, "prepare_image", flaky_prepare)
+    responses, statuses = run_batch(handler, context, [{"body": b"boom"}, {"body": png_bytes()}])
+    assert statuses == [500, 200]
+    assert responses[0]["type"] == "InternalError" and "a bug" not in responses[0]["message"]
+    assert len(responses[1]) == 5
