@@ -132,7 +132,20 @@ class FashionHandler(BaseHandler):
                 for row, answer in zip(predict_rows, answers, strict=True):
                     responses[prepared.indices[row]] = answer
             if explain_rows:
-                answers = self.explain_handle(batch, probabilities, prepared, explain_rows)
+                try:
+                    answers = self.explain_handle(batch, probabilities, prepared, explain_rows)
+                except Exception as exc:
+                    if isinstance(exc, MemoryError):
+                        raise  # TorchServe answers 507 for the batch
+                    # e.g. CUDA out of memory on many IG steps: the predictions still stand.
+                    logger.exception("Explanations failed for %d requests", len(explain_rows))
+                    error = errors.internal_error(
+                        "The explanation failed on the server and the failure was logged; "
+                        "fewer `steps` need less memory."
+                    )
+                    answers = [error.to_body()] * len(explain_rows)
+                    for row in explain_rows:
+                        context.set_response_status(error.code, error.phrase, prepared.indices[row])
                 for row, answer in zip(explain_rows, answers, strict=True):
                     responses[prepared.indices[row]] = answer
 

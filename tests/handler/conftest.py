@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fashion_handler
 import pytest
+import torch
 
 from tests.handler.helpers import make_context
 
@@ -15,3 +16,12 @@ def handler_and_context(tiny_export_dir):
     handler = fashion_handler.FashionHandler()
     handler.initialize(context)
     return handler, context
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """initialize() sets torch's threads for the whole process, as a worker should; tests
+    put the count back so that other tests in the same run keep theirs."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

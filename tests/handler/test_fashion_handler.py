@@ -37,7 +37,14 @@ def test_initialize_loads_the_contract_and_runs_on_cpu(handler_and_context):
     handler, _ = handler_and_context
     assert handler.contract.class_names == FASHION_MNIST_CLASSES
     assert handler.device == torch.device("cpu")
-    assert handler.initialized and torch.get_num_threads() == 1
+    assert handler.initialized
+
+
+def test_initialize_sets_torch_threads_from_config(tiny_export_dir):
+    torch.set_num_threads(2)
+    context = make_context(tiny_export_dir, {"handler": {"torch_threads": 1}})
+    FashionHandler().initialize(context)
+    assert torch.get_num_threads() == 1
 
 
 def test_mixed_batch_gets_per_request_statuses_and_answers(handler_and_context):
@@ -154,3 +161,16 @@ def test_an_unexpected_failure_fails_only_its_request(handler_and_context, monke
     assert statuses == [500, 200]
     assert responses[0]["type"] == "InternalError" and "a bug" not in responses[0]["message"]
     assert len(responses[1]) == 5
+
+
+def test_failed_explanations_leave_the_predictions_standing(handler_and_context, monkeypatch):
+    handler, context = handler_and_context
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(fashion_handler, "integrated_gradients", out_of_memory)
+    requests = [{"body": png_bytes()}, {"body": png_bytes()}]
+    responses, statuses = run_batch(handler, context, requests, [{}, EXPLAIN])
+    assert statuses == [200, 500]
+    assert len(responses[0]) == 5 and responses[1]["type"] == "InternalError"
