@@ -15,15 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 
 import fashion_errors as errors
-import numpy as np
 import torch
 from fashion_explain import black_baseline, heatmap_base64, integrated_gradients, round_attributions
 from fashion_image import prepare_image, to_batch_tensor
 from fashion_predict import PROBABILITY_DECIMALS, top_k_batch
-from fashion_request import OptionLimits, RequestOptions, parse_request
+from fashion_request import OptionLimits, PreparedBatch, RequestOptions, parse_request
+from fashion_settings import HandlerSettings
 from ts.torch_handler.base_handler import BaseHandler
 
 from fashion_contract import load_torchscript
@@ -31,34 +30,6 @@ from fashion_contract import load_torchscript
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
-
-
-@dataclass(frozen=True)
-class HandlerSettings:
-    """The `handler:` section of model-config.yaml, with defaults for keys left out."""
-
-    topk: int = 5
-    ig_steps: int = 50
-    max_ig_steps: int = 200
-    torch_threads: int = 1
-    max_image_pixels: int = 36_000_000
-    max_image_bytes: int = 16 * 1024 * 1024
-
-    @classmethod
-    def from_model_yaml(cls, model_yaml_config: dict | None) -> HandlerSettings:
-        section = (model_yaml_config or {}).get("handler") or {}
-        known = {key: int(section[key]) for key in cls.__dataclass_fields__ if key in section}
-        return cls(**known)
-
-
-@dataclass
-class PreparedBatch:
-    """The good requests of a batch (in batch order) and the refused ones by batch index."""
-
-    indices: list[int] = field(default_factory=list)
-    pixels: list[np.ndarray] = field(default_factory=list)  # (H, W) uint8 each
-    options: list[RequestOptions] = field(default_factory=list)
-    refused: dict[int, errors.RequestError] = field(default_factory=dict)
 
 
 def wants_explanation(context, idx: int) -> bool:

@@ -17,9 +17,10 @@ import binascii
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fashion_errors as errors
+import numpy as np
 from fashion_image import INVERT_MODES
 
 OPTION_KEYS = ("topk", "target", "invert", "steps")
@@ -43,6 +44,16 @@ class RequestOptions:
     steps: int  # integrated-gradients steps
 
 
+@dataclass
+class PreparedBatch:
+    """The good requests of a batch (in batch order) and the refused ones by batch index."""
+
+    indices: list[int] = field(default_factory=list)
+    pixels: list[np.ndarray] = field(default_factory=list)  # (H, W) uint8 each
+    options: list[RequestOptions] = field(default_factory=list)
+    refused: dict[int, errors.RequestError] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class OptionLimits:
     default_topk: int
@@ -56,10 +67,10 @@ def parse_request(
     """The image bytes and options of one request; raises RequestError if either is bad."""
     payload = _find_payload(request)
     json_body: Mapping = {}
-    if isinstance(payload, (bytes, bytearray)) and payload.lstrip()[:1] == b"{":
+    if isinstance(payload, (bytes, bytearray)) and payload[:64].lstrip()[:1] == b"{":
         # JSON sent with another Content-Type (or left undecoded by TS_DECODE_INPUT_REQUEST).
         payload = _load_json(payload)
-    elif isinstance(payload, str) and payload.lstrip()[:1] == "{":
+    elif isinstance(payload, str) and payload[:64].lstrip()[:1] == "{":
         payload = _load_json(payload)
 
     if isinstance(payload, Mapping):

@@ -10,7 +10,8 @@ import fashion_handler
 import numpy as np
 import pytest
 import torch
-from fashion_handler import FashionHandler, HandlerSettings, wants_explanation
+from fashion_handler import FashionHandler, wants_explanation
+from fashion_settings import HandlerSettings
 from PIL import Image
 
 from fashion_contract import FASHION_MNIST_CLASSES

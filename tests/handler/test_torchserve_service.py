@@ -1,0 +1,116 @@
+"""The handler through TorchServe 0.12's own worker code (model loader, Service, response
+encoding), in-process: what the frontend would receive, without starting a server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import ts
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.model_loader import TsModelLoader
+
+from tests.handler.helpers import png_bytes
+
+HANDLER_DIR = Path(__file__).resolve().parents[2] / "handler"
+
+
+@pytest.fixture(scope="module")
+def service(tiny_export_dir, tmp_path_factory):
+    """A model dir laid out like an unpacked archive from scripts/archive.sh."""
+    model_dir = tmp_path_factory.mktemp("unpacked_mar")
+    for path in [*HANDLER_DIR.glob("*.py"), HANDLER_DIR / "model-config.yaml"]:
+        shutil.copy(path, model_dir)
+    for name in ("model.pt", "index_to_name.json"):
+        shutil.copy(tiny_export_dir / name, model_dir)
+    (model_dir / "MAR-INF").mkdir()
+    manifest = {
+        "model": {
+            "modelName": "fashion",
+            "serializedFile": "model.pt",
+            "handler": "fashion_handler.py",
+            "configFile": "model-config.yaml",
+        }
+    }
+    (model_dir / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
+    metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    metrics.initialize_cache()
+    loaded = TsModelLoader().load(
+        "fashion", str(model_dir), "fashion_handler.py", None, 8, None, True, metrics
+    )
+    loaded.set_cl_socket(None)  # the worker's socket to the frontend; unused by predict here
+    return loaded
+
+
+def frontend_request(request_id: str, parameters: dict, headers: dict | None = None) -> dict:
+    """A request as otf_message_handler.retrieve_request_batch decodes it from the frontend."""
+    return {
+        "requestId": request_id.encode(),
+        "parameters": [
+            {"name": name, "contentType": content_type, "value": value}
+            for name, (content_type, value) in parameters.items()
+        ],
+        "headers": [{"name": k.encode(), "value": v.encode()} for k, v in (headers or {}).items()],
+    }
+
+
+def decode_response(message: bytes) -> tuple[int, list[tuple[int, str, str, bytes]]]:
+    """create_predict_response's bytes -> (batch code, [(code, phrase, content type, body)])."""
+
+    def take(n: int) -> bytes:
+        nonlocal message
+        chunk, message = message[:n], message[n:]
+        return chunk
+
+    def take_int() -> int:
+        return struct.unpack("!i", take(4))[0]
+
+    batch_code = take_int()
+    take(take_int())  # batch message
+    answers = []
+    while (length := take_int()) != -1:
+        take(length)  # request id
+        content_type = take(take_int()).decode()
+        code = take_int()
+        phrase = take(take_int()).decode()
+        for _ in range(take_int()):  # response headers
+            take(take_int())
+            take(take_int())
+        answers.append((code, phrase, content_type, take(take_int())))
+    return batch_code, answers
+
+
+def test_torchserve_loads_the_handler_module_and_answers_a_mixed_batch(service):
+    image = png_bytes()
+    batch = [
+        frontend_request("r0", {"body": ("", image), "topk": ("", b"3")}),
+        frontend_request("r1", {"body": ("application/json", {"instances": "nope"})}),
+        frontend_request("r2", {"file": ("image/png", image)}),  # multipart upload
+        frontend_request(
+            "r3",
+            {"body": ("application/json", {"data": base64.b64encode(image).decode()})},
+            {"explain": "True"},
+        ),
+        frontend_request("r4", {"body": ("", image), "target": ("", b"Hat")}, {"explain": "True"}),
+    ]
+    batch_code, answers = decode_response(service.predict(batch))
+    assert batch_code == 200
+    codes = [code for code, *_ in answers]
+    assert codes == [200, 400, 200, 200, 422]
+    assert answers[1][1] == "Bad Request"
+    assert all(content_type == "application/json" for _, _, content_type, _ in answers)
+
+    bodies = [json.loads(body) for *_, body in answers]
+    assert len(bodies[0]) == 3 and len(bodies[2]) == 5
+    assert bodies[1]["type"] == "InvalidJSON" and bodies[1]["code"] == 400
+    assert bodies[3]["target_name"] == next(iter(bodies[2]))  # explains the predicted class
+    assert len(bodies[3]["attributions"]) == 28
+    assert bodies[4] == {
+        "code": 422,
+        "type": "UnknownTarget",
+        "message": bodies[4]["message"],
+    }
