@@ -1,13 +1,30 @@
 """TorchServe handler for the FashionMNIST CNN: predictions and integrated-gradients explanations.
 
 Thin on purpose: decoding lives in fashion_image, request parsing in fashion_request,
-top-k in fashion_predict, explanations in fashion_explain. This class wires them to
-TorchServe's lifecycle and answers each request of a batch on its own:
+top-k in fashion_predict, explanations in fashion_explain, settings in fashion_settings.
+TorchServe's loader wants exactly one class in this module.
 
-- a bad request gets a 4xx JSON body {"code", "type", "message"} through
-  context.set_response_status(code, phrase, idx); the rest of the batch is still served;
-- each request's own `explain` header decides prediction or explanation (the stock
-  BaseHandler.handle looks at request 0 only and would explain a whole mixed batch).
+Requests (one image each; TorchServe batches concurrent requests itself):
+    curl -T shirt.png          http://HOST:8080/predictions/fashion-cnn
+    curl -F file=@shirt.jpg    http://HOST:8080/predictions/fashion-cnn       (any field name)
+    curl -H 'Content-Type: application/json' -d '{"data": "<base64 or data: URL>"}' ...
+    curl -H 'Content-Type: application/json' -d '{"instances": [{"data": "<base64>"}]}' \
+         http://HOST:8080/v1/models/fashion-cnn:predict       (KServe v1; one instance)
+Options, as query parameters (`?topk=3&target=Trouser&invert=true&steps=32`) or as fields
+of a JSON body (the query wins): topk 1..10, target (index or class name; explanations),
+invert true|false|auto, steps 1..max_ig_steps (explanations).
+
+Responses:
+    prediction   {"<class name>": probability, ...}   top-k, highest first
+    explanation  {"target", "target_name", "probability", "steps", "delta",
+                  "attributions": 28x28 floats, "heatmap_png": base64 PNG, 224x224}
+    refusal      {"code": 400|413|422, "type": "...", "message": "..."} with that HTTP status,
+                 for that request only (context.set_response_status per index); an
+                 unexpected failure of one request is a 500 of the same shape.
+
+Each request's own `explain: True` header (set by the frontend for /explanations,
+:explain and /explain) picks explanation or prediction, so a batch may mix both; the
+stock BaseHandler.handle looks at request 0 only.
 """
 
 from __future__ import annotations

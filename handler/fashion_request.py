@@ -31,7 +31,7 @@ ACCEPTED_BODIES = (
 )
 
 _DATA_URL = re.compile(r"^data:[^,]{0,200},", re.IGNORECASE)
-_WHITESPACE = re.compile(r"\s+")
+_LINE_BREAKS = re.compile(r"[\r\n\t]+")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
@@ -156,14 +156,16 @@ def _image_from_json(body: Mapping, max_image_bytes: int) -> bytes:
 
 def decode_base64(text: str, max_image_bytes: int) -> bytes:
     """Standard or URL-safe base64, padding optional, an optional data: URL prefix."""
-    text = _DATA_URL.sub("", text.strip(), count=1)
+    text = _DATA_URL.sub("", text.strip("\r\n\t"), count=1)
     # Refuse before decoding: base64 is 4 characters for every 3 bytes.
     if len(text) * 3 // 4 > max_image_bytes + 3:
         raise errors.payload_too_large(
             f"The base64 image is about {len(text) * 3 // 4:,} bytes; "
             f"at most {max_image_bytes:,} are accepted."
         )
-    text = _WHITESPACE.sub("", text)
+    # A urlencoded form (`curl -d data=...`) turns "+" into " "; base64 has no spaces, so
+    # put them back. Line breaks (MIME-wrapped base64) are dropped.
+    text = _LINE_BREAKS.sub("", text.replace(" ", "+"))
     text += "=" * (-len(text) % 4)
     try:
         if "-" in text or "_" in text:

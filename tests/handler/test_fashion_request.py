@@ -154,5 +154,8 @@ def test_base64_variants():
     assert decode_base64(B64.rstrip("="), MAX_BYTES) == IMAGE  # padding dropped
     wrapped = "\n".join(B64[i : i + 76] for i in range(0, len(B64), 76))  # MIME line breaks
     assert decode_base64(wrapped, MAX_BYTES) == IMAGE
+    with_plus = base64.b64encode(b"\xfb\xef\xbe" * 10).decode()
+    assert "+" in with_plus
+    assert decode_base64(with_plus.replace("+", " "), MAX_BYTES) == b"\xfb\xef\xbe" * 10
     urlsafe = base64.urlsafe_b64encode(b"\xfb\xff\xfe" * 10).decode()
     assert decode_base64(urlsafe, MAX_BYTES) == b"\xfb\xff\xfe" * 10
