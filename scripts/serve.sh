@@ -78,8 +78,11 @@ worker_status() {
 import json, sys, urllib.request
 endpoints_file, key_file, model = sys.argv[1:]
 url = json.load(open(endpoints_file))["management"] + "/models/" + model
-key = json.load(open(key_file))["management"]["key"]
-request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+try:  # no key file when token authorization is disabled
+    headers = {"Authorization": "Bearer " + json.load(open(key_file))["management"]["key"]}
+except FileNotFoundError:
+    headers = {}
+request = urllib.request.Request(url, headers=headers)
 with urllib.request.urlopen(request, timeout=5) as response:
     described = json.load(response)
 print(" ".join(w["status"] for version in described for w in version.get("workers", [])))
@@ -155,13 +158,17 @@ start() {
             show_log_tail
             fail "TorchServe exited during start-up (see ${log_dir})"
         fi
-        if [[ -f "$key_file" ]] && states=$(worker_status 2>/dev/null) && [[ " $states " == *" READY "* ]]; then
+        if states=$(worker_status 2>/dev/null) && [[ " $states " == *" READY "* ]]; then
             say "model ${model_name} is READY (pid $(server_pid))"
             say "inference:  http://127.0.0.1:${inference_port}/predictions/${model_name}"
             say "explain:    http://127.0.0.1:${inference_port}/explanations/${model_name}"
             say "management: http://127.0.0.1:${management_port}/models/${model_name}"
             say "metrics:    http://127.0.0.1:${metrics_port}/metrics"
-            say "tokens:     ${key_file} (send 'Authorization: Bearer <inference.key>')"
+            if [[ -f "$key_file" ]]; then
+                say "tokens:     ${key_file} (send 'Authorization: Bearer <inference.key>')"
+            else
+                say "tokens:     none (token authorization is disabled in ${ts_config})"
+            fi
             say "stop with:  ${RUN_DIR:+RUN_DIR=${run_dir} }scripts/serve.sh stop"
             return 0
         fi

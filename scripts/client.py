@@ -1,0 +1,202 @@
+"""Call the fashion-cnn TorchServe: top-k predictions or integrated-gradients explanations.
+
+    python scripts/client.py predict samples/ankle_boot.png samples/bag.png --topk 3
+    python scripts/client.py explain samples/ankle_boot.png --target Sandal --out-dir run/heatmaps
+
+URLs and tokens come from the run directory that `scripts/serve.sh start` filled
+(endpoints.json, key_file.json; default run/, or $RUN_DIR), or from the flags.
+Exit status: 0 if every file was answered, 1 if any request was refused, 2 on usage or
+connection errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RUN_DIR = Path(os.environ.get("RUN_DIR", REPO_ROOT / "run"))
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_MODEL = "fashion-cnn"
+TIMEOUT_S = 60
+
+
+class ClientError(Exception):
+    """A problem the user fixes on their side: no server, no token, unreadable file."""
+
+
+class ServerError(Exception):
+    """The server refused a request: its {"code", "type", "message"} body, or the HTTP status."""
+
+    def __init__(self, status: int, error_type: str, message: str):
+        super().__init__(status, error_type, message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status} {self.error_type}: {self.message}"
+
+
+def read_inference_token(key_file: Path) -> str:
+    try:
+        keys = json.loads(key_file.read_text())
+    except FileNotFoundError as exc:
+        raise ClientError(
+            f"no token file at {key_file}: start the server with 'scripts/serve.sh start' "
+            "or pass --token / --key-file"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"cannot read the token file {key_file}: {exc}") from exc
+    try:
+        return keys["inference"]["key"]
+    except (KeyError, TypeError) as exc:
+        raise ClientError(f"{key_file} has no inference key (keys: {sorted(keys)})") from exc
+
+
+def read_endpoints(run_dir: Path) -> dict:
+    """endpoints.json written by serve.sh, or {} if the run dir has none."""
+    try:
+        return json.loads((run_dir / "endpoints.json").read_text())
+    except FileNotFoundError:
+        return {}
+
+
+class FashionClient:
+    """Thin wrapper over the inference API: one image per request, JSON answers."""
+
+    def __init__(self, base_url: str, token: str | None, model: str = DEFAULT_MODEL):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def predict(self, image_bytes: bytes, topk: int | None = None) -> dict[str, float]:
+        """{class_name: probability}, highest first."""
+        return self._post(f"/predictions/{self.model}", image_bytes, {"topk": topk})
+
+    def explain(self, image_bytes: bytes, target: str | int | None = None) -> dict:
+        """{"target", "target_name", "probability", "steps", "delta", "attributions",
+        "heatmap_png"} for the given class (index or name), else the predicted one."""
+        return self._post(f"/explanations/{self.model}", image_bytes, {"target": target})
+
+    def _post(self, path: str, image_bytes: bytes, options: dict):
+        # A multipart upload: TorchServe 0.12 drops query parameters before the handler,
+        # form fields reach it.
+        fields = {key: str(value) for key, value in options.items() if value is not None}
+        url = self.base_url + path
+        try:
+            response = self.session.post(
+                url,
+                files={"data": ("image", image_bytes, "application/octet-stream")},
+                data=fields,
+                timeout=TIMEOUT_S,
+            )
+        except requests.ConnectionError as exc:
+            raise ClientError(
+                f"no server at {self.base_url}: start it with 'scripts/serve.sh start'"
+            ) from exc
+        if response.ok:
+            return response.json()
+        try:
+            body = response.json()
+            raise ServerError(response.status_code, body.get("type", "?"), body.get("message", ""))
+        except (ValueError, AttributeError):
+            raise ServerError(response.status_code, response.reason, response.text[:200]) from None
+
+
+def print_prediction(path: Path, probabilities: dict[str, float]) -> None:
+    print(f"{path}")
+    for rank, (class_name, probability) in enumerate(probabilities.items(), start=1):
+        bar = "#" * round(probability * 30)
+        print(f"  {rank}. {class_name:<12} {probability:7.2%}  {bar}")
+
+
+def save_heatmap(explanation: dict, image_path: Path, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    heatmap_path = out_dir / f"{image_path.stem}.heatmap.png"
+    heatmap_path.write_bytes(base64.b64decode(explanation["heatmap_png"]))
+    return heatmap_path
+
+
+def print_explanation(path: Path, explanation: dict, heatmap_path: Path) -> None:
+    print(f"{path}")
+    print(
+        f"  explained class: {explanation['target_name']} (index {explanation['target']}, "
+        f"probability {explanation['probability']:.2%})"
+    )
+    print(
+        f"  integrated gradients: {explanation['steps']} steps, "
+        f"convergence delta {explanation['delta']:.2e}"
+    )
+    print(f"  heatmap saved to {heatmap_path}")
+
+
+def parse_target(text: str | None) -> str | int | None:
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("command", choices=("predict", "explain"))
+    parser.add_argument("files", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="serve.sh run dir")
+    parser.add_argument("--url", help="inference base URL (default: from the run dir, else 8080)")
+    parser.add_argument("--model", default=None, help=f"model name (default: {DEFAULT_MODEL})")
+    parser.add_argument("--token", help="inference token (default: from the key file)")
+    parser.add_argument("--key-file", type=Path, help="key_file.json (default: in the run dir)")
+    parser.add_argument("--topk", type=int, default=None, help="classes per prediction")
+    parser.add_argument("--target", help="class to explain, index or name (default: predicted)")
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="where heatmaps go (default: RUN_DIR/heatmaps)"
+    )
+    args = parser.parse_args(argv)
+
+    try:
+        endpoints = read_endpoints(args.run_dir)
+        token = args.token or read_inference_token(args.key_file or args.run_dir / "key_file.json")
+        client = FashionClient(
+            args.url or endpoints.get("inference", DEFAULT_URL),
+            token,
+            args.model or endpoints.get("model", DEFAULT_MODEL),
+        )
+        out_dir = args.out_dir or args.run_dir / "heatmaps"
+        refused = 0
+        for path in args.files:
+            try:
+                image_bytes = path.read_bytes()
+            except OSError as exc:
+                raise ClientError(f"cannot read {path}: {exc.strerror}") from exc
+            try:
+                if args.command == "predict":
+                    print_prediction(path, client.predict(image_bytes, args.topk))
+                else:
+                    explanation = client.explain(image_bytes, parse_target(args.target))
+                    heatmap_path = save_heatmap(explanation, path, out_dir)
+                    print_explanation(path, explanation, heatmap_path)
+            except ServerError as error:
+                refused += 1
+                hint = ""
+                if error.status == 400 and error.error_type == "InvalidKeyException":
+                    hint = " (tokens expire after 60 min: restart, or renew via the management API)"
+                print(f"{path}: refused: {error}{hint}", file=sys.stderr)
+    except ClientError as error:
+        print(f"client: {error}", file=sys.stderr)
+        return 2
+    return 1 if refused else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Write one real FashionMNIST test image per class as PNG into samples/ (run once, kept in git).
+
+    python scripts/make_samples.py --data-dir /usr/share/datasets/fashion-mnist --out samples
+
+Each class's sample is its most typical test image (the one closest to the class's mean
+image), so that any reasonably trained model classifies it right; samples/index.json
+records the label and the test-set index of every file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fashion_contract import FASHION_MNIST_CLASSES
+
+IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
+LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
+IMAGES_MAGIC, LABELS_MAGIC = 0x803, 0x801
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """An IDX file (big-endian int32 header, then uint8 data) as an array of its dimensions."""
+    if path.suffix == ".gz":
+        with gzip.open(path) as stream:
+            raw = stream.read()
+    else:
+        raw = path.read_bytes()
+    found_magic = int.from_bytes(raw[:4], "big")
+    if found_magic != magic:
+        raise ValueError(f"{path}: magic {found_magic:#x}, expected {magic:#x}")
+    ndim = magic & 0xFF
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def file_name(class_name: str) -> str:
+    """'T-shirt/top' -> 't-shirt_top.png', 'Ankle boot' -> 'ankle_boot.png'."""
+    return re.sub(r"[^a-z0-9-]+", "_", class_name.lower()) + ".png"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("/usr/share/datasets/fashion-mnist"),
+        help="folder with the test IDX files (default: %(default)s)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("samples"), help="default: %(default)s")
+    args = parser.parse_args()
+
+    images = read_idx(args.data_dir / IMAGES_FILE, IMAGES_MAGIC)  # (N, 28, 28) uint8
+    labels = read_idx(args.data_dir / LABELS_FILE, LABELS_MAGIC)  # (N,)
+    args.out.mkdir(parents=True, exist_ok=True)
+    index = {}
+    for label, class_name in enumerate(FASHION_MNIST_CLASSES):
+        (members,) = np.nonzero(labels == label)
+        pixels = images[members].reshape(len(members), -1).astype(np.float32)
+        distances = np.linalg.norm(pixels - pixels.mean(axis=0), axis=1)
+        test_index = int(members[distances.argmin()])
+        name = file_name(class_name)
+        Image.fromarray(images[test_index], mode="L").save(args.out / name, optimize=True)
+        index[name] = {"label": label, "class_name": class_name, "test_index": test_index}
+    (args.out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    print(f"wrote {len(index)} samples to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
