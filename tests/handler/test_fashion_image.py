@@ -203,3 +203,25 @@ def test_pixel_cap_comes_from_the_argument():
     with pytest.raises(errors.RequestError) as caught:
         decode_image(image_bytes, 9_999, SIZE)
     assert caught.value.code == 413 and "10,000" in caught.value.message
+
+
+def _modes():
+    item = garment(60, 60)
+    values = np.asarray(item)
+    return {
+        "cmyk-jpeg": encode(item.convert("CMYK"), "JPEG"),
+        "1-bit-png": encode(item.convert("1"), "PNG"),
+        "la-png": encode(item.convert("LA"), "PNG"),
+        "16-bit-tiff": encode(Image.fromarray(values.astype(np.uint16) * 257), "TIFF"),
+        "float-tiff": encode(Image.fromarray(values.astype(np.float32) / 255), "TIFF"),
+        "lossy-webp": encode(item.convert("RGB"), "WEBP"),
+        "rgba-webp": encode(item.convert("RGBA"), "WEBP"),
+        "palette-gif": encode(item.convert("P"), "GIF"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_modes()))
+def test_other_pixel_modes_end_light_on_black(name):
+    pixels = prepare_image(_modes()[name], SIZE, "auto", MAX_PIXELS)
+    centre, corner = centre_and_corner(pixels)
+    assert centre > 180 and corner < 40
