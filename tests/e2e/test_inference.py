@@ -1,0 +1,178 @@
+"""Predictions and explanations via a real TorchServe (untrained model: formats, not accuracy)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from e2e_helpers import (
+    SAMPLES_DIR,
+    assert_error,
+    assert_explanation,
+    assert_prediction,
+    assert_same_prediction,
+    b64,
+    post_json,
+    post_multipart,
+    post_raw,
+)
+
+from fashion_contract import FASHION_MNIST_CLASSES
+
+pytestmark = pytest.mark.e2e
+
+SAMPLE = SAMPLES_DIR / "ankle_boot.png"
+
+
+@pytest.fixture(scope="module")
+def sample_bytes() -> bytes:
+    return SAMPLE.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def solo_answers(torchserve_tiny) -> dict[str, dict]:
+    """Each sample's prediction, sent alone: what every other way of asking must match."""
+    server = torchserve_tiny
+    answers = {}
+    for path in sorted(SAMPLES_DIR.glob("*.png")):
+        response = post_raw(server.predictions_url, server.inference_headers, path.read_bytes())
+        assert response.status_code == 200, response.text
+        answers[path.name] = response.json()
+    return answers
+
+
+def test_raw_bytes_prediction(torchserve_tiny, sample_bytes):
+    server = torchserve_tiny
+    response = post_raw(server.predictions_url, server.inference_headers, sample_bytes)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert_prediction(response.json())
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        pytest.param(lambda url, h, img: post_multipart(url, h, img), id="multipart-data"),
+        pytest.param(lambda url, h, img: post_multipart(url, h, img, "file"), id="multipart-file"),
+        pytest.param(lambda url, h, img: post_json(url, h, {"data": b64(img)}), id="json-base64"),
+        pytest.param(
+            lambda url, h, img: post_json(url, h, {"instances": [{"data": b64(img)}]}),
+            id="kserve-v1",
+        ),
+    ],
+)
+def test_every_input_form_gives_the_same_prediction(torchserve_tiny, solo_answers, send):
+    server = torchserve_tiny
+    response = send(server.predictions_url, server.inference_headers, SAMPLE.read_bytes())
+    assert response.status_code == 200, response.text
+    assert_same_prediction(response.json(), solo_answers[SAMPLE.name])
+
+
+def test_topk_as_form_field_and_json_field(torchserve_tiny, sample_bytes, solo_answers):
+    server = torchserve_tiny
+    expected_top3 = dict(list(solo_answers[SAMPLE.name].items())[:3])
+    form = post_multipart(server.predictions_url, server.inference_headers, sample_bytes, topk=3)
+    assert form.status_code == 200, form.text
+    assert_prediction(form.json(), topk=3)
+    assert_same_prediction(form.json(), expected_top3)
+    body = {"data": b64(sample_bytes), "topk": 3}
+    json_answer = post_json(server.predictions_url, server.inference_headers, body)
+    assert json_answer.status_code == 200, json_answer.text
+    assert_same_prediction(json_answer.json(), expected_top3)
+
+
+def test_query_parameters_do_not_reach_the_handler(torchserve_tiny, sample_bytes):
+    """TorchServe 0.12.0 drops the query string before the handler: `?topk=3` is ignored,
+    which is why the scripts and client send options as form fields."""
+    server = torchserve_tiny
+    response = requests.post(
+        server.predictions_url + "?topk=3",
+        data=sample_bytes,
+        headers={**server.inference_headers, "Content-Type": "application/octet-stream"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()) == 5
+
+
+def test_explanation_defaults_to_the_predicted_class(torchserve_tiny, sample_bytes, solo_answers):
+    server = torchserve_tiny
+    response = post_multipart(server.explanations_url, server.inference_headers, sample_bytes)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert_explanation(answer)
+    predicted_name, predicted_probability = next(iter(solo_answers[SAMPLE.name].items()))
+    assert answer["target_name"] == predicted_name
+    assert answer["probability"] == pytest.approx(predicted_probability, abs=1e-4)
+
+
+@pytest.mark.parametrize(("target", "expected"), [("3", 3), ("Trouser", 1), ("ankle BOOT", 9)])
+def test_explanation_for_a_chosen_target(torchserve_tiny, sample_bytes, target, expected):
+    server = torchserve_tiny
+    response = post_multipart(
+        server.explanations_url, server.inference_headers, sample_bytes, target=target
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert_explanation(answer)
+    assert answer["target"] == expected
+    assert answer["target_name"] == FASHION_MNIST_CLASSES[expected]
+
+
+def test_explanation_from_json_body(torchserve_tiny, sample_bytes):
+    server = torchserve_tiny
+    body = {"data": b64(sample_bytes), "target": "Sandal"}
+    response = post_json(server.explanations_url, server.inference_headers, body)
+    assert response.status_code == 200, response.text
+    assert response.json()["target_name"] == "Sandal"
+
+
+def test_concurrent_requests_each_get_their_own_answer(torchserve_tiny, solo_answers):
+    """40 requests from 8 threads (batched by the server) each match the sample's solo answer."""
+    server = torchserve_tiny
+    names = sorted(solo_answers) * 4
+    images = {name: (SAMPLES_DIR / name).read_bytes() for name in solo_answers}
+
+    def ask(name: str):
+        return name, post_raw(server.predictions_url, server.inference_headers, images[name])
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(ask, names))
+    elapsed = time.monotonic() - start
+    assert elapsed < 60, f"40 small requests took {elapsed:.1f}s"
+    for name, response in results:
+        assert response.status_code == 200, (name, response.text)
+        assert_same_prediction(response.json(), solo_answers[name])
+
+
+def test_a_batch_mixing_good_bad_and_explain_requests(torchserve_tiny, solo_answers):
+    """Sent at once so they share batches: each request gets its own status and kind of answer."""
+    server = torchserve_tiny
+    good = SAMPLES_DIR / "bag.png"
+    jobs = []
+    for i in range(4):
+        jobs.append(("good", server.predictions_url, good.read_bytes()))
+        jobs.append(("bad", server.predictions_url, b"not an image %d" % i))
+        jobs.append(("explain", server.explanations_url, good.read_bytes()))
+    barrier = threading.Barrier(len(jobs))
+
+    def send(job):
+        kind, url, body = job
+        barrier.wait(timeout=30)
+        return kind, post_raw(url, server.inference_headers, body)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        results = list(pool.map(send, jobs))
+    for kind, response in results:
+        if kind == "good":
+            assert response.status_code == 200, response.text
+            assert_same_prediction(response.json(), solo_answers[good.name])
+        elif kind == "bad":
+            assert_error(response, range(400, 401))
+        else:
+            assert response.status_code == 200, response.text
+            assert_explanation(response.json())
