@@ -120,20 +120,7 @@ class FashionHandler(BaseHandler):
                 for row, answer in zip(predict_rows, answers, strict=True):
                     responses[prepared.indices[row]] = answer
             if explain_rows:
-                try:
-                    answers = self.explain_handle(batch, probabilities, prepared, explain_rows)
-                except Exception as exc:
-                    if isinstance(exc, MemoryError):
-                        raise  # TorchServe answers 507 for the batch
-                    # e.g. CUDA out of memory on many IG steps: the predictions still stand.
-                    logger.exception("Explanations failed for %d requests", len(explain_rows))
-                    error = errors.internal_error(
-                        "The explanation failed on the server and the failure was logged; "
-                        "fewer `steps` need less memory."
-                    )
-                    answers = [error.to_body()] * len(explain_rows)
-                    for row in explain_rows:
-                        context.set_response_status(error.code, error.phrase, prepared.indices[row])
+                answers = self._explain_or_fail(batch, probabilities, prepared, explain_rows)
                 for row, answer in zip(explain_rows, answers, strict=True):
                     responses[prepared.indices[row]] = answer
 
@@ -180,6 +167,25 @@ class FashionHandler(BaseHandler):
 
     def postprocess(self, probabilities: torch.Tensor, options: list[RequestOptions]) -> list[dict]:
         return top_k_batch(probabilities, self.contract.class_names, [o.topk for o in options])
+
+    def _explain_or_fail(
+        self, batch: torch.Tensor, probabilities: torch.Tensor, prepared: PreparedBatch, rows
+    ) -> list[dict]:
+        """explain_handle, but a failure (e.g. CUDA out of memory on many IG steps) answers
+        500 to the explained requests only: the batch's predictions still stand."""
+        try:
+            return self.explain_handle(batch, probabilities, prepared, rows)
+        except MemoryError:
+            raise  # host memory: TorchServe answers 507 for the batch
+        except Exception:
+            logger.exception("Explanations failed for %d requests", len(rows))
+        error = errors.internal_error(
+            "The explanation failed on the server and the failure was logged; "
+            "fewer `steps` need less memory."
+        )
+        for row in rows:
+            self.context.set_response_status(error.code, error.phrase, prepared.indices[row])
+        return [error.to_body() for _ in rows]
 
     def explain_handle(
         self,

@@ -20,6 +20,11 @@ class HandlerSettings:
     max_image_pixels: int = 36_000_000
     max_image_bytes: int = 16 * 1024 * 1024
 
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 1:
+                raise ValueError(f"model-config.yaml handler.{name} must be >= 1, not {value}")
+
     @classmethod
     def from_model_yaml(cls, model_yaml_config: dict | None) -> HandlerSettings:
         section = (model_yaml_config or {}).get("handler") or {}

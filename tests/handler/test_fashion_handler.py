@@ -175,3 +175,8 @@ def test_failed_explanations_leave_the_predictions_standing(handler_and_context,
     responses, statuses = run_batch(handler, context, requests, [{}, EXPLAIN])
     assert statuses == [200, 500]
     assert len(responses[0]) == 5 and responses[1]["type"] == "InternalError"
+
+
+def test_settings_refuse_nonsense():
+    with pytest.raises(ValueError, match="max_ig_steps"):
+        HandlerSettings.from_model_yaml({"handler": {"max_ig_steps": 0}})
