@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Lay out a model for KServe's stock TorchServe runtime (storageUri of
+# inferenceservice-torchserve-runtime.yaml):
+#   docker/kserve/make-storage.sh [--export-dir DIR | --mar FILE] OUT_DIR
+#     OUT_DIR/model-store/fashion-cnn.mar
+#     OUT_DIR/config/config.properties     (model_snapshot names the archive)
+#   --export-dir DIR  pack model.pt + index_to_name.json with scripts/archive.sh
+#                     (default artifacts/export)
+#   --mar FILE        use an archive made already (e.g. model_store/fashion-cnn.mar)
+# Settings (environment variables): MODEL_NAME=fashion-cnn, VENV=.venv
+# Then copy OUT_DIR to the bucket or PVC, e.g. gsutil -m cp -r OUT_DIR/* gs://BUCKET/fashion-cnn/
+set -euo pipefail
+repo_root=$(cd "$(dirname "$0")/../.." && pwd)
+
+fail() { printf 'make-storage: %s\n' "$*" >&2; exit 1; }
+
+export_dir=${repo_root}/artifacts/export
+mar=
+out_dir=
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --export-dir) export_dir=${2:?--export-dir needs a value}; shift ;;
+        --mar) mar=${2:?--mar needs a value}; shift ;;
+        -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) fail "unknown option $1" ;;
+        *) out_dir=$1 ;;
+    esac
+    shift
+done
+[[ -n "$out_dir" ]] || fail "usage: make-storage.sh [--export-dir DIR | --mar FILE] OUT_DIR"
+model_name=${MODEL_NAME:-fashion-cnn}
+venv=${VENV:-${repo_root}/.venv}
+
+mkdir -p "${out_dir}/model-store" "${out_dir}/config"
+if [[ -n "$mar" ]]; then
+    [[ -f "$mar" ]] || fail "no archive at ${mar}"
+    cp "$mar" "${out_dir}/model-store/${model_name}.mar"
+else
+    MODEL_STORE="${out_dir}/model-store" VENV="$venv" \
+        "${repo_root}/scripts/archive.sh" "$export_dir" "$model_name"
+fi
+
+# KServe's request envelope reads only the first request of a batch, so this archive gets
+# batchSize 1 (its model-config.yaml is rewritten in place; everything else is kept), and
+# model_snapshot takes the workers and timeouts from that same file: they never disagree.
+"${venv}/bin/python" - "${repo_root}/docker/kserve/config.properties" \
+    "${out_dir}/model-store/${model_name}.mar" "$model_name" >"${out_dir}/config/config.properties" <<'PY'
+import json
+import os
+import re
+import sys
+import zipfile
+
+import yaml
+
+template, mar_path, model_name = sys.argv[1:]
+with zipfile.ZipFile(mar_path) as archive:
+    entries = [(info, archive.read(info)) for info in archive.infolist()]
+    manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+config_name = manifest["model"].get("configFile")
+model_config = {}
+with zipfile.ZipFile(mar_path + ".tmp", "w", zipfile.ZIP_DEFLATED) as archive:
+    for info, data in entries:
+        if info.filename == config_name:
+            text = re.sub(r"(?m)^batchSize:\s*\d+", "batchSize: 1", data.decode())
+            model_config = yaml.safe_load(text)
+            data = text.encode()
+        archive.writestr(info, data)
+os.replace(mar_path + ".tmp", mar_path)
+
+version = manifest["model"].get("modelVersion", "1.0")
+snapshot = {
+    "name": "startup.cfg",
+    "modelCount": 1,
+    "models": {
+        model_name: {
+            version: {
+                "defaultVersion": True,
+                "marName": f"{model_name}.mar",
+                "minWorkers": model_config.get("minWorkers", 1),
+                "maxWorkers": model_config.get("maxWorkers", 1),
+                "batchSize": 1,
+                "maxBatchDelay": model_config.get("maxBatchDelay", 5),
+                "responseTimeout": model_config.get("responseTimeout", 60),
+            }
+        }
+    },
+}
+with open(template) as f:
+    sys.stdout.write(f.read())
+print(f"model_snapshot={json.dumps(snapshot, separators=(',', ':'))}")
+PY
+printf 'make-storage: wrote %s/model-store/%s.mar and %s/config/config.properties\n' \
+    "$out_dir" "$model_name" "$out_dir"

@@ -1,0 +1,331 @@
+"""Build the CPU image with buildah, run it with podman, and prove it serves; then clean up.
+
+    python docker/smoke_test.py --export-dir artifacts/export --sample samples/sneaker.png \
+        --expect Sneaker --report smoke.json
+
+Runs with root, buildah, podman, runc and debootstrap (scripts/test-tools.sh installs them)
+and ~10 GB free disk. Nothing is pulled: the base image is made here with debootstrap and
+tagged as the FROM name, wheels come from a wheelhouse made here with `pip download`.
+Everything (storage root, rootfs, wheelhouse, containers, images) lives in one temp dir,
+deleted at the end whether the run passed or not.
+
+Steps and what is measured: debootstrap, wheelhouse, image build (docker/build.sh with
+buildah), `podman run` to a READY model (the image's own healthcheck), a prediction and an
+explanation through the published port with the token from the container's key file,
+`podman stop` time and exit code (SIGTERM must stop it cleanly, well before the 10 s kill),
+and the peak disk used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASE_IMAGE = "localhost/fashion-serve-base:bookworm"
+IMAGE = "localhost/fashion-serve:smoke"
+CONTAINER = "fashion-serve-smoke"
+MODEL_NAME = "fashion-cnn"
+KEY_FILE = "/home/model-server/run/key_file.json"
+REQUIRED_TOOLS = ("buildah", "podman", "runc", "debootstrap")
+MIN_FREE_GB = 10
+READY_TIMEOUT_S = 180
+MAX_CLEAN_STOP_S = 8.0  # podman stop kills after 10 s: a clean stop finishes well before
+BYTES_PER_GB = 1e9
+
+
+def missing_requirements(work_parent: Path) -> str | None:
+    """Why the smoke test cannot run here, or None if it can."""
+    if os.geteuid() != 0:
+        return "needs root (buildah/podman with vfs storage and chroot isolation)"
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (scripts/test-tools.sh installs them)"
+    free_gb = shutil.disk_usage(work_parent).free / BYTES_PER_GB
+    if free_gb < MIN_FREE_GB:
+        return f"only {free_gb:.1f} GB free under {work_parent}; the build needs ~{MIN_FREE_GB} GB"
+    return None
+
+
+class DiskPeak:
+    """Samples used disk space under a path in the background; `peak_gb` is the growth."""
+
+    def __init__(self, path: Path, interval_s: float = 1.0) -> None:
+        self.path, self.interval_s = path, interval_s
+        self.start_used = shutil.disk_usage(path).used
+        self.peak_used = self.start_used
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_used = max(self.peak_used, shutil.disk_usage(self.path).used)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return (self.peak_used - self.start_used) / BYTES_PER_GB
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    print("+", " ".join(command), flush=True)
+    return subprocess.run(command, check=True, text=True, **kwargs)
+
+
+class Smoke:
+    def __init__(self, work: Path, port: int) -> None:
+        self.work, self.port = work, port
+        storage = [
+            "--root", str(work / "storage"),
+            "--runroot", str(work / "runroot"),
+            "--storage-driver", "vfs",
+        ]  # fmt: skip
+        self.buildah = ["buildah", *storage]
+        self.podman = ["podman", *storage]
+        self.timings: dict[str, float] = {}
+
+    def timed(self, name: str, command: list[str], **kwargs) -> subprocess.CompletedProcess:
+        start = time.monotonic()
+        result = run(command, **kwargs)
+        self.timings[name] = round(time.monotonic() - start, 1)
+        return result
+
+    def make_base_image(self) -> None:
+        rootfs = self.work / "rootfs"
+        self.timed(
+            "debootstrap_s",
+            [
+                "debootstrap", "--variant=minbase",
+                "--include=python3,python3-venv,ca-certificates",
+                "bookworm", str(rootfs),
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for entry in (rootfs / cache).glob("*"):
+                if entry.is_file():
+                    entry.unlink()
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-cf", "-", "."], stdout=subprocess.PIPE)
+        run([*self.podman, "import", "-", BASE_IMAGE], stdin=tar.stdout, stdout=subprocess.DEVNULL)
+        if tar.wait() != 0:
+            raise RuntimeError("tar of the debootstrap rootfs failed")
+        shutil.rmtree(rootfs)
+
+    def make_wheelhouse(self) -> Path:
+        wheelhouse = self.work / "wheelhouse"
+        self.timed(
+            "wheelhouse_s",
+            [
+                sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse),
+                "torch==2.13.0", "-r", str(REPO_ROOT / "docker" / "requirements.txt"),
+            ],
+        )  # fmt: skip
+        return wheelhouse
+
+    def build(self, export_dir: Path, wheelhouse: Path) -> None:
+        env = dict(os.environ, CONTAINER_ENGINE=" ".join(self.buildah), TMPDIR=str(self.work))
+        self.timed(
+            "build_s",
+            [
+                str(REPO_ROOT / "docker" / "build.sh"), "cpu",
+                "--tag", IMAGE,
+                "--export-dir", str(export_dir),
+                "--wheelhouse", str(wheelhouse),
+                "--base-image", BASE_IMAGE,
+                "--", "--isolation", "chroot", "--pull=never",
+            ],
+            env=env,
+        )  # fmt: skip
+        size = run(
+            [*self.podman, "image", "inspect", "--format", "{{.Size}}", IMAGE],
+            capture_output=True,
+        ).stdout
+        self.image_gb = round(int(size.strip()) / BYTES_PER_GB, 2)
+
+    def start(self) -> None:
+        start = time.monotonic()
+        run(
+            [
+                *self.podman, "run", "--detach", "--name", CONTAINER,
+                "--runtime", "runc",
+                "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000",
+                "--publish", f"127.0.0.1:{self.port}:8080",
+                IMAGE,
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.timings["run_s"] = round(time.monotonic() - start, 1)
+        deadline = start + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            # The image's own HEALTHCHECK command: exit 0 once the model has a READY worker.
+            check = subprocess.run(
+                [*self.podman, "exec", CONTAINER, "fashion-serve-healthcheck"],
+                capture_output=True,
+                text=True,
+            )
+            if check.returncode == 0:
+                self.timings["start_to_ready_s"] = round(time.monotonic() - start, 1)
+                return
+            state = self.container_state()
+            if state != "running":
+                raise RuntimeError(f"container is {state}, not running:\n{self.logs()}")
+            time.sleep(1)
+        raise RuntimeError(f"no READY worker within {READY_TIMEOUT_S} s:\n{self.logs()}")
+
+    def container_state(self) -> str:
+        return subprocess.run(
+            [*self.podman, "inspect", "--format", "{{.State.Status}}", CONTAINER],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    def logs(self) -> str:
+        result = subprocess.run(
+            [*self.podman, "logs", CONTAINER], capture_output=True, text=True, check=False
+        )
+        return (result.stdout + result.stderr)[-4000:]
+
+    def inference_key(self) -> str:
+        keys = run([*self.podman, "exec", CONTAINER, "cat", KEY_FILE], capture_output=True).stdout
+        return json.loads(keys)["inference"]["key"]
+
+    def post(self, path: str, body: bytes, token: str | None) -> tuple[int, dict | str]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=body,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+
+    def stop(self) -> tuple[float, int]:
+        start = time.monotonic()
+        run([*self.podman, "stop", "--time", "10", CONTAINER], stdout=subprocess.DEVNULL)
+        stop_s = round(time.monotonic() - start, 1)
+        exit_code = run(
+            [*self.podman, "inspect", "--format", "{{.State.ExitCode}}", CONTAINER],
+            capture_output=True,
+        ).stdout.strip()
+        return stop_s, int(exit_code)
+
+    def cleanup(self) -> None:
+        for command in (
+            [*self.podman, "rm", "--all", "--force"],
+            [*self.podman, "rmi", "--all", "--force"],
+            [*self.buildah, "rm", "--all"],
+        ):
+            subprocess.run(command, capture_output=True, check=False)
+        # vfs leaves read-only dirs and mounts nothing here; a plain recursive delete works.
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def check_serving(smoke: Smoke, sample: Path, expect: str | None) -> dict:
+    """Predict and explain the sample through the published port; returns what was seen."""
+    image_bytes = sample.read_bytes()
+    token = smoke.inference_key()
+    checks: dict = {}
+
+    status, _ = smoke.post(f"/predictions/{MODEL_NAME}", image_bytes, token=None)
+    checks["no_token_status"] = status
+    if status == 200:
+        raise AssertionError("a prediction without a token was answered: token auth is off")
+
+    status, prediction = smoke.post(f"/predictions/{MODEL_NAME}", image_bytes, token)
+    if status != 200 or not isinstance(prediction, dict):
+        raise AssertionError(f"prediction failed: {status} {prediction}")
+    top_class = max(prediction, key=prediction.get)
+    checks["prediction"] = prediction
+    checks["top_class"] = top_class
+    if len(prediction) != 5 or not 0.0 < sum(prediction.values()) <= 1.0 + 1e-6:
+        raise AssertionError(f"expected 5 classes with probabilities, got {prediction}")
+    if expect is not None and top_class != expect:
+        raise AssertionError(f"{sample.name}: predicted {top_class!r}, expected {expect!r}")
+
+    status, explanation = smoke.post(f"/explanations/{MODEL_NAME}", image_bytes, token)
+    if status != 200 or not isinstance(explanation, dict):
+        raise AssertionError(f"explanation failed: {status} {explanation}")
+    missing = {"target", "target_name", "attributions", "heatmap_png"} - explanation.keys()
+    if missing:
+        raise AssertionError(f"explanation lacks {sorted(missing)}: keys {sorted(explanation)}")
+    checks["explanation_target"] = explanation["target_name"]
+    return checks
+
+
+def smoke_test(export_dir: Path, sample: Path, expect: str | None, port: int) -> dict:
+    work_parent = Path(os.environ.get("SMOKE_WORKDIR", "/var/tmp"))
+    reason = missing_requirements(work_parent)
+    if reason:
+        return {"skipped": reason}
+    work = Path(tempfile.mkdtemp(prefix="fashion-serve-smoke.", dir=work_parent))
+    smoke = Smoke(work, port)
+    disk = DiskPeak(work_parent)
+    report: dict = {"work_dir": str(work), "passed": False}
+    try:
+        smoke.make_base_image()
+        wheelhouse = smoke.make_wheelhouse()
+        smoke.build(export_dir, wheelhouse)
+        report["image_gb"] = smoke.image_gb
+        smoke.start()
+        report.update(check_serving(smoke, sample, expect))
+        stop_s, exit_code = smoke.stop()
+        report["stop_s"], report["stop_exit_code"] = stop_s, exit_code
+        report["container_log_tail"] = smoke.logs()[-1500:]
+        if stop_s > MAX_CLEAN_STOP_S or exit_code == 137:
+            raise AssertionError(f"podman stop took {stop_s} s, exit {exit_code}: SIGTERM ignored")
+        report["passed"] = True
+    except (subprocess.CalledProcessError, RuntimeError, AssertionError) as error:
+        report["error"] = str(error)
+        report.setdefault("container_log_tail", smoke.logs()[-3000:])
+    finally:
+        smoke.cleanup()
+        report["timings"] = smoke.timings
+        report["disk_peak_gb"] = round(disk.stop(), 1)
+        report["left_behind"] = work.exists()
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--export-dir",
+        type=Path,
+        default=REPO_ROOT / "artifacts" / "export",
+        help="model.pt + index_to_name.json (default artifacts/export)",
+    )
+    parser.add_argument(
+        "--sample", type=Path, default=REPO_ROOT / "samples" / "sneaker.png", help="image to send"
+    )
+    parser.add_argument("--expect", help="class name the sample must be predicted as")
+    parser.add_argument("--port", type=int, default=18080, help="host port on 127.0.0.1")
+    parser.add_argument("--report", type=Path, help="also write the report here as JSON")
+    args = parser.parse_args()
+
+    report = smoke_test(args.export_dir, args.sample, args.expect, args.port)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.report:
+        args.report.write_text(text)
+    if "skipped" in report:
+        return 0
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
