@@ -11,8 +11,8 @@ Requests (one image each; TorchServe batches concurrent requests itself):
     curl -H 'Content-Type: application/json' -d '{"instances": [{"data": "<base64>"}]}' \
          http://HOST:8080/v1/models/fashion-cnn:predict       (KServe v1; one instance)
 Options, as query parameters (`?topk=3&target=Trouser&invert=true&steps=32`) or as fields
-of a JSON body (the query wins): topk 1..10, target (index or class name; explanations),
-invert true|false|auto, steps 1..max_ig_steps (explanations).
+of a JSON body or of its KServe instance (the query wins): topk 1..10, target (index or
+class name; explanations), invert true|false|auto, steps 1..max_ig_steps (explanations).
 
 Responses:
     prediction   {"<class name>": probability, ...}   top-k, highest first

@@ -94,8 +94,11 @@ def parse_request(
         raise errors.payload_too_large(
             f"The image is {len(image_bytes):,} bytes; at most {max_image_bytes:,} are accepted."
         )
-    # Query parameters win over the same keys in a JSON body.
+    # Options from the JSON body, then from a KServe instance, then the query: later wins.
     raw_options = {key: json_body[key] for key in OPTION_KEYS if key in json_body}
+    instances = json_body.get("instances")
+    if isinstance(instances, list) and isinstance(instances[0], Mapping):
+        raw_options.update({key: instances[0][key] for key in OPTION_KEYS if key in instances[0]})
     raw_options.update({key: request[key] for key in OPTION_KEYS if key in request})
     return image_bytes, parse_options(raw_options, class_names, limits)
 

@@ -69,6 +69,9 @@ def test_json_fields_are_options_and_query_parameters_win():
     assert options == RequestOptions(topk=2, target=7, invert="false", steps=50)
     _, options = parse({"body": {"data": B64, "topk": 2}, "topk": b"4"})
     assert options.topk == 4
+    kserve = {"instances": [{"data": B64, "target": "Bag", "topk": 3}], "topk": 1}
+    _, options = parse({"body": kserve})
+    assert (options.target, options.topk) == (8, 3)
 
 
 @pytest.mark.parametrize(
