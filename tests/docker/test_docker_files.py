@@ -1,0 +1,174 @@
+"""The image's files and scripts, checked without building: what the Dockerfile promises,
+what build.sh puts in the build context, what run.sh and compose publish."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCKER_DIR = REPO_ROOT / "docker"
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", (DOCKER_DIR / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_dockerfile_runs_as_uid_1000_with_healthcheck_and_init():
+    instructions = dockerfile_instructions()
+    values = {}
+    for name, value in instructions:
+        values.setdefault(name, []).append(value)
+    assert values["USER"] == ["1000:1000"]
+    assert values["EXPOSE"] == ["8080 8081 8082"]
+    assert "fashion-serve-healthcheck" in values["HEALTHCHECK"][0]
+    assert values["ENTRYPOINT"][0].startswith('["/opt/venv/bin/dumb-init", "--"')
+    # Dependencies are installed before the handler and model are copied (layer caching).
+    names = [f"{name} {value}" for name, value in instructions]
+    install = next(i for i, line in enumerate(names) if "-r /tmp/requirements.txt" in line)
+    handler = next(i for i, line in enumerate(names) if line.startswith("COPY handler/"))
+    assert install < handler
+
+
+def test_entrypoint_execs_torchserve_in_the_foreground():
+    lines = [line for line in (DOCKER_DIR / "entrypoint.sh").read_text().splitlines() if line]
+    exec_line = next(i for i, line in enumerate(lines) if line.startswith("exec "))
+    assert lines[exec_line].startswith("exec torchserve --foreground")
+    assert all(line.startswith(("    ", '"')) for line in lines[exec_line + 1 :])
+
+
+def test_requirements_are_all_pinned():
+    for line in (DOCKER_DIR / "requirements.txt").read_text().splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][A-Za-z0-9.+]*", requirement), line
+
+
+def test_container_config_listens_inside_with_auth_on_and_model_api_off():
+    properties = read_properties(DOCKER_DIR / "config.properties")
+    assert properties["inference_address"] == "http://0.0.0.0:8080"
+    assert properties["management_address"] == "http://0.0.0.0:8081"
+    assert properties["metrics_address"] == "http://0.0.0.0:8082"
+    assert properties["disable_token_authorization"] == "false"
+    assert properties["enable_model_api"] == "false"
+    assert properties["grpc_inference_address"] == "127.0.0.1"
+
+
+@pytest.fixture
+def fake_engine(tmp_path):
+    """A stand-in `docker` that records its arguments and the build context's files."""
+    engine = tmp_path / "bin" / "docker"
+    engine.parent.mkdir()
+    log = tmp_path / "engine.log"
+    engine.write_text(
+        "#!/usr/bin/env bash\n"
+        f'printf "%s\\n" "$@" > {shlex.quote(str(log))}\n'
+        'if [[ "$1" == build ]]; then\n'
+        f'    (cd "${{@: -1}}" && find . -type f | sort) > {shlex.quote(str(log))}.context\n'
+        "fi\n"
+    )
+    engine.chmod(0o755)
+    return engine, log
+
+
+def run_script(script: str, *args: str, engine: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CONTAINER_ENGINE=str(engine))
+    return subprocess.run(
+        [str(DOCKER_DIR / script), *args], env=env, capture_output=True, text=True
+    )
+
+
+def test_build_stages_a_small_context_and_passes_build_args(fake_engine, tiny_export_dir, tmp_path):
+    engine, log = fake_engine
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    (wheelhouse / "example-1.0-py3-none-any.whl").write_bytes(b"")
+    result = run_script(
+        "build.sh", "cpu", "--export-dir", str(tiny_export_dir), "--wheelhouse", str(wheelhouse),
+        engine=engine,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    args = log.read_text().splitlines()
+    assert args[0] == "build"
+    assert args[args.index("--tag") + 1] == "fashion-serve:cpu"
+    assert "BASE_IMAGE=debian:bookworm-slim" in args
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in args
+    context = set(Path(f"{log}.context").read_text().split())
+    assert {
+        "./docker/Dockerfile", "./docker/entrypoint.sh", "./docker/requirements.txt",
+        "./scripts/archive.sh", "./handler/fashion_handler.py", "./handler/model-config.yaml",
+        "./export/model.pt", "./export/index_to_name.json",
+        "./wheelhouse/example-1.0-py3-none-any.whl",
+    } <= context  # fmt: skip
+    assert not any(".venv" in path or "egg-info" in path for path in context)
+
+
+def test_build_gpu_uses_cuda_base_and_torch(fake_engine, tiny_export_dir):
+    engine, log = fake_engine
+    result = run_script("build.sh", "gpu", "--export-dir", str(tiny_export_dir), engine=engine)
+    assert result.returncode == 0, result.stderr
+    args = log.read_text().splitlines()
+    assert args[args.index("--tag") + 1] == "fashion-serve:gpu"
+    assert any(arg.startswith("BASE_IMAGE=nvidia/cuda:") for arg in args)
+    assert any(re.fullmatch(r"TORCH_INDEX_URL=.*/whl/cu\d+", arg) for arg in args)
+
+
+def test_build_without_an_export_says_what_to_do(fake_engine, tmp_path):
+    engine, log = fake_engine
+    result = run_script("build.sh", "cpu", "--export-dir", str(tmp_path / "none"), engine=engine)
+    assert result.returncode != 0
+    assert "python -m training export" in result.stderr and "--no-model" in result.stderr
+    assert not log.exists()
+
+
+def test_run_publishes_on_loopback_without_the_management_port(fake_engine):
+    engine, log = fake_engine
+    result = run_script("run.sh", engine=engine)
+    assert result.returncode == 0, result.stderr
+    args = log.read_text().splitlines()
+    published = [args[i + 1] for i, arg in enumerate(args) if arg == "--publish"]
+    assert published == ["127.0.0.1:8080:8080", "127.0.0.1:8082:8082"]
+    assert "fashion-serve-run:/home/model-server/run" in args
+    assert args[-1] == "fashion-serve:cpu"
+    assert "--gpus" not in args
+
+
+def test_run_gpu_adds_gpus_and_optional_management_port(fake_engine):
+    engine, log = fake_engine
+    result = run_script("run.sh", "gpu", "--management-port", "9081", engine=engine)
+    assert result.returncode == 0, result.stderr
+    args = log.read_text().splitlines()
+    assert args[args.index("--gpus") + 1] == "all"
+    assert "127.0.0.1:9081:8081" in args
+    assert args[-1] == "fashion-serve:gpu"
+
+
+def test_compose_publishes_on_loopback_and_reserves_a_gpu_in_its_profile():
+    compose = yaml.safe_load((DOCKER_DIR / "compose.yaml").read_text())
+    cpu, gpu = compose["services"]["fashion-serve"], compose["services"]["fashion-serve-gpu"]
+    for service in (cpu, gpu):
+        assert all(port.startswith("${BIND_ADDRESS:-127.0.0.1}:") for port in service["ports"])
+        assert not any(port.endswith(":8081") for port in service["ports"])
+        assert service["cap_drop"] == ["ALL"]
+    assert "profiles" not in cpu
+    assert gpu["profiles"] == ["gpu"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
