@@ -2,8 +2,9 @@
 
     python scripts/make_samples.py --data-dir /usr/share/datasets/fashion-mnist --out samples
 
-Each class's sample is its most typical test image (the one closest to the class's mean
-image), so that any reasonably trained model classifies it right; samples/index.json
+Each class's sample is the test image that a nearest-class-mean classifier separates best
+from the other classes (closest to its own class's mean image, relative to the nearest other
+class's mean), so that any reasonably trained model classifies it right; samples/index.json
 records the label and the test-set index of every file.
 """
 
@@ -60,11 +61,16 @@ def main() -> None:
     labels = read_idx(args.data_dir / LABELS_FILE, LABELS_MAGIC)  # (N,)
     args.out.mkdir(parents=True, exist_ok=True)
     index = {}
+    pixels = images.reshape(len(images), -1).astype(np.float32)  # (N, 784)
+    class_means = np.stack(
+        [pixels[labels == label].mean(axis=0) for label in range(len(FASHION_MNIST_CLASSES))]
+    )  # (10, 784)
     for label, class_name in enumerate(FASHION_MNIST_CLASSES):
         (members,) = np.nonzero(labels == label)
-        pixels = images[members].reshape(len(members), -1).astype(np.float32)
-        distances = np.linalg.norm(pixels - pixels.mean(axis=0), axis=1)
-        test_index = int(members[distances.argmin()])
+        distances = np.linalg.norm(pixels[members, None] - class_means[None], axis=2)  # (n, 10)
+        own = distances[:, label]
+        nearest_other = np.delete(distances, label, axis=1).min(axis=1)
+        test_index = int(members[(own / nearest_other).argmin()])
         name = file_name(class_name)
         Image.fromarray(images[test_index], mode="L").save(args.out / name, optimize=True)
         index[name] = {"label": label, "class_name": class_name, "test_index": test_index}

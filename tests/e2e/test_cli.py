@@ -1,0 +1,100 @@
+"""scripts/client.py, predict.sh and explain.sh against the running server, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from e2e_helpers import REPO_ROOT, SAMPLES_DIR, assert_explanation, assert_prediction
+from PIL import Image
+
+from fashion_contract import FASHION_MNIST_CLASSES
+
+pytestmark = pytest.mark.e2e
+
+SAMPLE = SAMPLES_DIR / "trouser.png"
+
+
+def run(args: list[str], run_dir) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args,
+        cwd=REPO_ROOT,
+        env={**os.environ, "RUN_DIR": str(run_dir)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_client_predict_prints_a_topk_table(torchserve_tiny):
+    done = run(
+        [sys.executable, "scripts/client.py", "predict", str(SAMPLE), "--topk", "3"],
+        torchserve_tiny.run_dir,
+    )
+    assert done.returncode == 0, done.stderr
+    ranked = [line for line in done.stdout.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]
+    assert len(ranked) == 3, done.stdout
+    assert all(any(name in line for name in FASHION_MNIST_CLASSES) for line in ranked)
+
+
+def test_client_explain_saves_the_heatmap(torchserve_tiny, tmp_path):
+    done = run(
+        [
+            sys.executable,
+            "scripts/client.py",
+            "explain",
+            str(SAMPLE),
+            "--target",
+            "Bag",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        torchserve_tiny.run_dir,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Bag (index 8" in done.stdout
+    heatmap = tmp_path / "trouser.heatmap.png"
+    assert str(heatmap) in done.stdout
+    assert Image.open(heatmap).format == "PNG"
+
+
+def test_client_reports_a_refused_file_and_exits_1(torchserve_tiny):
+    done = run(
+        [sys.executable, "scripts/client.py", "predict", "README.md", str(SAMPLE)],
+        torchserve_tiny.run_dir,
+    )
+    assert done.returncode == 1
+    assert "README.md: refused: HTTP 400" in done.stderr
+    assert str(SAMPLE) in done.stdout  # the good file is still answered
+
+
+def test_client_without_a_server_says_how_to_start_one(tmp_path):
+    done = run([sys.executable, "scripts/client.py", "predict", str(SAMPLE)], tmp_path)
+    assert done.returncode == 2
+    assert "scripts/serve.sh start" in done.stderr
+
+
+def test_predict_sh(torchserve_tiny):
+    done = run(["scripts/predict.sh", str(SAMPLE)], torchserve_tiny.run_dir)
+    assert done.returncode == 0, done.stderr
+    assert_prediction(json.loads(done.stdout))
+    done = run(["scripts/predict.sh", str(SAMPLE), "2"], torchserve_tiny.run_dir)
+    assert done.returncode == 0, done.stderr
+    assert_prediction(json.loads(done.stdout), topk=2)
+
+
+def test_explain_sh(torchserve_tiny):
+    done = run(["scripts/explain.sh", str(SAMPLE), "Dress"], torchserve_tiny.run_dir)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert_explanation(answer)
+    assert answer["target_name"] == "Dress"
+
+
+def test_serve_status_reports_ready(torchserve_tiny):
+    done = run(["scripts/serve.sh", "status"], torchserve_tiny.run_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "workers: READY" in done.stdout

@@ -1,0 +1,82 @@
+"""What config.properties promises: tokens required, no model registration, loopback only,
+Prometheus metrics, quiet logs."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from e2e_helpers import SAMPLES_DIR, assert_prediction, post_raw
+
+pytestmark = pytest.mark.e2e
+
+GOOD_PNG = (SAMPLES_DIR / "coat.png").read_bytes()
+
+
+def test_inference_without_or_with_a_wrong_token_is_refused(torchserve_tiny):
+    """TorchServe 0.12.0 answers 400 (not 401) with type InvalidKeyException."""
+    server = torchserve_tiny
+    for headers in ({}, {"Authorization": "Bearer wrong-token"}, server.management_headers):
+        response = post_raw(server.predictions_url, headers, GOOD_PNG)
+        assert response.status_code == 400, (headers, response.text)
+        assert response.json()["type"] == "InvalidKeyException"
+
+
+def test_inference_with_the_token_passes(torchserve_tiny):
+    server = torchserve_tiny
+    response = post_raw(server.predictions_url, server.inference_headers, GOOD_PNG)
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json())
+
+
+def test_management_needs_the_management_token(torchserve_tiny):
+    server = torchserve_tiny
+    url = f"{server.management_url}/models/{server.model}"
+    for headers in ({}, server.inference_headers):
+        response = requests.get(url, headers=headers, timeout=10)
+        assert response.status_code == 400, (headers, response.text)
+        assert response.json()["type"] == "InvalidKeyException"
+    response = requests.get(url, headers=server.management_headers, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()[0]["modelName"] == server.model
+
+
+def test_model_registration_and_deletion_are_refused(torchserve_tiny):
+    """enable_model_api=false: even the management token cannot add or remove an archive."""
+    server = torchserve_tiny
+    base = server.management_url
+    headers = server.management_headers
+    evil = {"url": "https://example.com/evil.mar"}
+    register = requests.post(f"{base}/models", params=evil, headers=headers, timeout=10)
+    assert register.status_code == 405, register.text
+    delete = requests.delete(f"{base}/models/{server.model}", headers=headers, timeout=10)
+    assert delete.status_code == 405, delete.text
+    assert server.workers(), "the model must still be served"
+
+
+def test_metrics_are_prometheus_text_without_a_token(torchserve_tiny):
+    server = torchserve_tiny
+    post_raw(server.predictions_url, server.inference_headers, GOOD_PNG).raise_for_status()
+    response = requests.get(f"{server.metrics_url}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert "# TYPE ts_inference_requests_total counter" in response.text
+    assert f'model_name="{server.model}"' in response.text
+
+
+def test_every_api_binds_to_loopback_only(torchserve_tiny):
+    log = (torchserve_tiny.run_dir / "logs" / "ts_log.log").read_text()
+    binds = [line.split("bind to: ")[1] for line in log.splitlines() if "API bind to: " in line]
+    assert len(binds) == 3, binds  # inference, management, metrics
+    assert all(url.startswith("http://127.0.0.1:") for url in binds), binds
+
+
+def test_logs_hold_no_per_request_lines(torchserve_tiny):
+    """log4j2.xml keeps access and per-request frontend lines out of the logs."""
+    server = torchserve_tiny
+    logs = server.run_dir / "logs"
+    for _ in range(3):
+        post_raw(server.predictions_url, server.inference_headers, GOOD_PNG).raise_for_status()
+    assert not (logs / "access_log.log").exists()
+    ts_log = (logs / "ts_log.log").read_text()
+    assert "Flushing req.cmd" not in ts_log
+    assert "/predictions/" not in ts_log
