@@ -1,0 +1,671 @@
+"""Benchmark the FashionMNIST model in-process, behind TorchServe and behind LitServe, in one run.
+
+    .venv/bin/python scripts/bench.py                      # full run (~6 min on 2 cores)
+    .venv/bin/python scripts/bench.py --duration 2 --explain-duration 2 --in-process-s 1
+    .venv/bin/python scripts/bench.py --profile            # where one request's time goes
+    .venv/bin/python scripts/bench.py --variant 2workers:minWorkers=2,maxWorkers=2 ...
+
+In-process (one process, one torch thread, the handler's own functions: request parsing,
+decode, fit, tensor, TorchScript model, softmax, top-k, JSON): images/s at batch 1 and at
+the served batch size; the machine's ceiling (one such process per core at the served batch
+size, summed); integrated gradients per image (attributions, rounding, heatmap PNG).
+Served (TorchServe via scripts/archive.sh + scripts/serve.sh with the repo's
+config.properties and handler/model-config.yaml; LitServe via scripts/litserve_app.py):
+wrk pinned to one core POSTs one sample image for a fixed time at each concurrency.
+Prints a table, checks the targets, and writes everything to --out (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import cProfile
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from fashion_explain import black_baseline, heatmap_base64, integrated_gradients, round_attributions
+from fashion_handler import HandlerSettings
+from fashion_image import prepare_image, to_batch_tensor
+from fashion_predict import top_k_batch
+from fashion_request import OptionLimits, parse_request
+from servers import (
+    DEFAULT_EXPORT_DIR,
+    REPO_ROOT,
+    LitServe,
+    TorchServe,
+    handler_dir_with,
+    http_call,
+    model_config,
+    temp_dir,
+    wrk,
+)
+
+from fashion_contract import load_torchscript
+
+DEFAULT_IMAGE = REPO_ROOT / "samples" / "ankle_boot.png"
+DEFAULT_OUT = REPO_ROOT / "artifacts" / "bench" / "bench.json"
+CONCURRENCIES = (1, 8, 32)
+# Targets on the 2-core reference machine (see README, "Performance and reliability").
+CEILING_FRACTION_TARGET = 0.80
+P50_C1_EXTRA_MS_TARGET = 2.5
+EXPLAIN_FRACTION_TARGET = 0.90
+LITSERVE_CONFIGS = {
+    "1 worker, no batching": dict(workers=1, max_batch_size=1, batch_timeout_ms=0.0),
+    "2 workers, batch 8 / 5 ms": dict(workers=2, max_batch_size=8, batch_timeout_ms=5.0),
+}
+
+
+# --- in-process: the handler's own functions ------------------------------------------------
+class Pipeline:
+    """The worker's path for predictions and explanations, built from the handler's functions
+    and settings (handler/model-config.yaml), without TorchServe around it."""
+
+    def __init__(self, export_dir: Path, device: str = "cpu") -> None:
+        self.settings = HandlerSettings.from_model_yaml(model_config())
+        torch.set_num_threads(self.settings.torch_threads)
+        self.device = torch.device(device)
+        self.model, self.contract = load_torchscript(export_dir / "model.pt", self.device)
+        self.model.eval()
+        self.input_size = tuple(self.contract.input_shape[1:])
+        self.limits = OptionLimits(
+            default_topk=min(self.settings.topk, self.contract.num_classes),
+            default_steps=min(self.settings.ig_steps, self.settings.max_ig_steps),
+            max_steps=self.settings.max_ig_steps,
+        )
+        baseline = black_baseline(self.contract.mean, self.contract.std, self.input_size)
+        self.baseline = baseline.to(self.device)
+
+    def prepare(self, image_bytes: bytes):
+        raw, options = parse_request(
+            {"body": image_bytes},
+            self.contract.class_names,
+            self.limits,
+            self.settings.max_image_bytes,
+        )
+        pixels = prepare_image(raw, self.input_size, options.invert, self.settings.max_image_pixels)
+        return pixels, options
+
+    def predict(self, images: list[bytes]) -> list[str]:
+        prepared = [self.prepare(image_bytes) for image_bytes in images]
+        batch = to_batch_tensor(
+            [pixels for pixels, _ in prepared], self.contract.mean, self.contract.std, self.device
+        )  # (N, C, H, W)
+        with torch.inference_mode():
+            probabilities = torch.softmax(self.model(batch), dim=1)
+        answers = top_k_batch(
+            probabilities, self.contract.class_names, [options.topk for _, options in prepared]
+        )
+        # TorchServe's worker serializes each answer with json.dumps(indent=2).
+        return [json.dumps(answer, indent=2) for answer in answers]
+
+    def explain(self, images: list[bytes]) -> list[str]:
+        prepared = [self.prepare(image_bytes) for image_bytes in images]
+        batch = to_batch_tensor(
+            [pixels for pixels, _ in prepared], self.contract.mean, self.contract.std, self.device
+        )
+        with torch.inference_mode():
+            targets = self.model(batch).argmax(dim=1).tolist()
+        attributions, deltas = integrated_gradients(
+            self.model, batch, self.baseline, targets, self.limits.default_steps
+        )
+        attributions_hw = attributions.sum(dim=1).cpu().numpy()  # (N, H, W)
+        return [
+            json.dumps(
+                {
+                    "target": target,
+                    "delta": float(deltas[i]),
+                    "attributions": round_attributions(attributions_hw[i]),
+                    "heatmap_png": heatmap_base64(prepared[i][0], attributions_hw[i]),
+                },
+                indent=2,
+            )
+            for i, target in enumerate(targets)
+        ]
+
+
+def measure(call: Callable[[], object], images_per_call: int, duration_s: float) -> dict:
+    """Call repeatedly for about `duration_s` after a warm-up; images/s and ms per call."""
+    for _ in range(3):
+        call()
+    times = []
+    deadline = time.perf_counter() + duration_s
+    while time.perf_counter() < deadline or len(times) < 5:
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    total = sum(times)
+    return {
+        "images_per_s": round(len(times) * images_per_call / total, 1),
+        "calls": len(times),
+        "batch_size": images_per_call,
+        "p50_ms_per_call": round(statistics.median(times) * 1000, 3),
+        "mean_ms_per_image": round(total / len(times) / images_per_call * 1000, 3),
+    }
+
+
+def _ceiling_worker(export_dir, device, image_bytes, batch_size, duration_s, barrier, results):
+    pipeline = Pipeline(Path(export_dir), device)
+    torch.set_num_threads(1)
+    images = [image_bytes] * batch_size
+    for _ in range(5):
+        pipeline.predict(images)
+    barrier.wait()
+    results.put(measure(lambda: pipeline.predict(images), batch_size, duration_s)["images_per_s"])
+
+
+def machine_ceiling(
+    export_dir: Path, device: str, image_bytes: bytes, batch_size: int, processes: int, seconds
+) -> dict:
+    """One single-thread process per core at the served batch size, all at once, summed."""
+    context = mp.get_context("spawn")  # a clean torch per process, no forked thread pools
+    barrier = context.Barrier(processes)
+    results = context.Queue()
+    workers = [
+        context.Process(
+            target=_ceiling_worker,
+            args=(str(export_dir), device, image_bytes, batch_size, seconds, barrier, results),
+        )
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    rates = [results.get(timeout=seconds + 300) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    return {
+        "images_per_s": round(sum(rates), 1),
+        "processes": processes,
+        "batch_size": batch_size,
+        "per_process": rates,
+    }
+
+
+def in_process(args, batch_size: int) -> dict:
+    image_bytes = args.image.read_bytes()
+    pipeline = Pipeline(args.export_dir, args.device)
+    seconds = args.in_process_s
+    results = {
+        "batch_1": measure(lambda: pipeline.predict([image_bytes]), 1, seconds),
+        f"batch_{batch_size}": measure(
+            lambda: pipeline.predict([image_bytes] * batch_size), batch_size, seconds
+        ),
+        "explain_batch_1": measure(lambda: pipeline.explain([image_bytes]), 1, seconds),
+        "ig_steps": pipeline.limits.default_steps,
+    }
+    results["ceiling"] = machine_ceiling(
+        args.export_dir, args.device, image_bytes, batch_size, args.processes, seconds
+    )
+    return results
+
+
+# --- served ---------------------------------------------------------------------------------
+def load_points(url, body_file, token, content_type, concurrencies, duration_s, args) -> dict:
+    points = {}
+    for connections in concurrencies:
+        points[f"c{connections}"] = wrk(
+            url,
+            body_file,
+            token=token,
+            content_type=content_type,
+            connections=connections,
+            duration_s=duration_s,
+            timeout_s=args.wrk_timeout_s,
+            cpu=args.wrk_cpu,
+        )
+        print(f"  c{connections}: {summary(points[f'c{connections}'])}", flush=True)
+        settle(url, body_file, token, content_type)
+    return points
+
+
+def settle(url: str, body_file: Path, token: str, content_type: str) -> None:
+    """Wait until the requests wrk left queued at its deadline are served: one request
+    queued behind them comes back (both servers answer in arrival order per worker)."""
+    headers = {"Content-Type": content_type}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    http_call("POST", url, body_file.read_bytes(), headers, timeout=120)
+
+
+def summary(point: dict) -> str:
+    errors = point["non_2xx"] + point["socket_errors"]
+    return (
+        f"{point['requests_per_s']:.0f} req/s, p50 {point['p50_ms']:.1f} ms, "
+        f"p99 {point['p99_ms']:.1f} ms, errors {errors}"
+    )
+
+
+def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path, full: bool):
+    work = temp_dir(f"bench-{name.replace(' ', '_')}-")
+    handler_dir = handler_dir_with(overrides, work) if overrides else None
+    serve_env = {"MODEL_LOG_LEVEL": args.model_log_level, **env}
+    server = TorchServe(work / "run", args.export_dir, handler_dir=handler_dir, env=serve_env)
+    print(f"TorchServe [{name}] {overrides or ''} {env or ''}", flush=True)
+    result = {"overrides": overrides, "env": serve_env}
+    with server:
+        token = server.inference_token
+        result["workers"] = len(server.ready_worker_pids())
+        result["config"] = model_config(handler_dir)
+        result["predict"] = load_points(
+            server.predict_url,
+            args.image,
+            token,
+            "application/octet-stream",
+            args.concurrency,
+            args.duration,
+            args,
+        )
+        if full:
+            print("  explanations:", flush=True)
+            result["explain"] = load_points(
+                server.explain_url,
+                args.image,
+                token,
+                "application/octet-stream",
+                args.concurrency,
+                args.explain_duration,
+                args,
+            )
+            if not args.no_json_body:
+                print("  predictions, JSON base64 body (LitServe's input):", flush=True)
+                result["predict_json"] = load_points(
+                    server.predict_url,
+                    json_body,
+                    token,
+                    "application/json",
+                    args.concurrency,
+                    args.duration,
+                    args,
+                )
+    return result
+
+
+def litserve_runs(args, json_body: Path) -> dict:
+    results = {}
+    for name, config in LITSERVE_CONFIGS.items():
+        print(f"LitServe [{name}]", flush=True)
+        log_file = (
+            args.out.parent / f"litserve-{config['workers']}w-b{config['max_batch_size']}.log"
+        )
+        with LitServe(export_dir=args.export_dir, log_file=log_file, **config) as server:
+            results[name] = {
+                "config": config,
+                "predict": load_points(
+                    server.predict_url,
+                    json_body,
+                    "",
+                    "application/json",
+                    args.concurrency,
+                    args.duration,
+                    args,
+                ),
+            }
+    return results
+
+
+# --- targets and table ----------------------------------------------------------------------
+def check_targets(results: dict) -> list[dict]:
+    local = results.get("in_process")
+    served = results.get("torchserve")
+    if not local or not served:
+        return []
+    checks = []
+    last = f"c{max(results['concurrency'])}"
+    first = f"c{min(results['concurrency'])}"
+    ceiling = local["ceiling"]["images_per_s"]
+    rps = served["predict"][last]["requests_per_s"]
+    checks.append(
+        {
+            "target": f"served predictions at {last} >= {CEILING_FRACTION_TARGET:.0%} of ceiling",
+            "value": f"{rps:.0f} / {ceiling:.0f} = {rps / ceiling:.0%}",
+            "met": rps >= CEILING_FRACTION_TARGET * ceiling,
+        }
+    )
+    one_image_ms = local["batch_1"]["p50_ms_per_call"]
+    p50 = served["predict"][first]["p50_ms"]
+    checks.append(
+        {
+            "target": f"p50 at {first} within {P50_C1_EXTRA_MS_TARGET} ms of in-process one image",
+            "value": f"{p50:.2f} - {one_image_ms:.2f} = {p50 - one_image_ms:+.2f} ms",
+            "met": p50 - one_image_ms <= P50_C1_EXTRA_MS_TARGET,
+        }
+    )
+    for point in served["predict"]:
+        peers = [run["predict"][point]["requests_per_s"] for run in results["litserve"].values()]
+        if not peers:
+            continue
+        ours = served["predict"][point]["requests_per_s"]
+        checks.append(
+            {
+                "target": f"ahead of LitServe (best config) at {point}",
+                "value": f"{ours:.0f} vs {max(peers):.0f} req/s",
+                "met": ours > max(peers),
+            }
+        )
+    if "explain" in served:
+        ig = local["explain_batch_1"]["images_per_s"]
+        explained = served["explain"][last]["requests_per_s"]
+        checks.append(
+            {
+                "target": f"served explanations at {last} >= {EXPLAIN_FRACTION_TARGET:.0%} "
+                "of in-process IG",
+                "value": f"{explained:.1f} / {ig:.1f} = {explained / ig:.0%}",
+                "met": explained >= EXPLAIN_FRACTION_TARGET * ig,
+            }
+        )
+    return checks
+
+
+def table(results: dict) -> str:
+    lines = []
+    local = results.get("in_process")
+    if local:
+        lines += ["In-process (one process, one thread, the handler's functions)", ""]
+        lines += ["| what | images/s | ms per call (p50) |", "|---|---:|---:|"]
+        for key, label in (
+            ("batch_1", "predict, batch 1"),
+            ("explain_batch_1", "explain (IG), batch 1"),
+        ):
+            figure = local[key]
+            lines.append(
+                f"| {label} | {figure['images_per_s']:.1f} | {figure['p50_ms_per_call']:.2f} |"
+            )
+        batch_key = next(k for k in local if k.startswith("batch_") and k != "batch_1")
+        lines.append(
+            f"| predict, batch {local[batch_key]['batch_size']} | "
+            f"{local[batch_key]['images_per_s']:.1f} | {local[batch_key]['p50_ms_per_call']:.2f} |"
+        )
+        ceiling = local["ceiling"]
+        lines.append(
+            f"| ceiling: {ceiling['processes']} processes x batch {ceiling['batch_size']}, summed "
+            f"| {ceiling['images_per_s']:.1f} | |"
+        )
+        lines.append("")
+    rows = []
+    if "torchserve" in results:
+        served = results["torchserve"]
+        rows.append(("TorchServe predict (PNG bytes)", served["predict"]))
+        if "predict_json" in served:
+            rows.append(("TorchServe predict (JSON base64)", served["predict_json"]))
+        if "explain" in served:
+            rows.append(("TorchServe explain (PNG bytes)", served["explain"]))
+    for name, run in results.get("litserve", {}).items():
+        rows.append((f"LitServe {name} (JSON base64)", run["predict"]))
+    for name, run in results.get("variants", {}).items():
+        rows.append((f"variant {name}", run["predict"]))
+    if rows:
+        lines += ["Served (wrk, 1 thread pinned to one core, loopback)", ""]
+        lines += ["| server | conc. | req/s | p50 ms | p95 ms | p99 ms | errors |"]
+        lines += ["|---|---:|---:|---:|---:|---:|---:|"]
+        for label, points in rows:
+            for point, stats in points.items():
+                errors = stats["non_2xx"] + stats["socket_errors"]
+                lines.append(
+                    f"| {label} | {point[1:]} | {stats['requests_per_s']:.1f} | "
+                    f"{stats['p50_ms']:.2f} | {stats['p95_ms']:.2f} | {stats['p99_ms']:.2f} | "
+                    f"{errors} |"
+                )
+        lines.append("")
+    if results.get("targets"):
+        lines += ["Targets", "", "| target | value | met |", "|---|---|---|"]
+        for check in results["targets"]:
+            lines.append(
+                f"| {check['target']} | {check['value']} | {'yes' if check['met'] else 'NO'} |"
+            )
+    return "\n".join(lines)
+
+
+# --- profile --------------------------------------------------------------------------------
+def profile(args, batch_size: int) -> None:
+    """cProfile of FashionHandler.handle (the worker's path, without the socket) and
+    torch.profiler of the model, at batch 1 and at the served batch size."""
+    import tempfile
+    import zipfile
+
+    import fashion_handler
+    from ts.context import Context, RequestProcessor
+
+    image_bytes = args.image.read_bytes()
+    model_dir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    (model_dir / "model.pt").write_bytes((args.export_dir / "model.pt").read_bytes())
+    assert zipfile.is_zipfile(model_dir / "model.pt")
+    manifest = {"model": {"modelName": "fashion-cnn", "serializedFile": "model.pt"}}
+    for size in (1, batch_size):
+        context = Context(
+            "fashion-cnn",
+            str(model_dir),
+            manifest,
+            size,
+            None,
+            "0.12.0",
+            model_yaml_config=model_config(),
+        )
+        handler = fashion_handler.FashionHandler()
+        handler.initialize(context)
+        context.request_processor = [RequestProcessor({}) for _ in range(size)]
+        data = [{"body": image_bytes} for _ in range(size)]
+        for _ in range(20):
+            handler.handle(data, context)
+        calls = max(50, 2000 // size)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(calls):
+            answers = handler.handle(data, context)
+            [json.dumps(answer, indent=2) for answer in answers]  # what the worker does next
+        profiler.disable()
+        stream = io.StringIO()
+        stats = pstats.Stats(profiler, stream=stream)
+        stats.sort_stats("tottime").print_stats(18)
+        print(f"=== cProfile: FashionHandler.handle + json.dumps, batch {size}, {calls} calls ===")
+        print(stream.getvalue())
+
+    pipeline = Pipeline(args.export_dir, args.device)
+    batch = to_batch_tensor(
+        [pipeline.prepare(image_bytes)[0]] * batch_size,
+        pipeline.contract.mean,
+        pipeline.contract.std,
+        pipeline.device,
+    )
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        for _ in range(50):
+            pipeline.model(batch)
+    print(f"=== torch.profiler: model forward, batch {batch_size}, 50 calls ===")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+# --- main -----------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--export-dir",
+        type=Path,
+        default=DEFAULT_EXPORT_DIR,
+        help="model.pt + index_to_name.json (default artifacts/export)",
+    )
+    parser.add_argument(
+        "--image",
+        type=Path,
+        default=DEFAULT_IMAGE,
+        help="the PNG every request sends (default samples/ankle_boot.png)",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="device for the in-process part: cpu or cuda (skips without CUDA)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=10,
+        help="seconds per served prediction point (default 10)",
+    )
+    parser.add_argument(
+        "--explain-duration",
+        type=float,
+        default=10,
+        help="seconds per served explanation point (default 10)",
+    )
+    parser.add_argument(
+        "--in-process-s",
+        type=float,
+        default=5,
+        help="seconds per in-process measurement (default 5)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=list(CONCURRENCIES),
+        help="connections per point (default 1 8 32)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes for the in-process ceiling (default: one per core)",
+    )
+    parser.add_argument("--wrk-cpu", default="1", help="core wrk is pinned to (default 1)")
+    parser.add_argument("--wrk-timeout-s", type=float, default=30, help="wrk request timeout")
+    parser.add_argument(
+        "--model-log-level",
+        default="warn",
+        help="MODEL_LOG_LEVEL for serve.sh (default warn: worker stderr only)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model-config.yaml key for the main TorchServe run "
+        "(handler.<key> for the handler section; env.<NAME> for serve.sh)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=V,KEY=V",
+        help="extra TorchServe runs (predictions only) with these overrides",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["in-process", "torchserve", "litserve"],
+        help="parts to leave out",
+    )
+    parser.add_argument(
+        "--no-json-body",
+        action="store_true",
+        help="skip TorchServe with LitServe's JSON base64 body",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print cProfile/torch.profiler of the worker path and exit",
+    )
+    return parser.parse_args(argv)
+
+
+def parse_overrides(items: list[str]) -> tuple[dict, dict]:
+    overrides, env = {}, {}
+    for item in items:
+        key, _, value = item.partition("=")
+        parsed = int(value) if value.lstrip("-").isdigit() else value
+        if key.startswith("env."):
+            env[key[4:]] = value
+        else:
+            overrides[key] = parsed
+    return overrides, env
+
+
+def machine() -> dict:
+    def run(*command):
+        try:
+            return subprocess.run(command, capture_output=True, text=True, timeout=5).stdout.strip()
+        except OSError:
+            return ""
+
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        ),
+        "load_average_at_start": os.getloadavg(),
+        "uptime": run("uptime"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "git_commit": run("git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"),
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"--device {args.device}: CUDA is not available here; nothing measured (skipped).")
+        return 0
+    if not (args.export_dir / "model.pt").is_file():
+        print(f"no model at {args.export_dir}/model.pt: export one (python -m training export)")
+        return 2
+    batch_size = int(model_config().get("batchSize", 1))
+    if args.profile:
+        profile(args, batch_size)
+        return 0
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    json_body = args.out.parent / "request.json"
+    image_b64 = base64.b64encode(args.image.read_bytes()).decode("ascii")
+    json_body.write_text(json.dumps({"data": image_b64}))
+    results: dict = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine(),
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "explain_duration_s": args.explain_duration,
+        "image": str(args.image),
+        "served_batch_size": batch_size,
+    }
+    if "in-process" not in args.skip:
+        print(f"In-process ({args.device}), {args.in_process_s} s per figure...", flush=True)
+        results["in_process"] = in_process(args, batch_size)
+    if args.device == "cpu":
+        if "torchserve" not in args.skip:
+            overrides, env = parse_overrides(args.set)
+            results["torchserve"] = torchserve_run(args, "main", overrides, env, json_body, True)
+        for spec in args.variant:
+            name, _, items = spec.partition(":")
+            overrides, env = parse_overrides([i for i in items.split(",") if i])
+            variant = torchserve_run(args, name, overrides, env, json_body, False)
+            results.setdefault("variants", {})[name] = variant
+        if "litserve" not in args.skip:
+            results["litserve"] = litserve_runs(args, json_body)
+    results["targets"] = check_targets(results)
+    results["load_average_at_end"] = os.getloadavg()
+    args.out.write_text(json.dumps(results, indent=2))
+    print()
+    print(table(results))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

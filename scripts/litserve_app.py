@@ -1,0 +1,108 @@
+"""The same model and preprocessing as the TorchServe handler, behind LitServe (the peer
+server scripts/bench.py measures beside TorchServe).
+
+    python scripts/litserve_app.py --export-dir artifacts/export --port 8000 \
+        --workers 1 --max-batch-size 8 --batch-timeout-ms 5
+
+Input: LitServe parses the body as JSON, so an image travels in its natural form here,
+{"data": "<base64 PNG>"} to POST /predict; the handler's own parse_request decodes it.
+Output: the handler's top-k JSON object. Needs the `bench` extra (litserve).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import litserve as ls
+import torch
+from fashion_errors import RequestError
+from fashion_handler import HandlerSettings
+from fashion_image import prepare_image, to_batch_tensor
+from fashion_predict import top_k_batch
+from fashion_request import OptionLimits, parse_request
+from fastapi import HTTPException
+from servers import model_config
+
+from fashion_contract import load_torchscript
+
+
+class FashionAPI(ls.LitAPI):
+    def __init__(self, export_dir: Path, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.export_dir = export_dir
+
+    def setup(self, device) -> None:
+        settings = HandlerSettings.from_model_yaml(model_config())
+        torch.set_num_threads(settings.torch_threads)
+        self.settings = settings
+        self.model, self.contract = load_torchscript(self.export_dir / "model.pt")
+        self.model.eval()
+        self.input_size = tuple(self.contract.input_shape[1:])
+        self.limits = OptionLimits(
+            default_topk=min(settings.topk, self.contract.num_classes),
+            default_steps=settings.ig_steps,
+            max_steps=settings.max_ig_steps,
+        )
+
+    def decode_request(self, request):
+        try:
+            image_bytes, options = parse_request(
+                {"body": request},
+                self.contract.class_names,
+                self.limits,
+                self.settings.max_image_bytes,
+            )
+            pixels = prepare_image(
+                image_bytes, self.input_size, options.invert, self.settings.max_image_pixels
+            )
+        except RequestError as error:
+            raise HTTPException(status_code=error.code, detail=error.to_body()) from error
+        return pixels, options.topk
+
+    def batch(self, inputs):
+        return inputs  # a list of (pixels, topk): predict stacks them itself
+
+    def predict(self, inputs):
+        single = isinstance(inputs, tuple)
+        items = [inputs] if single else inputs
+        batch = to_batch_tensor(
+            [pixels for pixels, _ in items], self.contract.mean, self.contract.std
+        )
+        with torch.inference_mode():
+            probabilities = torch.softmax(self.model(batch), dim=1)
+        answers = top_k_batch(probabilities, self.contract.class_names, [k for _, k in items])
+        return answers[0] if single else answers
+
+    def unbatch(self, outputs):
+        return outputs
+
+    def encode_response(self, output):
+        return output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export-dir", type=Path, required=True, help="holds model.pt")
+    parser.add_argument("--port", type=int, default=8000, help="loopback port (default 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="inference workers (default 1)")
+    parser.add_argument("--max-batch-size", type=int, default=1, help="1: no batching")
+    parser.add_argument("--batch-timeout-ms", type=float, default=0.0, help="default 0")
+    args = parser.parse_args()
+    api = FashionAPI(
+        args.export_dir,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout_ms / 1000,
+    )
+    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=args.workers)
+    server.run(
+        host="127.0.0.1",
+        port=args.port,
+        num_api_servers=1,
+        log_level="warning",
+        generate_client_file=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

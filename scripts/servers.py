@@ -1,0 +1,311 @@
+"""Servers and load for scripts/bench.py and scripts/reliability.py.
+
+- TorchServe is started the way users start it, through scripts/serve.sh and
+  scripts/archive.sh, in a private run directory on free loopback ports;
+- LitServe (the peer server) runs scripts/litserve_app.py;
+- `wrk` pinned to one core, with scripts/wrk_post.lua, is the load generator.
+
+Imported by the scripts beside it (Python puts a script's own folder on sys.path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS_DIR = REPO_ROOT / "scripts"
+WRK_LUA = SCRIPTS_DIR / "wrk_post.lua"
+MODEL_NAME = "fashion-cnn"
+DEFAULT_EXPORT_DIR = REPO_ROOT / "artifacts" / "export"
+WRK_JSON_PREFIX = "WRK_JSON "
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago."""
+    sockets, ports = [], []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+        ports.append(sock.getsockname()[1])
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def handler_dir_with(overrides: dict, work_dir: Path) -> Path:
+    """A copy of handler/ whose model-config.yaml has `overrides` (top-level keys, or
+    `handler.<key>`) applied: how a tuning variant is archived without editing the repo."""
+    target = work_dir / "handler"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(REPO_ROOT / "handler", target, ignore=shutil.ignore_patterns("*.egg-info"))
+    config_path = target / "model-config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    for key, value in overrides.items():
+        if key.startswith("handler."):
+            config.setdefault("handler", {})[key.split(".", 1)[1]] = value
+        else:
+            config[key] = value
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
+def model_config(handler_dir: Path | None = None) -> dict:
+    return yaml.safe_load(
+        ((handler_dir or REPO_ROOT / "handler") / "model-config.yaml").read_text()
+    )
+
+
+@dataclass
+class TorchServe:
+    """One TorchServe started by scripts/serve.sh in `run_dir` on free loopback ports."""
+
+    run_dir: Path
+    export_dir: Path
+    handler_dir: Path | None = None  # None: the repo's handler/
+    env: dict = field(default_factory=dict)  # extra environment for serve.sh (e.g. MODEL_LOG_LEVEL)
+    ports: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir).resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.model_store = self.run_dir / "model_store"
+        if not self.ports:
+            names = ("INFERENCE_PORT", "MANAGEMENT_PORT", "METRICS_PORT")
+            names += ("GRPC_INFERENCE_PORT", "GRPC_MANAGEMENT_PORT")
+            self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+
+    # --- lifecycle, through the project's scripts -----------------------------------------
+    def _script_env(self) -> dict:
+        env = dict(os.environ)
+        env.update({key: str(value) for key, value in self.ports.items()})
+        env.update(RUN_DIR=str(self.run_dir), MODEL_STORE=str(self.model_store))
+        if self.handler_dir is not None:
+            env["HANDLER_DIR"] = str(self.handler_dir)
+        env.update({key: str(value) for key, value in self.env.items()})
+        return env
+
+    def _script(self, *args: str, timeout_s: float = 180) -> None:
+        log = self.run_dir / "scripts.log"
+        with log.open("a") as out:
+            result = subprocess.run(
+                [str(SCRIPTS_DIR / args[0]), *args[1:]],
+                env=self._script_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout_s,
+                check=False,
+            )
+        if result.returncode != 0:
+            tail = log.read_text()[-3000:]
+            raise RuntimeError(f"scripts/{' '.join(args)} failed ({result.returncode}):\n{tail}")
+
+    def archive(self) -> None:
+        self._script("archive.sh", str(self.export_dir), MODEL_NAME)
+
+    def start(self) -> float:
+        """serve.sh start (returns once a worker is READY); seconds it took."""
+        started = time.perf_counter()
+        self._script("serve.sh", "start")
+        return time.perf_counter() - started
+
+    def stop(self) -> None:
+        self._script("serve.sh", "stop", timeout_s=90)
+
+    def __enter__(self) -> TorchServe:
+        self.archive()
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- addresses and credentials ---------------------------------------------------------
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['INFERENCE_PORT']}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['MANAGEMENT_PORT']}"
+
+    @property
+    def predict_url(self) -> str:
+        return f"{self.inference_url}/predictions/{MODEL_NAME}"
+
+    @property
+    def explain_url(self) -> str:
+        return f"{self.inference_url}/explanations/{MODEL_NAME}"
+
+    def keys(self) -> dict:
+        return json.loads((self.run_dir / "key_file.json").read_text())
+
+    @property
+    def inference_token(self) -> str:
+        return self.keys()["inference"]["key"]
+
+    @property
+    def management_token(self) -> str:
+        return self.keys()["management"]["key"]
+
+    def frontend_pid(self) -> int | None:
+        pid_file = self.run_dir / "tmp" / ".model_server.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    # --- management API ----------------------------------------------------------------------
+    def describe(self) -> list:
+        status, body = http_call(
+            "GET",
+            f"{self.management_url}/models/{MODEL_NAME}",
+            headers={"Authorization": f"Bearer {self.management_token}"},
+        )
+        if status != 200:
+            raise RuntimeError(f"GET /models/{MODEL_NAME} answered {status}: {body[:200]!r}")
+        return json.loads(body)
+
+    def workers(self) -> list[dict]:
+        return [worker for version in self.describe() for worker in version.get("workers", [])]
+
+    def ready_worker_pids(self) -> list[int]:
+        return sorted(
+            int(w["pid"]) for w in self.workers() if w.get("status") == "READY" and w.get("pid")
+        )
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process (VmRSS in /proc/<pid>/status), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def http_call(
+    method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout=30
+) -> tuple[int, bytes]:
+    """One request; (status, body) for any HTTP answer, including 4xx/5xx."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@dataclass
+class LitServe:
+    """scripts/litserve_app.py on a free loopback port (JSON base64 body, /predict)."""
+
+    export_dir: Path
+    workers: int = 1
+    max_batch_size: int = 1
+    batch_timeout_ms: float = 0.0
+    log_file: Path | None = None
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def predict_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/predict"
+
+    def __enter__(self) -> LitServe:
+        self.port = self.port or free_ports(1)[0]
+        command = [
+            sys.executable,
+            str(SCRIPTS_DIR / "litserve_app.py"),
+            "--export-dir",
+            str(self.export_dir),
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--max-batch-size",
+            str(self.max_batch_size),
+            "--batch-timeout-ms",
+            str(self.batch_timeout_ms),
+        ]
+        log = open(self.log_file or os.devnull, "ab")  # closed in __exit__
+        self._log = log
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        # Own process group: its API server and inference workers are stopped together.
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"LitServe exited with {self.process.returncode}")
+            try:
+                if http_call("GET", f"http://127.0.0.1:{self.port}/health", timeout=2)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError("LitServe not healthy after 120 s")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+def wrk(
+    url: str,
+    body_file: Path,
+    token: str = "",
+    content_type: str = "application/octet-stream",
+    connections: int = 1,
+    duration_s: float = 10,
+    timeout_s: float = 30,
+    cpu: str = "1",
+) -> dict:
+    """Load `url` with wrk (one thread, pinned to `cpu`) POSTing `body_file`.
+
+    Returns requests/s, p50/p95/p99 latency (ms), status-code counts and errors.
+    """
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk not found: apt-get install wrk (scripts/test-tools.sh)")
+    seconds = max(1, round(duration_s))
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={round(timeout_s)}s"]
+    command += ["-s", str(WRK_LUA), url, "--", str(body_file), token, content_type]
+    if cpu and shutil.which("taskset") and cpu != "none":
+        command = ["taskset", "-c", cpu, *command]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=duration_s + timeout_s + 30, check=False
+    )
+    for line in result.stdout.splitlines():
+        if line.startswith(WRK_JSON_PREFIX):
+            stats = json.loads(line[len(WRK_JSON_PREFIX) :])
+            stats["connections"] = connections
+            return stats
+    raise RuntimeError(f"wrk gave no result ({result.returncode}): {result.stderr[-2000:]}")
+
+
+def temp_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
