@@ -1,0 +1,69 @@
+"""scripts/bench.py: a short run end to end, and the clean skip without CUDA."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.reliability
+
+
+def run_bench(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "scripts/bench.py", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without CUDA")
+def test_cuda_device_skips_cleanly_without_cuda(tiny_export_dir, tmp_path):
+    done = run_bench("--device", "cuda", "--export-dir", str(tiny_export_dir),
+                     "--out", str(tmp_path / "bench.json"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "CUDA is not available" in done.stdout
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_profile_shows_where_a_request_spends_its_time(tiny_export_dir):
+    done = run_bench("--profile", "--export-dir", str(tiny_export_dir))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cProfile: FashionHandler.handle" in done.stdout
+    assert "prepare_image" in done.stdout or "decode_image" in done.stdout
+    assert "torch.profiler: model forward" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk missing: scripts/test-tools.sh")
+def test_short_bench_run_measures_every_part_without_errors(tiny_export_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    done = run_bench(
+        "--export-dir", str(tiny_export_dir), "--out", str(out),
+        "--duration", "1", "--explain-duration", "1", "--in-process-s", "0.3",
+        "--concurrency", "1", "4",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    local = results["in_process"]
+    assert local["batch_1"]["images_per_s"] > 0
+    assert local["ceiling"]["images_per_s"] > 0
+    assert local["explain_batch_1"]["images_per_s"] > 0
+    served = [results["torchserve"]["predict"], results["torchserve"]["explain"]]
+    served += [run["predict"] for run in results["litserve"].values()]
+    for points in served:
+        assert set(points) == {"c1", "c4"}
+        for point in points.values():
+            assert point["requests"] > 0
+            assert point["non_2xx"] == 0 and point["socket_errors"] == 0, point
+    assert {check["target"].split(" ")[0] for check in results["targets"]} >= {"served", "p50"}
+    assert "| TorchServe predict (PNG bytes) | 1 |" in done.stdout
