@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,12 @@ class DiskPeak:
         self._stop.set()
         self._thread.join()
         return (self.peak_used - self.start_used) / BYTES_PER_GB
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -313,11 +320,13 @@ def main() -> int:
         "--sample", type=Path, default=REPO_ROOT / "samples" / "sneaker.png", help="image to send"
     )
     parser.add_argument("--expect", help="class name the sample must be predicted as")
-    parser.add_argument("--port", type=int, default=18080, help="host port on 127.0.0.1")
+    parser.add_argument(
+        "--port", type=int, default=0, help="host port on 127.0.0.1 (default: a free one)"
+    )
     parser.add_argument("--report", type=Path, help="also write the report here as JSON")
     args = parser.parse_args()
 
-    report = smoke_test(args.export_dir, args.sample, args.expect, args.port)
+    report = smoke_test(args.export_dir, args.sample, args.expect, args.port or free_port())
     text = json.dumps(report, indent=2)
     print(text)
     if args.report:

@@ -172,3 +172,44 @@ def test_compose_publishes_on_loopback_and_reserves_a_gpu_in_its_profile():
     assert gpu["profiles"] == ["gpu"]
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+
+
+def run_entrypoint(tmp_path: Path, model_store: Path) -> subprocess.CompletedProcess:
+    """docker/entrypoint.sh with a stand-in `torchserve` that prints its arguments and cwd."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "torchserve"
+    fake.write_text('#!/usr/bin/env bash\necho "cwd=$PWD"\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        MODEL_STORE=str(model_store),
+        TS_RUN_DIR=str(tmp_path / "run"),
+        TMPDIR=str(tmp_path / "tmp"),
+        LOG_LOCATION=str(tmp_path / "logs"),
+    )
+    return subprocess.run(
+        [str(DOCKER_DIR / "entrypoint.sh")], env=env, capture_output=True, text=True
+    )
+
+
+def test_entrypoint_refuses_an_empty_model_store(tmp_path):
+    result = run_entrypoint(tmp_path, tmp_path / "empty")
+    assert result.returncode == 1
+    assert "no .mar in" in result.stderr and "mount a model store" in result.stderr
+
+
+def test_entrypoint_serves_the_store_from_the_run_dir(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "fashion-cnn.mar").write_bytes(b"")
+    result = run_entrypoint(tmp_path, store)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # key_file.json is written to TorchServe's working directory: the run dir.
+    assert f"cwd={tmp_path / 'run'}" in lines
+    args = lines[lines.index(f"cwd={tmp_path / 'run'}") + 1 :]
+    assert args[0] == "--foreground"
+    assert args[args.index("--model-store") + 1] == str(store)
+    assert args[args.index("--models") + 1] == "all"
