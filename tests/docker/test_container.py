@@ -46,6 +46,10 @@ def test_image_builds_serves_and_stops_cleanly(model_and_expectation, tmp_path):
     if expected_class:
         command += ["--expect", expected_class]
     result = subprocess.run(command, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
+    if not report_path.exists():
+        pytest.fail(
+            f"smoke test wrote no report (exit {result.returncode}):\n{result.stderr[-3000:]}"
+        )
     report = json.loads(report_path.read_text())
     if "skipped" in report:
         pytest.skip(report["skipped"])
