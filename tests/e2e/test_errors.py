@@ -97,12 +97,14 @@ def test_bad_input_gets_4xx_json_and_the_worker_keeps_serving(torchserve_tiny, s
 
 
 def test_upload_over_max_request_size_is_refused_by_the_frontend(torchserve_tiny):
-    """Bodies over max_request_size never reach the worker: the frontend answers 413."""
+    """Bodies over max_request_size never reach the worker: TorchServe's frontend (Netty)
+    answers 413 itself, with an empty body rather than the handler's JSON error."""
     server = torchserve_tiny
     workers_before = server.workers()
     oversized = GOOD_PNG + os.urandom(MAX_REQUEST_SIZE + 1024)
     response = post_raw(server.predictions_url, server.inference_headers, oversized)
     assert response.status_code == 413, (response.status_code, response.text[:300])
+    assert response.content == b""
     assert [w["pid"] for w in server.workers()] == [w["pid"] for w in workers_before]
     response = post_raw(server.predictions_url, server.inference_headers, GOOD_PNG)
     assert response.status_code == 200, response.text
