@@ -10,9 +10,10 @@ Requests (one image each; TorchServe batches concurrent requests itself):
     curl -H 'Content-Type: application/json' -d '{"data": "<base64 or data: URL>"}' ...
     curl -H 'Content-Type: application/json' -d '{"instances": [{"data": "<base64>"}]}' \
          http://HOST:8080/v1/models/fashion-cnn:predict       (KServe v1; one instance)
-Options, as query parameters (`?topk=3&target=Trouser&invert=true&steps=32`) or as fields
-of a JSON body or of its KServe instance (the query wins): topk 1..10, target (index or
-class name; explanations), invert true|false|auto, steps 1..max_ig_steps (explanations).
+Options, as headers (`-H 'X-Topk: 3' -H 'X-Target: Trouser'`, X-Invert, X-Steps), form
+fields (`-F topk=3`) or fields of a JSON body or its KServe instance (headers win):
+topk 1..10, target (index or class name; explanations), invert true|false|auto,
+steps 1..max_ig_steps (explanations). TorchServe 0.12 drops query strings (`?topk=3`).
 
 Responses:
     prediction   {"<class name>": probability, ...}   top-k, highest first
@@ -38,7 +39,13 @@ import torch
 from fashion_explain import black_baseline, heatmap_base64, integrated_gradients, round_attributions
 from fashion_image import prepare_image, to_batch_tensor
 from fashion_predict import PROBABILITY_DECIMALS, top_k_batch
-from fashion_request import OptionLimits, PreparedBatch, RequestOptions, parse_request
+from fashion_request import (
+    OptionLimits,
+    PreparedBatch,
+    RequestOptions,
+    options_from_headers,
+    parse_request,
+)
 from fashion_settings import HandlerSettings
 from ts.torch_handler.base_handler import BaseHandler
 
@@ -139,7 +146,11 @@ class FashionHandler(BaseHandler):
         for idx, request in enumerate(data):
             try:
                 image_bytes, options = parse_request(
-                    request, self.contract.class_names, self.limits, self.settings.max_image_bytes
+                    request,
+                    self.contract.class_names,
+                    self.limits,
+                    self.settings.max_image_bytes,
+                    options_from_headers(self.context.get_all_request_header(idx) or {}),
                 )
                 pixels = prepare_image(
                     image_bytes, self.input_size, options.invert, self.settings.max_image_pixels

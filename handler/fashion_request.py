@@ -2,8 +2,9 @@
 
 How TorchServe 0.12 hands a request to the handler (frontend InferenceRequestHandler
 .parseRequest, worker otf_message_handler._retrieve_input_data):
-- each query parameter (`?topk=3&target=Trouser`) becomes its own entry, name -> value as
-  UTF-8 bytes (no content type, so never decoded);
+- the query string of /predictions and /explanations is dropped by the frontend (checked
+  with an echo handler), so options travel as headers (`X-Topk: 3`, `X-Target: Trouser`),
+  form fields or JSON fields;
 - a raw body becomes "body": bytes, or a dict when Content-Type is application/json, or a
   str when it is text/*;
 - a multipart or urlencoded form becomes one entry per field, under the field's name: file
@@ -24,6 +25,7 @@ import numpy as np
 from fashion_image import INVERT_MODES
 
 OPTION_KEYS = ("topk", "target", "invert", "steps")
+HEADER_PREFIX = "x-"  # X-Topk, X-Target, X-Invert, X-Steps: options for a raw-bytes upload
 IMAGE_KEYS = ("data", "b64")  # where a JSON body or KServe v1 instance carries base64
 ACCEPTED_BODIES = (
     'raw image bytes, a multipart upload, JSON {"data": "<base64>"} or '
@@ -61,10 +63,27 @@ class OptionLimits:
     max_steps: int
 
 
+def options_from_headers(headers: Mapping) -> dict:
+    """The X-Topk / X-Target / X-Invert / X-Steps headers of a request, by option name."""
+    wanted = {HEADER_PREFIX + key: key for key in OPTION_KEYS}
+    return {
+        wanted[name.lower()]: value
+        for name, value in headers.items()
+        if isinstance(name, str) and name.lower() in wanted
+    }
+
+
 def parse_request(
-    request: Mapping, class_names: Sequence[str], limits: OptionLimits, max_image_bytes: int
+    request: Mapping,
+    class_names: Sequence[str],
+    limits: OptionLimits,
+    max_image_bytes: int,
+    header_options: Mapping | None = None,
 ) -> tuple[bytes, RequestOptions]:
-    """The image bytes and options of one request; raises RequestError if either is bad."""
+    """The image bytes and options of one request; raises RequestError if either is bad.
+
+    header_options (from options_from_headers) override options given in the body.
+    """
     payload = _find_payload(request)
     json_body: Mapping = {}
     if isinstance(payload, (bytes, bytearray)) and payload[:64].lstrip()[:1] == b"{":
@@ -94,12 +113,14 @@ def parse_request(
         raise errors.payload_too_large(
             f"The image is {len(image_bytes):,} bytes; at most {max_image_bytes:,} are accepted."
         )
-    # Options from the JSON body, then from a KServe instance, then the query: later wins.
+    # Options from the JSON body, then a KServe instance, then form fields, then headers:
+    # later wins.
     raw_options = {key: json_body[key] for key in OPTION_KEYS if key in json_body}
     instances = json_body.get("instances")
     if isinstance(instances, list) and isinstance(instances[0], Mapping):
         raw_options.update({key: instances[0][key] for key in OPTION_KEYS if key in instances[0]})
     raw_options.update({key: request[key] for key in OPTION_KEYS if key in request})
+    raw_options.update(header_options or {})
     return image_bytes, parse_options(raw_options, class_names, limits)
 
 
@@ -182,7 +203,7 @@ def decode_base64(text: str, max_image_bytes: int) -> bytes:
 
 
 def parse_options(raw: Mapping, class_names: Sequence[str], limits: OptionLimits) -> RequestOptions:
-    """Validate topk, target, invert and steps given as query parameters or JSON fields."""
+    """Validate topk, target, invert and steps given as headers, form or JSON fields."""
     num_classes = len(class_names)
     topk = _parse_int(raw, "topk", limits.default_topk, 1, num_classes)
     steps = _parse_int(raw, "steps", limits.default_steps, 1, limits.max_steps)

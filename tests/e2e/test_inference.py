@@ -98,6 +98,26 @@ def test_query_parameters_do_not_reach_the_handler(torchserve_tiny, sample_bytes
     assert len(response.json()) == 5
 
 
+def test_options_as_headers_with_a_raw_body(torchserve_tiny, sample_bytes):
+    """`curl -T file -H 'X-Topk: 3'`: the way to pass options with a raw upload."""
+    server = torchserve_tiny
+    raw = {**server.inference_headers, "Content-Type": "application/octet-stream"}
+    prediction = requests.post(
+        server.predictions_url, data=sample_bytes, headers={**raw, "X-Topk": "3"}, timeout=60
+    )
+    assert prediction.status_code == 200, prediction.text
+    assert len(prediction.json()) == 3
+    explanation = requests.post(
+        server.explanations_url, data=sample_bytes, headers={**raw, "X-Target": "Bag"}, timeout=60
+    )
+    assert explanation.status_code == 200, explanation.text
+    assert explanation.json()["target_name"] == "Bag"
+    refused = requests.post(
+        server.predictions_url, data=sample_bytes, headers={**raw, "X-Topk": "11"}, timeout=60
+    )
+    assert refused.status_code == 422 and refused.json()["type"] == "ParameterOutOfRange"
+
+
 def test_explanation_defaults_to_the_predicted_class(torchserve_tiny, sample_bytes, solo_answers):
     server = torchserve_tiny
     response = post_multipart(server.explanations_url, server.inference_headers, sample_bytes)

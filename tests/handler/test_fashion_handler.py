@@ -108,12 +108,14 @@ def test_explanations_use_each_requests_own_target(handler_and_context):
         {"body": png_bytes(), "steps": b"6"},  # no target: the predicted class
         {"body": png_bytes()},  # a prediction in the same batch
         {"body": png_bytes(), "steps": b"500"},
+        {"body": png_bytes(), "steps": b"4"},  # target from an X-Target header
     ]
-    headers = [EXPLAIN, EXPLAIN, EXPLAIN, {}, EXPLAIN]
+    headers = [EXPLAIN, EXPLAIN, EXPLAIN, {}, EXPLAIN, {**EXPLAIN, "X-Target": "Bag"}]
     responses, statuses = run_batch(handler, context, requests, headers)
-    assert statuses == [200, 200, 200, 200, 422]
+    assert statuses == [200, 200, 200, 200, 422, 200]
 
-    first, second, third, prediction, refused = responses
+    first, second, third, prediction, refused, from_header = responses
+    assert (from_header["target"], from_header["target_name"]) == (8, "Bag")
     assert (first["target"], first["target_name"]) == (1, "Trouser")
     assert (second["target"], second["target_name"]) == (9, "Ankle boot")
     predicted = next(iter(prediction))  # the top class of the plain prediction

@@ -11,6 +11,7 @@ from fashion_request import (
     OptionLimits,
     RequestOptions,
     decode_base64,
+    options_from_headers,
     parse_options,
     parse_request,
 )
@@ -25,8 +26,8 @@ B64 = base64.b64encode(IMAGE).decode("ascii")
 DEFAULTS = RequestOptions(topk=5, target=None, invert="auto", steps=50)
 
 
-def parse(request: dict):
-    return parse_request(request, FASHION_MNIST_CLASSES, LIMITS, MAX_BYTES)
+def parse(request: dict, header_options: dict | None = None):
+    return parse_request(request, FASHION_MNIST_CLASSES, LIMITS, MAX_BYTES, header_options)
 
 
 @pytest.mark.parametrize(
@@ -56,15 +57,15 @@ def test_every_body_form_yields_the_image(request_dict):
     assert options == DEFAULTS
 
 
-def test_query_parameters_arrive_as_bytes_entries_and_are_parsed():
-    # ?topk=3&target=Trouser&invert=true&steps=20 -> one entry each, UTF-8 bytes.
+def test_form_fields_arrive_as_entries_and_are_parsed():
+    # -F topk=3 -F target=Trouser ... -> one entry each beside the image.
     _, options = parse(
         {"body": IMAGE, "topk": b"3", "target": b"Trouser", "invert": b"true", "steps": b"20"}
     )
     assert options == RequestOptions(topk=3, target=1, invert="true", steps=20)
 
 
-def test_json_fields_are_options_and_query_parameters_win():
+def test_json_fields_are_options_and_form_fields_win():
     _, options = parse({"body": {"data": B64, "topk": 2, "target": 7, "invert": False}})
     assert options == RequestOptions(topk=2, target=7, invert="false", steps=50)
     _, options = parse({"body": {"data": B64, "topk": 2}, "topk": b"4"})
@@ -72,6 +73,17 @@ def test_json_fields_are_options_and_query_parameters_win():
     kserve = {"instances": [{"data": B64, "target": "Bag", "topk": 3}], "topk": 1}
     _, options = parse({"body": kserve})
     assert (options.target, options.topk) == (8, 3)
+
+
+def test_header_options_override_the_body():
+    headers = {"X-Topk": "2", "x-target": "Bag", "X-Invert": "false", "Authorization": "Bearer k"}
+    header_options = options_from_headers(headers)
+    assert header_options == {"topk": "2", "target": "Bag", "invert": "false"}
+    _, options = parse({"body": {"data": B64, "topk": 4}}, header_options=header_options)
+    assert options == RequestOptions(topk=2, target=8, invert="false", steps=50)
+    with pytest.raises(errors.RequestError) as refused:
+        parse({"body": IMAGE}, header_options=options_from_headers({"X-Steps": "0"}))
+    assert refused.value.code == 422
 
 
 @pytest.mark.parametrize(
