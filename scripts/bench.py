@@ -248,8 +248,13 @@ def summary(point: dict) -> str:
 
 def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path, full: bool):
     work = temp_dir(f"bench-{name.replace(' ', '_')}-")
+    config_keys = {k[7:]: v for k, v in overrides.items() if k.startswith("config.")}
+    overrides = {k: v for k, v in overrides.items() if not k.startswith("config.")}
+    if config_keys:  # config.<key>=value: a copy of config.properties with these keys
+        env = {**env, "TS_CONFIG": str(config_with(config_keys, work))}
     handler_dir = handler_dir_with(overrides, work) if overrides else None
-    serve_env = {"MODEL_LOG_LEVEL": args.model_log_level, **env}
+    serve_env = {"MODEL_LOG_LEVEL": args.model_log_level} if args.model_log_level else {}
+    serve_env.update(env)
     server = TorchServe(work / "run", args.export_dir, handler_dir=handler_dir, env=serve_env)
     print(f"TorchServe [{name}] {overrides or ''} {env or ''}", flush=True)
     result = {"overrides": overrides, "env": serve_env}
@@ -289,6 +294,15 @@ def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path,
                     args,
                 )
     return result
+
+
+def config_with(keys: dict, work_dir: Path) -> Path:
+    """A copy of config.properties with `keys` replaced or added."""
+    lines = (REPO_ROOT / "config.properties").read_text().splitlines()
+    kept = [line for line in lines if line.split("=", 1)[0].strip() not in keys]
+    path = work_dir / "config.properties"
+    path.write_text("\n".join([*kept, *(f"{k}={v}" for k, v in keys.items())]) + "\n")
+    return path
 
 
 def litserve_runs(args, json_body: Path) -> dict:
@@ -542,8 +556,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--wrk-timeout-s", type=float, default=30, help="wrk request timeout")
     parser.add_argument(
         "--model-log-level",
-        default="warn",
-        help="MODEL_LOG_LEVEL for serve.sh (default warn: worker stderr only)",
+        default=None,
+        help="MODEL_LOG_LEVEL for serve.sh (default: serve.sh's own, info)",
     )
     parser.add_argument(
         "--set",
@@ -558,7 +572,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME:KEY=V,KEY=V",
-        help="extra TorchServe runs (predictions only) with these overrides",
+        help="extra TorchServe runs (predictions only) with these overrides "
+        "(also config.<key> for config.properties, handler_source=<dir> for another handler)",
     )
     parser.add_argument(
         "--skip",

@@ -173,20 +173,20 @@ def count_statuses(outcomes: list[Outcome]) -> dict:
 
 
 def check_load(server, image, reference, args) -> dict:
-    worker_pid = server.ready_worker_pids()[0]
+    worker_pids = server.ready_worker_pids()
     run_load(server, image, reference, args.concurrency, requests=args.warmup)
-    rss_before = rss_kib(worker_pid)
+    rss_before = {pid: rss_kib(pid) for pid in worker_pids}
     started = time.perf_counter()
     outcomes = run_load(server, image, reference, args.concurrency, requests=args.requests)
     elapsed = time.perf_counter() - started
-    rss_after = rss_kib(worker_pid)
+    rss_after = {pid: rss_kib(pid) for pid in worker_pids}
     latencies = sorted(o.done_s - o.sent_s for o in outcomes)
     valid = sum(o.valid for o in outcomes)
-    growth = (rss_after - rss_before) / rss_before
+    growth = {pid: (rss_after[pid] - rss_before[pid]) / rss_before[pid] for pid in worker_pids}
     return {
         "passed": valid == args.requests
-        and abs(growth) <= RSS_GROWTH_LIMIT
-        and server.ready_worker_pids() == [worker_pid],
+        and all(abs(g) <= RSS_GROWTH_LIMIT for g in growth.values())
+        and server.ready_worker_pids() == worker_pids,
         "requests": args.requests,
         "concurrency": args.concurrency,
         "valid_200": valid,
@@ -195,23 +195,25 @@ def check_load(server, image, reference, args) -> dict:
         "requests_per_s": round(len(outcomes) / elapsed, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 2),
         "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 2),
-        "worker_pid": worker_pid,
+        "worker_pids": worker_pids,
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
-        "rss_growth": round(growth, 4),
+        "rss_growth": {pid: round(g, 4) for pid, g in growth.items()},
+        "max_rss_growth": round(max(growth.values(), key=abs), 4),
         "warmup_requests": args.warmup,
     }
 
 
 # --- faults ---------------------------------------------------------------------------------
-def wait_for_new_worker(server: TorchServe, old_pid: int, timeout_s: float = 120) -> int | None:
+def wait_for_new_worker(server: TorchServe, old_pids: list[int], timeout_s=120) -> int | None:
+    """The pid of a READY worker that is not one of `old_pids` (None after `timeout_s`)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             pids = server.ready_worker_pids()
         except (OSError, RuntimeError):
             pids = []
-        fresh = [pid for pid in pids if pid != old_pid]
+        fresh = [pid for pid in pids if pid not in old_pids]
         if fresh:
             return fresh[0]
         time.sleep(0.1)
@@ -221,14 +223,15 @@ def wait_for_new_worker(server: TorchServe, old_pid: int, timeout_s: float = 120
 def check_kill(server, image, reference, args) -> dict:
     kills = []
     for _ in range(args.kills):
-        old_pid = server.ready_worker_pids()[0]
+        pids_before = server.ready_worker_pids()
+        old_pid = pids_before[0]
         kill_at = {}
 
-        def killer(load_started: float, old_pid=old_pid, kill_at=kill_at) -> None:
+        def killer(load_started: float, old_pid=old_pid, kill_at=kill_at, old=pids_before):
             time.sleep(args.kill_after_s)
             kill_at["s"] = time.perf_counter() - load_started
             os.kill(old_pid, signal.SIGKILL)
-            new_pid = wait_for_new_worker(server, old_pid)
+            new_pid = wait_for_new_worker(server, old)
             kill_at["ready_s"] = time.perf_counter() - load_started
             kill_at["new_pid"] = new_pid
 
@@ -246,6 +249,7 @@ def check_kill(server, image, reference, args) -> dict:
         kills.append(
             {
                 "old_pid": old_pid,
+                "workers_before": pids_before,
                 "new_pid": kill_at.get("new_pid"),
                 "requests": len(outcomes),
                 "failed": len(failed),
@@ -466,6 +470,8 @@ def bad_requests(image: bytes, max_request_size: int) -> list[tuple]:
         ("explain target 99", "POST", "{e}", with_image(target=99), as_json, 422),
         ("explain steps 100000", "POST", "{e}", with_image(steps=100000), as_json, 422),
         ("explain steps -1", "POST", "{e}", with_image(steps=-1), as_json, 422),
+        ("header X-Topk: 0", "POST", "{p}", image, {**octet, "X-Topk": "0"}, 422),
+        ("header X-Steps: many, explain", "POST", "{e}", image, {**octet, "X-Steps": "many"}, 400),
         ("binary body sent as a urlencoded form", "POST", "{p}", image, urlencoded, 400),
         ("unknown model", "POST", "/predictions/no-such-model", image, octet, 404),
         ("unknown model version", "POST", "{p}/99.9", image, octet, 404),

@@ -49,10 +49,14 @@ def free_ports(count: int) -> list[int]:
 
 def handler_dir_with(overrides: dict, work_dir: Path) -> Path:
     """A copy of handler/ whose model-config.yaml has `overrides` (top-level keys, or
-    `handler.<key>`) applied: how a tuning variant is archived without editing the repo."""
+    `handler.<key>`) applied: how a tuning variant is archived without editing the repo.
+    The key `handler_source` names another handler folder to copy (a candidate change)."""
+    overrides = dict(overrides)
+    source = Path(overrides.pop("handler_source", REPO_ROOT / "handler"))
     target = work_dir / "handler"
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(REPO_ROOT / "handler", target, ignore=shutil.ignore_patterns("*.egg-info"))
+    ignore = shutil.ignore_patterns("*.egg-info", "__pycache__")
+    shutil.copytree(source, target, ignore=ignore)
     config_path = target / "model-config.yaml"
     config = yaml.safe_load(config_path.read_text())
     for key, value in overrides.items():

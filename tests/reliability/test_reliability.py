@@ -57,7 +57,7 @@ def test_load_answers_every_request_validly_and_worker_memory_stays_flat(report)
     load = report["load"]
     assert load["valid_200"] == REQUESTS, load["statuses"]
     assert load["statuses"] == {"200": REQUESTS}
-    assert abs(load["rss_growth"]) <= 0.10, load
+    assert abs(load["max_rss_growth"]) <= 0.10, load
 
 
 def test_corpus_of_hostile_requests_gets_4xx_json_errors_without_worker_restarts(report):
