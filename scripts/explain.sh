@@ -1,35 +1,7 @@
 #!/usr/bin/env bash
-# Integrated-gradients explanation for one image from the running server:
+# Integrated-gradients explanation for one image from the running server; prints the JSON
+# answer (attributions, heatmap_png as base64):
 #   scripts/explain.sh FILE [TARGET]      TARGET: class index or name (default: predicted class)
-# Prints the JSON answer (attributions, heatmap_png as base64).
-# Settings: RUN_DIR=run (where serve.sh wrote endpoints.json and key_file.json).
-# Options travel as multipart fields: TorchServe 0.12 does not pass query parameters on.
 set -euo pipefail
-repo_root=$(cd "$(dirname "$0")/.." && pwd)
-run_dir=${RUN_DIR:-${repo_root}/run}
-
-[[ $# -ge 1 && -f "$1" ]] || { echo "usage: scripts/explain.sh FILE [TARGET]" >&2; exit 2; }
-file=$1
-target=${2:-}
-
-read -r url token < <(python3 - "$run_dir" <<'PY'
-import json, pathlib, sys
-run_dir = pathlib.Path(sys.argv[1])
-try:
-    endpoints = json.loads((run_dir / "endpoints.json").read_text())
-except FileNotFoundError:
-    sys.exit(f"no {run_dir}/endpoints.json: start the server with scripts/serve.sh start")
-try:
-    token = json.loads((run_dir / "key_file.json").read_text())["inference"]["key"]
-except FileNotFoundError:
-    token = "-"  # token authorization disabled
-print(f"{endpoints['inference']}/explanations/{endpoints['model']}", token)
-PY
-)
-[[ -n "${url:-}" ]] || exit 1
-
-args=(--silent --show-error --fail-with-body --request POST --form "data=@${file}")
-[[ "$token" == - ]] || args+=(--header "Authorization: Bearer ${token}")
-[[ -z "$target" ]] || args+=(--form "target=${target}")
-curl "${args[@]}" "$url"
-echo
+[[ $# -ge 1 ]] || { echo "usage: scripts/explain.sh FILE [TARGET]" >&2; exit 2; }
+exec "$(dirname "$0")/call.sh" explanations "$1" ${2:+"X-Target: $2"}
