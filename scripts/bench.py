@@ -35,11 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from fashion_explain import black_baseline, heatmap_base64, integrated_gradients, round_attributions
-from fashion_handler import HandlerSettings
-from fashion_image import prepare_image, to_batch_tensor
-from fashion_predict import top_k_batch
-from fashion_request import OptionLimits, parse_request
+from fashion_image import to_batch_tensor
+from inprocess import initialized_handler, prepare, set_requests
 from servers import (
     DEFAULT_EXPORT_DIR,
     REPO_ROOT,
@@ -52,8 +49,6 @@ from servers import (
     wrk,
 )
 
-from fashion_contract import load_torchscript
-
 DEFAULT_IMAGE = REPO_ROOT / "samples" / "ankle_boot.png"
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "bench" / "bench.json"
 CONCURRENCIES = (1, 8, 32)
@@ -61,78 +56,42 @@ CONCURRENCIES = (1, 8, 32)
 CEILING_FRACTION_TARGET = 0.80
 P50_C1_EXTRA_MS_TARGET = 2.5
 EXPLAIN_FRACTION_TARGET = 0.90
-LITSERVE_CONFIGS = {
-    "1 worker, no batching": dict(workers=1, max_batch_size=1, batch_timeout_ms=0.0),
-    "2 workers, batch 8 / 5 ms": dict(workers=2, max_batch_size=8, batch_timeout_ms=5.0),
-}
+
+
+def litserve_configs() -> dict:
+    """LitServe without batching, and with TorchServe's own workers and batching
+    (handler/model-config.yaml), so both servers get the same settings."""
+    config = model_config()
+    workers = int(config.get("minWorkers", 1))
+    batch_size = int(config.get("batchSize", 1))
+    delay_ms = float(config.get("maxBatchDelay", 0))
+    return {
+        "1 worker, no batching": dict(workers=1, max_batch_size=1, batch_timeout_ms=0.0),
+        f"{workers} workers, batch {batch_size} / {delay_ms:g} ms": dict(
+            workers=workers, max_batch_size=batch_size, batch_timeout_ms=delay_ms
+        ),
+    }
 
 
 # --- in-process: the handler's own functions ------------------------------------------------
 class Pipeline:
-    """The worker's path for predictions and explanations, built from the handler's functions
-    and settings (handler/model-config.yaml), without TorchServe around it."""
+    """The worker's path, in-process: FashionHandler.handle on a batch of raw image bodies
+    (request parsing, decode, fit, tensor, model, softmax, top-k or integrated gradients),
+    then the json.dumps(indent=2) TorchServe's worker applies to each answer."""
 
-    def __init__(self, export_dir: Path, device: str = "cpu") -> None:
-        self.settings = HandlerSettings.from_model_yaml(model_config())
-        torch.set_num_threads(self.settings.torch_threads)
-        self.device = torch.device(device)
-        self.model, self.contract = load_torchscript(export_dir / "model.pt", self.device)
-        self.model.eval()
-        self.input_size = tuple(self.contract.input_shape[1:])
-        self.limits = OptionLimits(
-            default_topk=min(self.settings.topk, self.contract.num_classes),
-            default_steps=min(self.settings.ig_steps, self.settings.max_ig_steps),
-            max_steps=self.settings.max_ig_steps,
-        )
-        baseline = black_baseline(self.contract.mean, self.contract.std, self.input_size)
-        self.baseline = baseline.to(self.device)
+    def __init__(self, export_dir: Path, device: str = "cpu", batch_size: int = 8) -> None:
+        self.handler, self.context = initialized_handler(export_dir, batch_size, device)
 
-    def prepare(self, image_bytes: bytes):
-        raw, options = parse_request(
-            {"body": image_bytes},
-            self.contract.class_names,
-            self.limits,
-            self.settings.max_image_bytes,
-        )
-        pixels = prepare_image(raw, self.input_size, options.invert, self.settings.max_image_pixels)
-        return pixels, options
-
-    def predict(self, images: list[bytes]) -> list[str]:
-        prepared = [self.prepare(image_bytes) for image_bytes in images]
-        batch = to_batch_tensor(
-            [pixels for pixels, _ in prepared], self.contract.mean, self.contract.std, self.device
-        )  # (N, C, H, W)
-        with torch.inference_mode():
-            probabilities = torch.softmax(self.model(batch), dim=1)
-        answers = top_k_batch(
-            probabilities, self.contract.class_names, [options.topk for _, options in prepared]
-        )
-        # TorchServe's worker serializes each answer with json.dumps(indent=2).
+    def _handle(self, images: list[bytes], explain: bool) -> list[str]:
+        set_requests(self.context, len(images), explain=explain)
+        answers = self.handler.handle([{"body": image} for image in images], self.context)
         return [json.dumps(answer, indent=2) for answer in answers]
 
+    def predict(self, images: list[bytes]) -> list[str]:
+        return self._handle(images, explain=False)
+
     def explain(self, images: list[bytes]) -> list[str]:
-        prepared = [self.prepare(image_bytes) for image_bytes in images]
-        batch = to_batch_tensor(
-            [pixels for pixels, _ in prepared], self.contract.mean, self.contract.std, self.device
-        )
-        with torch.inference_mode():
-            targets = self.model(batch).argmax(dim=1).tolist()
-        attributions, deltas = integrated_gradients(
-            self.model, batch, self.baseline, targets, self.limits.default_steps
-        )
-        attributions_hw = attributions.sum(dim=1).cpu().numpy()  # (N, H, W)
-        return [
-            json.dumps(
-                {
-                    "target": target,
-                    "delta": float(deltas[i]),
-                    "attributions": round_attributions(attributions_hw[i]),
-                    "heatmap_png": heatmap_base64(prepared[i][0], attributions_hw[i]),
-                },
-                indent=2,
-            )
-            for i, target in enumerate(targets)
-        ]
+        return self._handle(images, explain=True)
 
 
 def measure(call: Callable[[], object], images_per_call: int, duration_s: float) -> dict:
@@ -156,7 +115,7 @@ def measure(call: Callable[[], object], images_per_call: int, duration_s: float)
 
 
 def _ceiling_worker(export_dir, device, image_bytes, batch_size, duration_s, barrier, results):
-    pipeline = Pipeline(Path(export_dir), device)
+    pipeline = Pipeline(Path(export_dir), device, batch_size)
     torch.set_num_threads(1)
     images = [image_bytes] * batch_size
     for _ in range(5):
@@ -194,7 +153,7 @@ def machine_ceiling(
 
 def in_process(args, batch_size: int) -> dict:
     image_bytes = args.image.read_bytes()
-    pipeline = Pipeline(args.export_dir, args.device)
+    pipeline = Pipeline(args.export_dir, args.device, batch_size)
     seconds = args.in_process_s
     results = {
         "batch_1": measure(lambda: pipeline.predict([image_bytes]), 1, seconds),
@@ -202,7 +161,7 @@ def in_process(args, batch_size: int) -> dict:
             lambda: pipeline.predict([image_bytes] * batch_size), batch_size, seconds
         ),
         "explain_batch_1": measure(lambda: pipeline.explain([image_bytes]), 1, seconds),
-        "ig_steps": pipeline.limits.default_steps,
+        "ig_steps": pipeline.handler.limits.default_steps,
     }
     results["ceiling"] = machine_ceiling(
         args.export_dir, args.device, image_bytes, batch_size, args.processes, seconds
@@ -212,6 +171,11 @@ def in_process(args, batch_size: int) -> dict:
 
 # --- served ---------------------------------------------------------------------------------
 def load_points(url, body_file, token, content_type, concurrencies, duration_s, args) -> dict:
+    # Unrecorded warm-up: TorchScript's profiling executor specializes on the first calls of
+    # each batch shape, and the JVM compiles its hot paths.
+    for connections in (1, max(concurrencies)):
+        wrk(url, body_file, token, content_type, connections, args.warmup_s, cpu=args.wrk_cpu)
+    settle(url, body_file, token, content_type)
     points = {}
     for connections in concurrencies:
         points[f"c{connections}"] = wrk(
@@ -307,7 +271,7 @@ def config_with(keys: dict, work_dir: Path) -> Path:
 
 def litserve_runs(args, json_body: Path) -> dict:
     results = {}
-    for name, config in LITSERVE_CONFIGS.items():
+    for name, config in litserve_configs().items():
         print(f"LitServe [{name}]", flush=True)
         log_file = (
             args.out.parent / f"litserve-{config['workers']}w-b{config['max_batch_size']}.log"
@@ -444,57 +408,32 @@ def table(results: dict) -> str:
 def profile(args, batch_size: int) -> None:
     """cProfile of FashionHandler.handle (the worker's path, without the socket) and
     torch.profiler of the model, at batch 1 and at the served batch size."""
-    import tempfile
-    import zipfile
-
-    import fashion_handler
-    from ts.context import Context, RequestProcessor
-
     image_bytes = args.image.read_bytes()
-    model_dir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
-    (model_dir / "model.pt").write_bytes((args.export_dir / "model.pt").read_bytes())
-    assert zipfile.is_zipfile(model_dir / "model.pt")
-    manifest = {"model": {"modelName": "fashion-cnn", "serializedFile": "model.pt"}}
+    pipeline = Pipeline(args.export_dir, args.device, batch_size)
     for size in (1, batch_size):
-        context = Context(
-            "fashion-cnn",
-            str(model_dir),
-            manifest,
-            size,
-            None,
-            "0.12.0",
-            model_yaml_config=model_config(),
-        )
-        handler = fashion_handler.FashionHandler()
-        handler.initialize(context)
-        context.request_processor = [RequestProcessor({}) for _ in range(size)]
-        data = [{"body": image_bytes} for _ in range(size)]
+        images = [image_bytes] * size
         for _ in range(20):
-            handler.handle(data, context)
+            pipeline.predict(images)
         calls = max(50, 2000 // size)
         profiler = cProfile.Profile()
         profiler.enable()
         for _ in range(calls):
-            answers = handler.handle(data, context)
-            [json.dumps(answer, indent=2) for answer in answers]  # what the worker does next
+            pipeline.predict(images)
         profiler.disable()
         stream = io.StringIO()
-        stats = pstats.Stats(profiler, stream=stream)
-        stats.sort_stats("tottime").print_stats(18)
+        pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(18)
         print(f"=== cProfile: FashionHandler.handle + json.dumps, batch {size}, {calls} calls ===")
         print(stream.getvalue())
 
-    pipeline = Pipeline(args.export_dir, args.device)
+    handler = pipeline.handler
+    pixels, _ = prepare(handler, image_bytes)
     batch = to_batch_tensor(
-        [pipeline.prepare(image_bytes)[0]] * batch_size,
-        pipeline.contract.mean,
-        pipeline.contract.std,
-        pipeline.device,
+        [pixels] * batch_size, handler.contract.mean, handler.contract.std, handler.device
     )
-    with torch.inference_mode(), torch.profiler.profile() as prof:
+    with torch.profiler.profile() as prof:
         for _ in range(50):
-            pipeline.model(batch)
-    print(f"=== torch.profiler: model forward, batch {batch_size}, 50 calls ===")
+            handler.inference(batch)
+    print(f"=== torch.profiler: FashionHandler.inference, batch {batch_size}, 50 calls ===")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
@@ -551,6 +490,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=os.cpu_count() or 1,
         help="processes for the in-process ceiling (default: one per core)",
+    )
+    parser.add_argument(
+        "--warmup-s", type=float, default=2, help="unrecorded load before each series (default 2)"
     )
     parser.add_argument("--wrk-cpu", default="1", help="core wrk is pinned to (default 1)")
     parser.add_argument("--wrk-timeout-s", type=float, default=30, help="wrk request timeout")

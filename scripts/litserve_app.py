@@ -6,7 +6,9 @@ server scripts/bench.py measures beside TorchServe).
 
 Input: LitServe parses the body as JSON, so an image travels in its natural form here,
 {"data": "<base64 PNG>"} to POST /predict; the handler's own parse_request decodes it.
-Output: the handler's top-k JSON object. Needs the `bench` extra (litserve).
+The model and settings are the handler's (a FashionHandler initialized as in a TorchServe
+worker, see scripts/inprocess.py). Output: the handler's top-k JSON object.
+Needs the `bench` extra (litserve).
 """
 
 from __future__ import annotations
@@ -15,16 +17,10 @@ import argparse
 from pathlib import Path
 
 import litserve as ls
-import torch
 from fashion_errors import RequestError
-from fashion_handler import HandlerSettings
-from fashion_image import prepare_image, to_batch_tensor
-from fashion_predict import top_k_batch
-from fashion_request import OptionLimits, parse_request
+from fashion_image import to_batch_tensor
 from fastapi import HTTPException
-from servers import model_config
-
-from fashion_contract import load_torchscript
+from inprocess import initialized_handler, prepare
 
 
 class FashionAPI(ls.LitAPI):
@@ -33,45 +29,26 @@ class FashionAPI(ls.LitAPI):
         self.export_dir = export_dir
 
     def setup(self, device) -> None:
-        settings = HandlerSettings.from_model_yaml(model_config())
-        torch.set_num_threads(settings.torch_threads)
-        self.settings = settings
-        self.model, self.contract = load_torchscript(self.export_dir / "model.pt")
-        self.model.eval()
-        self.input_size = tuple(self.contract.input_shape[1:])
-        self.limits = OptionLimits(
-            default_topk=min(settings.topk, self.contract.num_classes),
-            default_steps=settings.ig_steps,
-            max_steps=settings.max_ig_steps,
-        )
+        # The TorchServe handler, initialized as a worker would: same settings, same model.
+        self.handler, _ = initialized_handler(self.export_dir)
 
     def decode_request(self, request):
         try:
-            image_bytes, options = parse_request(
-                {"body": request},
-                self.contract.class_names,
-                self.limits,
-                self.settings.max_image_bytes,
-            )
-            pixels = prepare_image(
-                image_bytes, self.input_size, options.invert, self.settings.max_image_pixels
-            )
+            pixels, options = prepare(self.handler, b"", payload=request)
         except RequestError as error:
             raise HTTPException(status_code=error.code, detail=error.to_body()) from error
-        return pixels, options.topk
+        return pixels, options
 
     def batch(self, inputs):
-        return inputs  # a list of (pixels, topk): predict stacks them itself
+        return inputs  # a list of (pixels, options): predict stacks them itself
 
     def predict(self, inputs):
         single = isinstance(inputs, tuple)
         items = [inputs] if single else inputs
-        batch = to_batch_tensor(
-            [pixels for pixels, _ in items], self.contract.mean, self.contract.std
-        )
-        with torch.inference_mode():
-            probabilities = torch.softmax(self.model(batch), dim=1)
-        answers = top_k_batch(probabilities, self.contract.class_names, [k for _, k in items])
+        contract = self.handler.contract
+        batch = to_batch_tensor([pixels for pixels, _ in items], contract.mean, contract.std)
+        probabilities = self.handler.inference(batch)  # (N, num_classes)
+        answers = self.handler.postprocess(probabilities, [options for _, options in items])
         return answers[0] if single else answers
 
     def unbatch(self, outputs):

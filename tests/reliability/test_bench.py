@@ -40,7 +40,7 @@ def test_profile_shows_where_a_request_spends_its_time(tiny_export_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "cProfile: FashionHandler.handle" in done.stdout
     assert "prepare_image" in done.stdout or "decode_image" in done.stdout
-    assert "torch.profiler: model forward" in done.stdout
+    assert "torch.profiler: FashionHandler.inference" in done.stdout
 
 
 @pytest.mark.slow
