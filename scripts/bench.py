@@ -5,14 +5,16 @@
     .venv/bin/python scripts/bench.py --profile            # where one request's time goes
     .venv/bin/python scripts/bench.py --variant 2workers:minWorkers=2,maxWorkers=2 ...
 
-In-process (one process, one torch thread, the handler's own functions: request parsing,
-decode, fit, tensor, TorchScript model, softmax, top-k, JSON): images/s at batch 1 and at
-the served batch size; the machine's ceiling (one such process per core at the served batch
-size, summed); integrated gradients per image (attributions, rounding, heatmap PNG).
+In-process (one process, one torch thread: FashionHandler.handle, initialized as in a
+worker, on raw image bodies: request parsing, decode, fit, tensor, model, softmax, top-k,
+then the worker's json.dumps): images/s at batch 1 and at the served batch size; the
+machine's ceiling (one such process per core at the served batch size, summed); integrated
+gradients per image (attributions, rounding, heatmap PNG).
 Served (TorchServe via scripts/archive.sh + scripts/serve.sh with the repo's
 config.properties and handler/model-config.yaml; LitServe via scripts/litserve_app.py):
-wrk pinned to one core POSTs one sample image for a fixed time at each concurrency.
-Prints a table, checks the targets, and writes everything to --out (JSON).
+wrk pinned to one core POSTs one sample image for a fixed time at each concurrency; for
+TorchServe predictions also the CPU milliseconds its Java frontend and its workers spend
+per request. Prints a table, checks the targets, and writes everything to --out (JSON).
 """
 
 from __future__ import annotations
@@ -170,7 +172,17 @@ def in_process(args, batch_size: int) -> dict:
 
 
 # --- served ---------------------------------------------------------------------------------
-def load_points(url, body_file, token, content_type, concurrencies, duration_s, args) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_points(
+    url, body_file, token, content_type, concurrencies, duration_s, args, processes=None
+) -> dict:
+    """One wrk run per concurrency. `processes` ({role: [pid, ...]}): also the CPU time each
+    role spent per request during the run, e.g. TorchServe's Java frontend and its workers."""
     # Unrecorded warm-up: TorchScript's profiling executor specializes on the first calls of
     # each batch shape, and the JVM compiles its hot paths.
     for connections in (1, max(concurrencies)):
@@ -178,6 +190,7 @@ def load_points(url, body_file, token, content_type, concurrencies, duration_s, 
     settle(url, body_file, token, content_type)
     points = {}
     for connections in concurrencies:
+        before = {role: sum(map(cpu_seconds, pids)) for role, pids in (processes or {}).items()}
         points[f"c{connections}"] = wrk(
             url,
             body_file,
@@ -188,7 +201,15 @@ def load_points(url, body_file, token, content_type, concurrencies, duration_s, 
             timeout_s=args.wrk_timeout_s,
             cpu=args.wrk_cpu,
         )
-        print(f"  c{connections}: {summary(points[f'c{connections}'])}", flush=True)
+        point = points[f"c{connections}"]
+        if processes and point["requests"]:
+            point["cpu_ms_per_request"] = {
+                role: round(
+                    (sum(map(cpu_seconds, pids)) - before[role]) / point["requests"] * 1e3, 3
+                )
+                for role, pids in processes.items()
+            }
+        print(f"  c{connections}: {summary(point)}", flush=True)
         settle(url, body_file, token, content_type)
     return points
 
@@ -224,8 +245,10 @@ def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path,
     result = {"overrides": overrides, "env": serve_env}
     with server:
         token = server.inference_token
-        result["workers"] = len(server.ready_worker_pids())
+        worker_pids = server.ready_worker_pids()
+        result["workers"] = len(worker_pids)
         result["config"] = model_config(handler_dir)
+        processes = {"frontend": [server.frontend_pid()], "workers": worker_pids}
         result["predict"] = load_points(
             server.predict_url,
             args.image,
@@ -234,6 +257,7 @@ def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path,
             args.concurrency,
             args.duration,
             args,
+            processes,
         )
         if full:
             print("  explanations:", flush=True)
@@ -384,15 +408,20 @@ def table(results: dict) -> str:
         rows.append((f"variant {name}", run["predict"]))
     if rows:
         lines += ["Served (wrk, 1 thread pinned to one core, loopback)", ""]
-        lines += ["| server | conc. | req/s | p50 ms | p95 ms | p99 ms | errors |"]
-        lines += ["|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| server | conc. | req/s | p50 ms | p95 ms | p99 ms | errors "
+            "| CPU ms/req frontend + workers |"
+        ]
+        lines += ["|---|---:|---:|---:|---:|---:|---:|---:|"]
         for label, points in rows:
             for point, stats in points.items():
                 errors = stats["non_2xx"] + stats["socket_errors"]
+                cpu = stats.get("cpu_ms_per_request")
+                cpu_text = f"{cpu['frontend']:.2f} + {cpu['workers']:.2f}" if cpu else ""
                 lines.append(
                     f"| {label} | {point[1:]} | {stats['requests_per_s']:.1f} | "
                     f"{stats['p50_ms']:.2f} | {stats['p95_ms']:.2f} | {stats['p99_ms']:.2f} | "
-                    f"{errors} |"
+                    f"{errors} | {cpu_text} |"
                 )
         lines.append("")
     if results.get("targets"):
