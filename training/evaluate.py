@@ -69,15 +69,15 @@ def evaluate_checkpoint(model: torch.nn.Module, state: dict, test: Split, out_di
     x_test = normalize(test.images, state["mean"], state["std"])
     test_loss, test_accuracy, predicted = evaluate(model, x_test, test.labels)
     matrix = confusion_matrix(test.labels, predicted, len(FASHION_MNIST_CLASSES))
-    per_class = (matrix.diag() / matrix.sum(1).clamp(min=1)).tolist()
+    per_class = [round(acc, 4) for acc in (matrix.diag() / matrix.sum(1).clamp(min=1)).tolist()]
     history = state["history"]
     metrics = dict(
-        test_accuracy=test_accuracy,
-        test_loss=test_loss,
+        test_accuracy=round(test_accuracy, 4),
+        test_loss=round(test_loss, 4),
         per_class_accuracy=dict(zip(FASHION_MNIST_CLASSES, per_class, strict=True)),
         epochs=len(history),
         best_epoch=state["epoch"],
-        best_val_accuracy=state["val_accuracy"],
+        best_val_accuracy=round(state["val_accuracy"], 4),
         train_seconds=round(state["train_seconds"], 1),
         seconds_per_epoch=[round(row["seconds"], 1) for row in history],
         peak_memory_mb=round(peak_memory_mb()),

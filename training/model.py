@@ -19,8 +19,8 @@ class ModelConfig:
     num_classes: int = 10
     channels: tuple[int, int, int] = (32, 64, 64)
     hidden: int = 128
-    conv_dropout: float = 0.1
-    head_dropout: float = 0.3
+    conv_dropout: float = 0.0
+    head_dropout: float = 0.2
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:

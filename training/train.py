@@ -28,7 +28,7 @@ MAX_SHIFT_PX = 2
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 256
+    batch_size: int = 128
     max_lr: float = 3e-3
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
