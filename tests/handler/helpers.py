@@ -27,7 +27,9 @@ def png_bytes(**kwargs) -> bytes:
     return encode(garment(**kwargs), "PNG")
 
 
-def make_context(model_dir, model_yaml_config: dict | None = None) -> Context:
+def make_context(
+    model_dir, model_yaml_config: dict | None = None, gpu_id: int | None = None
+) -> Context:
     """A real ts.context.Context as TorchServe's Service builds it, without a server."""
     manifest = {"model": {"modelName": "fashion", "serializedFile": "model.pt"}}
     return Context(
@@ -35,7 +37,7 @@ def make_context(model_dir, model_yaml_config: dict | None = None) -> Context:
         str(model_dir),
         manifest,
         8,
-        None,
+        gpu_id,
         "0.12.0",
         model_yaml_config=model_yaml_config or {"handler": {"topk": 5, "ig_steps": 8}},
     )
