@@ -5,14 +5,14 @@
 #   VENV=.venv                 where the environment lives
 #   TORCH_SPEC=torch==2.13.0   which torch; the default is the CPU build
 #   TORCH_INDEX_URL=           e.g. https://download.pytorch.org/whl/cu124 for a CUDA build
-#   EXTRAS=train,dev           optional dependency groups from pyproject.toml
+#   EXTRAS=train,dev,bench     optional dependency groups from pyproject.toml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
-EXTRAS=${EXTRAS:-train,dev}
+EXTRAS=${EXTRAS:-train,dev,bench}
 PYTHON=${PYTHON:-python3}
 
 say() { printf 'setup: %s\n' "$*"; }
