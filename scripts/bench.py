@@ -28,6 +28,7 @@ import multiprocessing as mp
 import os
 import platform
 import pstats
+import re
 import statistics
 import subprocess
 import sys
@@ -232,7 +233,8 @@ def summary(point: dict) -> str:
 
 
 def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path, full: bool):
-    work = temp_dir(f"bench-{name.replace(' ', '_')}-")
+    # archive.sh passes extra files as a comma-separated list: keep the path plain.
+    work = temp_dir(f"bench-{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}-")
     config_keys = {k[7:]: v for k, v in overrides.items() if k.startswith("config.")}
     overrides = {k: v for k, v in overrides.items() if not k.startswith("config.")}
     if config_keys:  # config.<key>=value: a copy of config.properties with these keys
