@@ -53,6 +53,9 @@ DEFAULT_OUT = REPO_ROOT / "artifacts" / "reliability" / "reliability.json"
 CHECKS = ("security", "corpus", "load", "kill", "restart")
 RSS_GROWTH_LIMIT = 0.10
 PROBABILITY_TOLERANCE = 1e-4  # batch composition may move the last digits
+# Oversized request lines and headers: Netty answers 400 and closes the connection while the
+# rest of the request is still arriving, so the client may get a reset instead of the 400.
+RESET_ALLOWED = ("header of 64 KiB", "URL of 64 KiB")
 # Corpus cases TorchServe 0.12's Java frontend answers before the handler runs, so neither
 # the handler nor config.properties can change them: reported, not failed.
 KNOWN_UPSTREAM = {
@@ -512,7 +515,8 @@ def check_corpus(server, image, reference, args) -> dict:
                 "expected": expected,
                 "status": status,
                 "json_error": json_error,
-                "ok": status == expected and json_error,
+                "ok": (status == expected and json_error)
+                or (name in RESET_ALLOWED and status == 0 and "reset" in str(answer)),
                 "body": answer[:200].decode("utf-8", "replace"),
             }
         )

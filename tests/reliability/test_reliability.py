@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 REQUESTS = 500
 CONCURRENCY = 32
 KNOWN_UPSTREAM_CASES = {"binary body sent as a urlencoded form", "body over max_request_size"}
+RESET_ALLOWED = {"header of 64 KiB", "URL of 64 KiB"}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,11 @@ def test_corpus_of_hostile_requests_gets_4xx_json_errors_without_worker_restarts
     assert {case["name"] for case in corpus["known_upstream"]} <= KNOWN_UPSTREAM_CASES
     assert set(corpus["server_errors"]) <= KNOWN_UPSTREAM_CASES
     for case in corpus["all"]:
-        if case["name"] not in KNOWN_UPSTREAM_CASES:
+        if case["name"] in KNOWN_UPSTREAM_CASES:
+            continue
+        if case["status"] == 0:  # oversized line/header: Netty may reset before the 400 arrives
+            assert case["name"] in RESET_ALLOWED and case["ok"], case
+        else:
             assert 400 <= case["status"] < 500 and case["json_error"], case
     good, total = corpus["good_requests_ok"].split("/")
     assert good == total
