@@ -38,7 +38,7 @@ import fashion_errors as errors
 import torch
 from fashion_explain import black_baseline, heatmap_base64, integrated_gradients, round_attributions
 from fashion_image import prepare_image, to_batch_tensor
-from fashion_predict import PROBABILITY_DECIMALS, top_k_batch
+from fashion_predict import PROBABILITY_DECIMALS, inference_model, top_k_batch
 from fashion_request import (
     OptionLimits,
     PreparedBatch,
@@ -84,6 +84,8 @@ class FashionHandler(BaseHandler):
         self.model_pt_path = os.path.join(properties["model_dir"], serialized_file)
         self.model, self.contract = load_torchscript(self.model_pt_path, map_location=self.device)
         self.model.eval()
+        # Predictions use a frozen, fused copy; explanations need the original's gradients.
+        self.predict_model = inference_model(self.model, self.device)
 
         self.input_size = tuple(self.contract.input_shape[1:])  # (H, W)
         self.limits = OptionLimits(
@@ -174,7 +176,7 @@ class FashionHandler(BaseHandler):
     def inference(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) normalized images -> (N, num_classes) probabilities."""
         with torch.inference_mode():
-            return torch.softmax(self.model(batch), dim=1)
+            return torch.softmax(self.predict_model(batch), dim=1)
 
     def postprocess(self, probabilities: torch.Tensor, options: list[RequestOptions]) -> list[dict]:
         return top_k_batch(probabilities, self.contract.class_names, [o.topk for o in options])

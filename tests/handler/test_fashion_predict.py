@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import torch
-from fashion_predict import top_k, top_k_batch
+from fashion_predict import inference_model, top_k, top_k_batch
+
+from fashion_contract import load_torchscript
 
 NAMES = ("a", "b", "c", "d")
 
@@ -24,3 +26,15 @@ def test_top_k_batch_gives_each_example_its_own_k():
     first, second = top_k_batch(probabilities, NAMES, [2, 1])
     assert first == {"b": 0.6, "d": 0.25}
     assert second == {"a": 0.7}
+
+
+def test_inference_model_answers_like_the_exported_model(tiny_export_dir):
+    model, _ = load_torchscript(tiny_export_dir / "model.pt")
+    model.eval()
+    fast = inference_model(model, torch.device("cpu"))
+    images = torch.randn(8, 1, 28, 28)
+    with torch.inference_mode():
+        for batch in (images[:1], images[:3], images):
+            torch.testing.assert_close(fast(batch), model(batch), rtol=1e-4, atol=1e-4)
+    # The original keeps its parameters and gradients for integrated gradients.
+    assert any(p.requires_grad for p in model.parameters())
