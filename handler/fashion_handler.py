@@ -34,8 +34,11 @@ import logging
 import os
 import time
 
-import fashion_errors as errors
 import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+import fashion_errors as errors
+from fashion_contract import load_torchscript
 from fashion_explain import black_baseline, heatmap_base64, integrated_gradients, round_attributions
 from fashion_image import prepare_image, to_batch_tensor
 from fashion_predict import PROBABILITY_DECIMALS, inference_model, top_k_batch
@@ -47,9 +50,6 @@ from fashion_request import (
     parse_request,
 )
 from fashion_settings import HandlerSettings
-from ts.torch_handler.base_handler import BaseHandler
-
-from fashion_contract import load_torchscript
 
 logger = logging.getLogger(__name__)
 

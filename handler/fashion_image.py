@@ -11,10 +11,11 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-import fashion_errors as errors
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+import fashion_errors as errors
 
 ACCEPTED_FORMATS = "PNG, JPEG, WebP, BMP, GIF (first frame) or TIFF"
 # Above this border brightness (0..1) the background is taken to be light, so the image is

@@ -20,8 +20,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import fashion_errors as errors
 import numpy as np
+
+import fashion_errors as errors
 from fashion_image import INVERT_MODES
 
 OPTION_KEYS = ("topk", "target", "invert", "steps")

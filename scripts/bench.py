@@ -38,7 +38,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from fashion_image import to_batch_tensor
 from inprocess import initialized_handler, prepare, set_requests
 from servers import (
     DEFAULT_EXPORT_DIR,
@@ -51,6 +50,8 @@ from servers import (
     temp_dir,
     wrk,
 )
+
+from fashion_image import to_batch_tensor
 
 DEFAULT_IMAGE = REPO_ROOT / "samples" / "ankle_boot.png"
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "bench" / "bench.json"

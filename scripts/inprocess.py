@@ -11,12 +11,13 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import fashion_handler
 import torch
-from fashion_image import prepare_image
-from fashion_request import RequestOptions, parse_request
 from servers import MODEL_NAME, model_config
 from ts.context import Context, RequestProcessor
+
+import fashion_handler
+from fashion_image import prepare_image
+from fashion_request import RequestOptions, parse_request
 
 
 def initialized_handler(

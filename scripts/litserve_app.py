@@ -17,10 +17,11 @@ import argparse
 from pathlib import Path
 
 import litserve as ls
-from fashion_errors import RequestError
-from fashion_image import to_batch_tensor
 from fastapi import HTTPException
 from inprocess import initialized_handler, prepare
+
+from fashion_errors import RequestError
+from fashion_image import to_batch_tensor
 
 
 class FashionAPI(ls.LitAPI):

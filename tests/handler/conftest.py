@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import fashion_handler
 import pytest
 import torch
 
+import fashion_handler
 from tests.handler.helpers import make_context
 
 

@@ -7,6 +7,8 @@ import io
 
 import numpy as np
 import torch
+from PIL import Image
+
 from fashion_explain import (
     black_baseline,
     heatmap_base64,
@@ -14,7 +16,6 @@ from fashion_explain import (
     integrated_gradients,
     round_attributions,
 )
-from PIL import Image
 
 
 class LinearProbe(torch.nn.Module):

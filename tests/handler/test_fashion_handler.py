@@ -6,15 +6,15 @@ import base64
 import io
 import json
 
-import fashion_handler
 import numpy as np
 import pytest
 import torch
-from fashion_handler import FashionHandler, wants_explanation
-from fashion_settings import HandlerSettings
 from PIL import Image
 
+import fashion_handler
 from fashion_contract import FASHION_MNIST_CLASSES
+from fashion_handler import FashionHandler, wants_explanation
+from fashion_settings import HandlerSettings
 from tests.handler.helpers import encode, garment, make_context, png_bytes, set_requests
 
 EXPLAIN = {"explain": "True"}

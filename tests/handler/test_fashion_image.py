@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 
-import fashion_errors as errors
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+import fashion_errors as errors
 from fashion_image import (
     border_pixels,
     decode_image,
@@ -16,8 +18,6 @@ from fashion_image import (
     should_invert,
     to_batch_tensor,
 )
-from PIL import Image
-
 from tests.handler.helpers import encode, garment, noise
 
 SIZE = (28, 28)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import torch
-from fashion_predict import inference_model, top_k, top_k_batch
 
 from fashion_contract import load_torchscript
+from fashion_predict import inference_model, top_k, top_k_batch
 
 NAMES = ("a", "b", "c", "d")
 

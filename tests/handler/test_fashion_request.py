@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 
-import fashion_errors as errors
 import pytest
+
+import fashion_errors as errors
+from fashion_contract import FASHION_MNIST_CLASSES
 from fashion_request import (
     OptionLimits,
     RequestOptions,
@@ -15,8 +17,6 @@ from fashion_request import (
     parse_options,
     parse_request,
 )
-
-from fashion_contract import FASHION_MNIST_CLASSES
 from tests.handler.helpers import png_bytes
 
 LIMITS = OptionLimits(default_topk=5, default_steps=50, max_steps=200)
