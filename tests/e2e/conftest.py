@@ -141,26 +141,26 @@ def stop_torchserve(instance: TorchServeInstance, serve_env: dict) -> None:
     assert not alive, f"processes still alive after serve.sh stop: {alive}"
 
 
+@contextlib.contextmanager
+def running_torchserve(export_dir: Path, work_dir: Path) -> Iterator[TorchServeInstance]:
+    """start_torchserve, and always stop_torchserve afterwards."""
+    instance, serve_env = start_torchserve(export_dir, work_dir)
+    try:
+        yield instance
+    finally:
+        stop_torchserve(instance, serve_env)
+
+
 @pytest.fixture(scope="session")
 def torchserve_tiny(tiny_export_dir, tmp_path_factory) -> Iterator[TorchServeInstance]:
-    instance, serve_env = start_torchserve(tiny_export_dir, tmp_path_factory.mktemp("ts_tiny"))
-    try:
+    with running_torchserve(tiny_export_dir, tmp_path_factory.mktemp("ts_tiny")) as instance:
         yield instance
-    finally:
-        stop_torchserve(instance, serve_env)
 
 
 @pytest.fixture(scope="session")
-def torchserve_trained(request, tmp_path_factory) -> Iterator[TorchServeInstance]:
-    try:
-        export_dir = request.getfixturevalue("export_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("no `export_dir` fixture (trained model) in this checkout")
-    instance, serve_env = start_torchserve(export_dir, tmp_path_factory.mktemp("ts_trained"))
-    try:
+def torchserve_trained(export_dir, tmp_path_factory) -> Iterator[TorchServeInstance]:
+    with running_torchserve(export_dir, tmp_path_factory.mktemp("ts_trained")) as instance:
         yield instance
-    finally:
-        stop_torchserve(instance, serve_env)
 
 
 @pytest.fixture(scope="session")
