@@ -60,6 +60,8 @@ CONCURRENCIES = (1, 8, 32)
 CEILING_FRACTION_TARGET = 0.80
 P50_C1_EXTRA_MS_TARGET = 2.5
 EXPLAIN_FRACTION_TARGET = 0.90
+# Warm-up ends once the JVM's JIT compiler threads use at most this share of its CPU.
+JIT_SETTLED_SHARE = 0.02
 
 
 def litserve_configs() -> dict:
@@ -176,19 +178,81 @@ def in_process(args, batch_size: int) -> dict:
 # --- served ---------------------------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (from /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _cpu_from_stat(Path(f"/proc/{pid}/stat").read_text())
+
+
+def _cpu_from_stat(stat: str) -> float:
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def jit_cpu_share(pid: int) -> Callable[[], float]:
+    """Start counting; the returned function gives the share of process `pid`'s CPU time
+    that its JIT compiler threads (HotSpot's "C1/C2 CompilerThread") used since."""
+
+    def jit_and_total() -> tuple[float, float]:
+        jit = 0.0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:  # the thread ended meanwhile
+                continue
+            if "CompilerThre" in stat[stat.index("(") : stat.rindex(")")]:
+                jit += _cpu_from_stat(stat)
+        return jit, cpu_seconds(pid)
+
+    jit_before, total_before = jit_and_total()
+
+    def share() -> float:
+        jit, total = jit_and_total()
+        return (jit - jit_before) / max(total - total_before, 1e-9)
+
+    return share
+
+
+def warm_up(url, body_file, token, content_type, connections, args, jvm_pid=None) -> list:
+    """Unrecorded load before a series, in windows of --warmup-s at `connections`.
+
+    TorchServe's frontend is a JVM, and its JIT compiler keeps compiling the request path for
+    tens of seconds of load at these rates (here: C2 used 0.07-0.10 ms of CPU per request in
+    the first 10 s at c32, 0.002-0.005 by the third, while c32 went from ~3,000 to ~3,800
+    req/s). So with `jvm_pid` a window repeats while the compiler threads used more than
+    JIT_SETTLED_SHARE of the JVM's CPU, for at most --warmup-max-s; the figures then describe
+    a server that has been up for a while, as users' servers are.
+    """
+    # A short window at c1 first: TorchScript specializes on each batch shape it meets.
+    wrk(url, body_file, token, content_type, 1, args.warmup_s, cpu=args.wrk_cpu)
+    windows, warmed_s = [], 0.0
+    while True:
+        share = jit_cpu_share(jvm_pid) if jvm_pid else None
+        point = wrk(
+            url, body_file, token, content_type, connections, args.warmup_s, cpu=args.wrk_cpu
+        )
+        warmed_s += args.warmup_s
+        window = {"seconds": args.warmup_s, "requests_per_s": point["requests_per_s"]}
+        if share is not None:
+            window["jit_cpu_share"] = round(share(), 4)
+        windows.append(window)
+        settled = window.get("jit_cpu_share", 0.0) <= JIT_SETTLED_SHARE
+        if settled or warmed_s + args.warmup_s > args.warmup_max_s:
+            break
+    shares = ", ".join(f"{w['jit_cpu_share']:.1%}" for w in windows if "jit_cpu_share" in w)
+    print(
+        f"  warm-up: {len(windows)} x {args.warmup_s:g} s at c{connections}"
+        + (f", JIT share of the frontend's CPU per window: {shares}" if shares else ""),
+        flush=True,
+    )
+    return windows
 
 
 def load_points(
     url, body_file, token, content_type, concurrencies, duration_s, args, processes=None
 ) -> dict:
-    """One wrk run per concurrency. `processes` ({role: [pid, ...]}): also the CPU time each
-    role spent per request during the run, e.g. TorchServe's Java frontend and its workers."""
-    # Unrecorded warm-up: TorchScript's profiling executor specializes on the first calls of
-    # each batch shape, and the JVM compiles its hot paths.
-    for connections in (1, max(concurrencies)):
-        wrk(url, body_file, token, content_type, connections, args.warmup_s, cpu=args.wrk_cpu)
+    """One wrk run per concurrency, after warm_up; (points, warm-up windows).
+    `processes` ({role: [pid, ...]}): also the CPU time each role spent per request during
+    the run, e.g. TorchServe's Java "frontend" (whose JIT warm_up waits for) and "workers"."""
+    jvm_pid = (processes or {}).get("frontend", [None])[0]
+    warmup = warm_up(url, body_file, token, content_type, max(concurrencies), args, jvm_pid)
     settle(url, body_file, token, content_type)
     points = {}
     for connections in concurrencies:
@@ -213,7 +277,7 @@ def load_points(
             }
         print(f"  c{connections}: {summary(point)}", flush=True)
         settle(url, body_file, token, content_type)
-    return points
+    return points, warmup
 
 
 def settle(url: str, body_file: Path, token: str, content_type: str) -> None:
@@ -252,38 +316,22 @@ def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path,
         result["workers"] = len(worker_pids)
         result["config"] = model_config(handler_dir)
         processes = {"frontend": [server.frontend_pid()], "workers": worker_pids}
-        result["predict"] = load_points(
-            server.predict_url,
-            args.image,
-            token,
-            "application/octet-stream",
-            args.concurrency,
-            args.duration,
-            args,
-            processes,
-        )
+        octet, json_type = "application/octet-stream", "application/json"
+        predict, explain = server.predict_url, server.explain_url
+        series = [("predict", "predictions", predict, args.image, octet, args.duration)]
         if full:
-            print("  explanations:", flush=True)
-            result["explain"] = load_points(
-                server.explain_url,
-                args.image,
-                token,
-                "application/octet-stream",
-                args.concurrency,
-                args.explain_duration,
-                args,
+            series.append(
+                ("explain", "explanations", explain, args.image, octet, args.explain_duration)
             )
             if not args.no_json_body:
-                print("  predictions, JSON base64 body (LitServe's input):", flush=True)
-                result["predict_json"] = load_points(
-                    server.predict_url,
-                    json_body,
-                    token,
-                    "application/json",
-                    args.concurrency,
-                    args.duration,
-                    args,
-                )
+                title = "predictions, JSON base64 body (LitServe's input)"
+                series.append(("predict_json", title, predict, json_body, json_type, args.duration))
+        result["warmup"] = {}
+        for key, title, url, body, content_type, seconds in series:
+            print(f"  {title}:", flush=True)
+            result[key], result["warmup"][key] = load_points(
+                url, body, token, content_type, args.concurrency, seconds, args, processes
+            )
     return result
 
 
@@ -304,18 +352,16 @@ def litserve_runs(args, json_body: Path) -> dict:
             args.out.parent / f"litserve-{config['workers']}w-b{config['max_batch_size']}.log"
         )
         with LitServe(export_dir=args.export_dir, log_file=log_file, **config) as server:
-            results[name] = {
-                "config": config,
-                "predict": load_points(
-                    server.predict_url,
-                    json_body,
-                    "",
-                    "application/json",
-                    args.concurrency,
-                    args.duration,
-                    args,
-                ),
-            }
+            points, warmup = load_points(
+                server.predict_url,
+                json_body,
+                "",
+                "application/json",
+                args.concurrency,
+                args.duration,
+                args,
+            )
+            results[name] = {"config": config, "predict": points, "warmup": warmup}
     return results
 
 
@@ -527,7 +573,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="processes for the in-process ceiling (default: one per core)",
     )
     parser.add_argument(
-        "--warmup-s", type=float, default=2, help="unrecorded load before each series (default 2)"
+        "--warmup-s",
+        type=float,
+        default=5,
+        help="one window of unrecorded load before each series (default 5)",
+    )
+    parser.add_argument(
+        "--warmup-max-s",
+        type=float,
+        default=60,
+        help="warm-up windows repeat until TorchServe's JIT settles, at most this long "
+        "(default 60)",
     )
     parser.add_argument("--wrk-cpu", default="1", help="core wrk is pinned to (default 1)")
     parser.add_argument("--wrk-timeout-s", type=float, default=30, help="wrk request timeout")

@@ -71,7 +71,8 @@ def test_every_api_binds_to_loopback_only(torchserve_tiny):
 
 
 def test_logs_hold_no_per_request_lines(torchserve_tiny):
-    """log4j2.xml keeps access and per-request frontend lines out of the logs."""
+    """log4j2.xml keeps access and per-request frontend lines out of the logs, and the
+    handler (per_batch_logs: false) stops the worker's per-batch lines."""
     server = torchserve_tiny
     logs = server.run_dir / "logs"
     for _ in range(3):
@@ -80,3 +81,7 @@ def test_logs_hold_no_per_request_lines(torchserve_tiny):
     ts_log = (logs / "ts_log.log").read_text()
     assert "Flushing req.cmd" not in ts_log
     assert "/predictions/" not in ts_log
+    model_log = (logs / "model_log.log").read_text()
+    assert "Loaded fashion" in model_log  # the worker's INFO lines do reach the log
+    assert "Backend received inference" not in model_log
+    assert "PredictionTime" not in model_log

@@ -50,7 +50,7 @@ def test_short_bench_run_measures_every_part_without_errors(tiny_export_dir, tmp
     done = run_bench(
         "--export-dir", str(tiny_export_dir), "--out", str(out),
         "--duration", "1", "--explain-duration", "1", "--in-process-s", "0.3",
-        "--concurrency", "1", "4",
+        "--concurrency", "1", "4", "--warmup-s", "1", "--warmup-max-s", "1",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -65,5 +65,11 @@ def test_short_bench_run_measures_every_part_without_errors(tiny_export_dir, tmp
         for point in points.values():
             assert point["requests"] > 0
             assert point["non_2xx"] == 0 and point["socket_errors"] == 0, point
+    # One warm-up window each (--warmup-max-s 1); TorchServe's also measure its JIT's share.
+    ts_warmup = results["torchserve"]["warmup"]
+    assert set(ts_warmup) == {"predict", "explain", "predict_json"}
+    for windows in ts_warmup.values():
+        assert len(windows) == 1 and 0 <= windows[0]["jit_cpu_share"] <= 1, windows
+    assert all(len(run["warmup"]) == 1 for run in results["litserve"].values())
     assert {check["target"].split(" ")[0] for check in results["targets"]} >= {"served", "p50"}
     assert "| TorchServe predict (PNG bytes) | 1 |" in done.stdout
