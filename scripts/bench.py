@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import yaml
 from inprocess import initialized_handler, prepare, set_requests
 from servers import (
     DEFAULT_EXPORT_DIR,
@@ -317,7 +318,7 @@ def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path,
         result["config"] = model_config(handler_dir)
         processes = {"frontend": [server.frontend_pid()], "workers": worker_pids}
         octet, json_type = "application/octet-stream", "application/json"
-        predict, explain = server.predict_url, server.explain_url
+        predict, explain = server.predictions_url, server.explanations_url
         series = [("predict", "predictions", predict, args.image, octet, args.duration)]
         if full:
             series.append(
@@ -353,7 +354,7 @@ def litserve_runs(args, json_body: Path) -> dict:
         )
         with LitServe(export_dir=args.export_dir, log_file=log_file, **config) as server:
             points, warmup = load_points(
-                server.predict_url,
+                server.predictions_url,
                 json_body,
                 "",
                 "application/json",
@@ -629,10 +630,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def parse_overrides(items: list[str]) -> tuple[dict, dict]:
+    """KEY=VALUE items; a value reads as YAML would (8 -> int, true -> bool), since it
+    lands in model-config.yaml."""
     overrides, env = {}, {}
     for item in items:
         key, _, value = item.partition("=")
-        parsed = int(value) if value.lstrip("-").isdigit() else value
+        parsed = yaml.safe_load(value) if value else value
         if key.startswith("env."):
             env[key[4:]] = value
         else:

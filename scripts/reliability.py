@@ -130,7 +130,7 @@ def run_load(
     on_start=None,
 ) -> list[Outcome]:
     """`requests` predictions (or as many as fit in `duration_s`) from `concurrency` threads."""
-    path = urlsplit(server.predict_url).path
+    path = urlsplit(server.predictions_url).path
     headers = predict_headers(server.inference_token)
     outcomes: list[Outcome] = []
     lock = threading.Lock()
@@ -283,7 +283,7 @@ def check_restart(server, image, reference, args) -> dict:
     down = server.frontend_pid() is None
     start_s = server.start()
     status, body = http_call(
-        "POST", server.predict_url, image, predict_headers(server.inference_token)
+        "POST", server.predictions_url, image, predict_headers(server.inference_token)
     )
     return {
         "passed": down and status == 200 and same_answer(body, reference),
@@ -330,14 +330,14 @@ def check_security(server, image, reference, args) -> dict:
     token, mgmt_token = server.inference_token, server.management_token
     png = {"Content-Type": "application/octet-stream"}
     calls = {
-        "predict, no token": ("POST", f"{server.predict_url}", image, png),
-        "explain, no token": ("POST", f"{server.explain_url}", image, png),
+        "predict, no token": ("POST", f"{server.predictions_url}", image, png),
+        "explain, no token": ("POST", f"{server.explanations_url}", image, png),
         "predict v2, no token": ("POST", f"{inference}/v2/models/{MODEL_NAME}/infer", b"{}", {}),
         "predict, wrong token": (
-            "POST", server.predict_url, image, {**png, "Authorization": "Bearer not-the-key"},
+            "POST", server.predictions_url, image, {**png, "Authorization": "Bearer not-the-key"},
         ),
         "predict, management token": (
-            "POST", server.predict_url, image, {**png, "Authorization": f"Bearer {mgmt_token}"},
+            "POST", server.predictions_url, image, {**png, "Authorization": f"Bearer {mgmt_token}"},
         ),
         "list models, no token": ("GET", f"{management}/models", None, {}),
         "describe model, no token": ("GET", f"{management}/models/{MODEL_NAME}", None, {}),
@@ -489,8 +489,8 @@ def check_corpus(server, image, reference, args) -> dict:
         if line.strip().startswith("max_request_size="):
             max_request_size = int(line.split("=", 1)[1])
     token = server.inference_token
-    predict_path = urlsplit(server.predict_url).path
-    explain_path = urlsplit(server.explain_url).path
+    predict_path = urlsplit(server.predictions_url).path
+    explain_path = urlsplit(server.explanations_url).path
     pid_before = server.ready_worker_pids()
     cases, good = [], []
     for name, method, path, body, headers, expected in bad_requests(image, max_request_size):
@@ -520,7 +520,7 @@ def check_corpus(server, image, reference, args) -> dict:
                 "body": answer[:200].decode("utf-8", "replace"),
             }
         )
-        status, answer = http_call("POST", server.predict_url, image, predict_headers(token))
+        status, answer = http_call("POST", server.predictions_url, image, predict_headers(token))
         good.append(status == 200 and same_answer(answer, reference))
     pid_after = server.ready_worker_pids()
     for case in cases:
@@ -602,7 +602,7 @@ def main(argv=None) -> int:
     print(f"TorchServe in {run_dir}", flush=True)
     with server:
         status, body = http_call(
-            "POST", server.predict_url, image, predict_headers(server.inference_token)
+            "POST", server.predictions_url, image, predict_headers(server.inference_token)
         )
         if status != 200:
             print(f"the reference prediction failed: {status} {body[:300]!r}")

@@ -5,11 +5,13 @@
 - LitServe (the peer server) runs scripts/litserve_app.py;
 - `wrk` pinned to one core, with scripts/wrk_post.lua, is the load generator.
 
-Imported by the scripts beside it (Python puts a script's own folder on sys.path).
+Imported by the scripts beside it (Python puts a script's own folder on sys.path) and by
+the e2e test fixtures (pyproject.toml: pytest's pythonpath).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -83,6 +85,8 @@ class TorchServe:
     handler_dir: Path | None = None  # None: the repo's handler/
     env: dict = field(default_factory=dict)  # extra environment for serve.sh (e.g. MODEL_LOG_LEVEL)
     ports: dict = field(default_factory=dict)
+    start_timeout_s: int = 120  # serve.sh START_TIMEOUT: how long to wait for a READY worker
+    model: str = MODEL_NAME
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -98,6 +102,7 @@ class TorchServe:
         env = dict(os.environ)
         env.update({key: str(value) for key, value in self.ports.items()})
         env.update(RUN_DIR=str(self.run_dir), MODEL_STORE=str(self.model_store))
+        env.update(MODEL_NAME=self.model, START_TIMEOUT=str(self.start_timeout_s))
         if self.handler_dir is not None:
             env["HANDLER_DIR"] = str(self.handler_dir)
         env.update({key: str(value) for key, value in self.env.items()})
@@ -120,16 +125,29 @@ class TorchServe:
             raise RuntimeError(f"scripts/{' '.join(args)} failed ({result.returncode}):\n{tail}")
 
     def archive(self) -> None:
-        self._script("archive.sh", str(self.export_dir), MODEL_NAME)
+        self._script("archive.sh", str(self.export_dir), self.model)
 
     def start(self) -> float:
-        """serve.sh start (returns once a worker is READY); seconds it took."""
+        """serve.sh start (returns once a worker is READY); seconds it took. On failure the
+        server is stopped before the error is raised."""
         started = time.perf_counter()
-        self._script("serve.sh", "start")
+        try:
+            self._script("serve.sh", "start", timeout_s=self.start_timeout_s + 60)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                self._script("serve.sh", "stop", timeout_s=90)
+            raise
         return time.perf_counter() - started
 
     def stop(self) -> None:
+        """serve.sh stop; raises if the frontend or a worker is still alive afterwards."""
+        pids = [self.frontend_pid()]
+        with contextlib.suppress(OSError, RuntimeError):  # the server may be down already
+            pids += [int(worker["pid"]) for worker in self.workers() if worker.get("pid")]
         self._script("serve.sh", "stop", timeout_s=90)
+        alive = [pid for pid in pids if pid and Path(f"/proc/{pid}").exists()]
+        if alive:
+            raise RuntimeError(f"processes still alive after serve.sh stop: {alive}")
 
     def __enter__(self) -> TorchServe:
         self.archive()
@@ -149,12 +167,16 @@ class TorchServe:
         return f"http://127.0.0.1:{self.ports['MANAGEMENT_PORT']}"
 
     @property
-    def predict_url(self) -> str:
-        return f"{self.inference_url}/predictions/{MODEL_NAME}"
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['METRICS_PORT']}"
 
     @property
-    def explain_url(self) -> str:
-        return f"{self.inference_url}/explanations/{MODEL_NAME}"
+    def predictions_url(self) -> str:
+        return f"{self.inference_url}/predictions/{self.model}"
+
+    @property
+    def explanations_url(self) -> str:
+        return f"{self.inference_url}/explanations/{self.model}"
 
     def keys(self) -> dict:
         return json.loads((self.run_dir / "key_file.json").read_text())
@@ -167,6 +189,14 @@ class TorchServe:
     def management_token(self) -> str:
         return self.keys()["management"]["key"]
 
+    @property
+    def inference_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.inference_token}"}
+
+    @property
+    def management_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.management_token}"}
+
     def frontend_pid(self) -> int | None:
         pid_file = self.run_dir / "tmp" / ".model_server.pid"
         try:
@@ -178,13 +208,10 @@ class TorchServe:
 
     # --- management API ----------------------------------------------------------------------
     def describe(self) -> list:
-        status, body = http_call(
-            "GET",
-            f"{self.management_url}/models/{MODEL_NAME}",
-            headers={"Authorization": f"Bearer {self.management_token}"},
-        )
+        url = f"{self.management_url}/models/{self.model}"
+        status, body = http_call("GET", url, headers=self.management_headers)
         if status != 200:
-            raise RuntimeError(f"GET /models/{MODEL_NAME} answered {status}: {body[:200]!r}")
+            raise RuntimeError(f"GET /models/{self.model} answered {status}: {body[:200]!r}")
         return json.loads(body)
 
     def workers(self) -> list[dict]:
@@ -229,7 +256,7 @@ class LitServe:
     process: subprocess.Popen | None = None
 
     @property
-    def predict_url(self) -> str:
+    def predictions_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/predict"
 
     def __enter__(self) -> LitServe:
