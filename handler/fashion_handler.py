@@ -71,10 +71,11 @@ def _not_per_batch(record: logging.LogRecord) -> bool:
 def quiet_per_batch_lines() -> None:
     """Stop the INFO lines TorchServe's worker writes to its stdout for every batch.
 
-    They are "Backend received inference at: <time>" and the PredictionTime metric (the
-    frontend reads the worker's stdout and parses every line). With small, fast batches they
-    cost more than the model: see README, "What each change bought". Warnings, errors and
-    this handler's own logs stay; the frontend's request metrics on /metrics are unaffected.
+    They are "Backend received inference at: <time>" and the PredictionTime metric; the
+    frontend parses both and writes the first to model_log.log: ~470 lines a second at c32 on
+    2 cores, which rotate the handler's own refusals and tracebacks out of the log within
+    minutes. Warnings, errors and this handler's own logs stay; the frontend's request metrics
+    on /metrics are unaffected. Throughput gains were within noise (README).
     """
     logging.getLogger("ts.metrics.caching_metric").setLevel(logging.WARNING)
     root = logging.getLogger()
