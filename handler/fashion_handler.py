@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
@@ -64,25 +65,6 @@ def wants_explanation(context, idx: int) -> bool:
     return False
 
 
-def _not_per_batch(record: logging.LogRecord) -> bool:
-    return record.msg != "Backend received inference at: %d"
-
-
-def quiet_per_batch_lines() -> None:
-    """Stop the INFO lines TorchServe's worker writes to its stdout for every batch.
-
-    They are "Backend received inference at: <time>" and the PredictionTime metric; the
-    frontend parses both and writes the first to model_log.log: ~470 lines a second at c32 on
-    2 cores, which rotate the handler's own refusals and tracebacks out of the log within
-    minutes. Warnings, errors and this handler's own logs stay; the frontend's request metrics
-    on /metrics are unaffected. Throughput gains were within noise (README).
-    """
-    logging.getLogger("ts.metrics.caching_metric").setLevel(logging.WARNING)
-    root = logging.getLogger()
-    if _not_per_batch not in root.filters:
-        root.addFilter(_not_per_batch)
-
-
 class FashionHandler(BaseHandler):
     def initialize(self, context) -> None:
         properties = context.system_properties
@@ -90,8 +72,6 @@ class FashionHandler(BaseHandler):
         # One intra-op thread per worker: torch's default (one per core) spins between ops
         # and fights the frontend and other workers for the same cores.
         torch.set_num_threads(self.settings.torch_threads)
-        if not self.settings.per_batch_logs:
-            quiet_per_batch_lines()
 
         gpu_id = properties.get("gpu_id")
         if gpu_id is not None and torch.cuda.is_available():
@@ -125,6 +105,7 @@ class FashionHandler(BaseHandler):
         )
 
     def handle(self, data: list[dict], context) -> list:
+        start = time.perf_counter()
         self.context = context
         responses: list = [None] * len(data)
         prepared = self.preprocess(data)
@@ -154,6 +135,11 @@ class FashionHandler(BaseHandler):
 
         for idx in range(len(data)):
             context.set_response_content_type(idx, JSON)
+        metrics = getattr(context, "metrics", None)
+        if metrics is not None:
+            metrics.add_time(
+                "HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms"
+            )
         return responses
 
     def preprocess(self, data: list[dict]) -> PreparedBatch:

@@ -19,27 +19,14 @@ class HandlerSettings:
     torch_threads: int = 1
     max_image_pixels: int = 36_000_000
     max_image_bytes: int = 16 * 1024 * 1024
-    # TorchServe's per-batch worker lines (see fashion_handler.quiet_per_batch_lines).
-    per_batch_logs: bool = False
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
-            if not isinstance(value, bool) and value < 1:
+            if value < 1:
                 raise ValueError(f"model-config.yaml handler.{name} must be >= 1, not {value}")
 
     @classmethod
     def from_model_yaml(cls, model_yaml_config: dict | None) -> HandlerSettings:
         section = (model_yaml_config or {}).get("handler") or {}
-        known = {}
-        for key, spec in cls.__dataclass_fields__.items():
-            if key in section:
-                known[key] = (
-                    _boolean(key, section[key]) if spec.type == "bool" else int(section[key])
-                )
+        known = {key: int(section[key]) for key in cls.__dataclass_fields__ if key in section}
         return cls(**known)
-
-
-def _boolean(key: str, value) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ValueError(f"model-config.yaml handler.{key} must be true or false, not {value!r}")

@@ -187,60 +187,72 @@ def _cpu_from_stat(stat: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def jit_cpu_share(pid: int) -> Callable[[], float]:
-    """Start counting; the returned function gives the share of process `pid`'s CPU time
-    that its JIT compiler threads (HotSpot's "C1/C2 CompilerThread") used since."""
+def _threads_cpu(pid: int) -> dict[str, tuple[bool, float]]:
+    """{thread id: (is a JIT compiler thread, CPU seconds)} for the live threads of `pid`."""
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        threads[task.name] = ("CompilerThre" in name, _cpu_from_stat(stat))  # C1/C2 CompilerThread
+    return threads
 
-    def jit_and_total() -> tuple[float, float]:
-        jit = 0.0
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                stat = (task / "stat").read_text()
-            except OSError:  # the thread ended meanwhile
-                continue
-            if "CompilerThre" in stat[stat.index("(") : stat.rindex(")")]:
-                jit += _cpu_from_stat(stat)
-        return jit, cpu_seconds(pid)
 
-    jit_before, total_before = jit_and_total()
+def jit_cpu(pid: int) -> Callable[[], dict]:
+    """Start counting; the returned function gives the CPU seconds process `pid` (a JVM)
+    used since, and how much of it went to HotSpot's JIT compiler threads. Threads that
+    ended meanwhile (HotSpot retires idle compiler threads) are counted as JIT time: the
+    error can only make a warm-up longer."""
+    before, total_before = _threads_cpu(pid), cpu_seconds(pid)
 
-    def share() -> float:
-        jit, total = jit_and_total()
-        return (jit - jit_before) / max(total - total_before, 1e-9)
+    def since() -> dict:
+        after, total = _threads_cpu(pid), cpu_seconds(pid) - total_before
+        used = {tid: cpu - before.get(tid, (False, 0.0))[1] for tid, (_, cpu) in after.items()}
+        jit = sum(seconds for tid, seconds in used.items() if after[tid][0])
+        ended = max(0.0, total - sum(used.values()))
+        compilers = sum(is_jit for is_jit, _ in after.values())
+        return {"cpu_s": total, "jit_cpu_s": jit + ended, "compiler_threads": compilers}
 
-    return share
+    return since
 
 
 def warm_up(url, body_file, token, content_type, connections, args, jvm_pid=None) -> list:
-    """Unrecorded load before a series, in windows of --warmup-s at `connections`.
+    """Unrecorded load before a series: 5 s at c1, then windows of --warmup-s at `connections`.
 
     TorchServe's frontend is a JVM, and its JIT compiler keeps compiling the request path for
-    tens of seconds of load at these rates (here: C2 used 0.07-0.10 ms of CPU per request in
-    the first 10 s at c32, 0.002-0.005 by the third, while c32 went from ~3,000 to ~3,800
-    req/s). So with `jvm_pid` a window repeats while the compiler threads used more than
-    JIT_SETTLED_SHARE of the JVM's CPU, for at most --warmup-max-s; the figures then describe
-    a server that has been up for a while, as users' servers are.
+    tens of seconds of load at these rates (here the first 5-10 s at c32 ran 14-28 % below the
+    settled rate). So with `jvm_pid` a window repeats until the compiler threads used at most
+    JIT_SETTLED_SHARE of the JVM's CPU in it (or under two clock ticks, when the JVM had little
+    to do), for at most --warmup-max-s: the figures then describe a server that has been up
+    for a while, as users' servers are.
     """
-    # A short window at c1 first: TorchScript specializes on each batch shape it meets.
-    wrk(url, body_file, token, content_type, 1, args.warmup_s, cpu=args.wrk_cpu)
-    windows, warmed_s = [], 0.0
+    window_s = max(1, round(args.warmup_s))  # wrk runs whole seconds
+    # c1 first: TorchScript specializes on each batch shape it meets.
+    wrk(url, body_file, token, content_type, 1, window_s, cpu=args.wrk_cpu)
+    windows, started = [], time.perf_counter()
+    tick_s = 1 / os.sysconf("SC_CLK_TCK")
     while True:
-        share = jit_cpu_share(jvm_pid) if jvm_pid else None
-        point = wrk(
-            url, body_file, token, content_type, connections, args.warmup_s, cpu=args.wrk_cpu
-        )
-        warmed_s += args.warmup_s
-        window = {"seconds": args.warmup_s, "requests_per_s": point["requests_per_s"]}
-        if share is not None:
-            window["jit_cpu_share"] = round(share(), 4)
+        since = jit_cpu(jvm_pid) if jvm_pid else None
+        point = wrk(url, body_file, token, content_type, connections, window_s, cpu=args.wrk_cpu)
+        window = {"seconds": window_s, "requests_per_s": point["requests_per_s"]}
+        settled = True
+        if since is not None:
+            cpu = since()
+            window.update(cpu, jit_cpu_share=round(cpu["jit_cpu_s"] / max(cpu["cpu_s"], tick_s), 4))
+            if cpu["compiler_threads"] == 0:
+                print("  warm-up: no JIT compiler threads in the frontend, one window only")
+            limit = max(JIT_SETTLED_SHARE * cpu["cpu_s"], 2 * tick_s)
+            settled = cpu["compiler_threads"] == 0 or cpu["jit_cpu_s"] <= limit
         windows.append(window)
-        settled = window.get("jit_cpu_share", 0.0) <= JIT_SETTLED_SHARE
-        if settled or warmed_s + args.warmup_s > args.warmup_max_s:
+        if settled or time.perf_counter() - started + window_s > args.warmup_max_s:
             break
+    rates = ", ".join(f"{w['requests_per_s']:,.0f}" for w in windows)
     shares = ", ".join(f"{w['jit_cpu_share']:.1%}" for w in windows if "jit_cpu_share" in w)
     print(
-        f"  warm-up: {len(windows)} x {args.warmup_s:g} s at c{connections}"
-        + (f", JIT share of the frontend's CPU per window: {shares}" if shares else ""),
+        f"  warm-up: {len(windows)} x {window_s} s at c{connections}: {rates} req/s"
+        + (f"; JIT share of the frontend's CPU: {shares}" if shares else ""),
         flush=True,
     )
     return windows
@@ -630,16 +642,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def parse_overrides(items: list[str]) -> tuple[dict, dict]:
-    """KEY=VALUE items; a value reads as YAML would (8 -> int, true -> bool), since it
-    lands in model-config.yaml."""
+    """KEY=VALUE items. A model-config.yaml key's value reads as YAML would (8 -> int,
+    true -> bool); config.<key>, env.<NAME> and handler_source values stay strings."""
     overrides, env = {}, {}
     for item in items:
         key, _, value = item.partition("=")
-        parsed = yaml.safe_load(value) if value else value
         if key.startswith("env."):
             env[key[4:]] = value
+        elif key.startswith("config.") or key == "handler_source" or not value:
+            overrides[key] = value
         else:
-            overrides[key] = parsed
+            overrides[key] = yaml.safe_load(value)
     return overrides, env
 
 

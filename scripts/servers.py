@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from pathlib import Path
 
 import yaml
@@ -142,7 +143,8 @@ class TorchServe:
     def stop(self) -> None:
         """serve.sh stop; raises if the frontend or a worker is still alive afterwards."""
         pids = [self.frontend_pid()]
-        with contextlib.suppress(OSError, RuntimeError):  # the server may be down already
+        # The server may be down or half up already: stop it all the same.
+        with contextlib.suppress(OSError, RuntimeError, ValueError, KeyError, HTTPException):
             pids += [int(worker["pid"]) for worker in self.workers() if worker.get("pid")]
         self._script("serve.sh", "stop", timeout_s=90)
         alive = [pid for pid in pids if pid and Path(f"/proc/{pid}").exists()]
@@ -154,8 +156,13 @@ class TorchServe:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            self.stop()
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            if exc_type is None:
+                raise
+            print(f"TorchServe: stopping after an error failed too: {error}", file=sys.stderr)
 
     # --- addresses and credentials ---------------------------------------------------------
     @property

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import SAMPLES_DIR
+from e2e_helpers import REPO_ROOT, SAMPLES_DIR
 from servers import TorchServe
 
 # Generous: a worker on a loaded CI machine can take a while to load torch and captum.
@@ -32,7 +32,7 @@ def running_torchserve(export_dir: Path, work_dir: Path) -> Iterator[TorchServe]
     server = TorchServe(
         work_dir / "run",
         export_dir,
-        handler_dir=Path(handler_dir) if handler_dir else None,
+        handler_dir=REPO_ROOT / handler_dir if handler_dir else None,  # relative: to the repo
         start_timeout_s=START_TIMEOUT_S,
     )
     with server:

@@ -61,6 +61,10 @@ def test_metrics_are_prometheus_text_without_a_token(torchserve_tiny):
     assert response.headers["Content-Type"].startswith("text/plain")
     assert "# TYPE ts_inference_requests_total counter" in response.text
     assert f'model_name="{server.model}"' in response.text
+    # The worker's per-batch gauges, parsed by the frontend from the worker's [METRICS] lines
+    # (a sample appears only once the worker has sent one).
+    for gauge in ("PredictionTime", "HandlerTime"):
+        assert f'{gauge}{{ModelName="{server.model}",Level="Model"' in response.text, gauge
 
 
 def test_every_api_binds_to_loopback_only(torchserve_tiny):
@@ -71,8 +75,7 @@ def test_every_api_binds_to_loopback_only(torchserve_tiny):
 
 
 def test_logs_hold_no_per_request_lines(torchserve_tiny):
-    """log4j2.xml keeps access and per-request frontend lines out of the logs, and the
-    handler (per_batch_logs: false) stops the worker's per-batch lines."""
+    """log4j2.xml keeps access, per-request frontend and per-batch worker lines out of the logs."""
     server = torchserve_tiny
     logs = server.run_dir / "logs"
     for _ in range(3):
@@ -84,4 +87,3 @@ def test_logs_hold_no_per_request_lines(torchserve_tiny):
     model_log = (logs / "model_log.log").read_text()
     assert "Loaded fashion" in model_log  # the worker's INFO lines do reach the log
     assert "Backend received inference" not in model_log
-    assert "PredictionTime" not in model_log

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -183,36 +182,3 @@ def test_failed_explanations_leave_the_predictions_standing(handler_and_context,
 def test_settings_refuse_nonsense():
     with pytest.raises(ValueError, match="max_ig_steps"):
         HandlerSettings.from_model_yaml({"handler": {"max_ig_steps": 0}})
-    with pytest.raises(ValueError, match="per_batch_logs must be true or false"):
-        HandlerSettings.from_model_yaml({"handler": {"per_batch_logs": "yes"}})
-
-
-def test_per_batch_logs_setting():
-    assert HandlerSettings().per_batch_logs is False
-    assert HandlerSettings.from_model_yaml({"handler": {"per_batch_logs": True}}).per_batch_logs
-
-
-def test_quiet_per_batch_lines_drops_only_torchserves_batch_lines(caplog):
-    """The worker's own per-batch lines go; other INFO lines, and warnings, stay."""
-    from ts.metrics.caching_metric import CachingMetric
-
-    metrics_logger = logging.getLogger("ts.metrics.caching_metric")
-    level = metrics_logger.level
-    caplog.set_level(logging.INFO)
-    try:
-        fashion_handler.quiet_per_batch_lines()
-        fashion_handler.quiet_per_batch_lines()  # idempotent: one filter
-        assert logging.getLogger().filters.count(fashion_handler._not_per_batch) == 1
-        logging.info("Backend received inference at: %d", 1700000000)  # as ts.protocol logs it
-        CachingMetric("PredictionTime", "ms").add_or_update(1.5, [], "request-id")
-        logging.info("Frontend disconnected.")
-        logging.getLogger("fashion_handler").info("Request %d refused", 0)
-        metrics_logger.warning("[METRICS]Failed to update metric")
-        metrics_logger.setLevel(logging.NOTSET)  # control: as TorchServe leaves it
-        CachingMetric("PredictionTime", "ms").add_or_update(2.5, [], "request-id")
-    finally:
-        metrics_logger.setLevel(level)
-    messages = [record.getMessage() for record in caplog.records]
-    expected = ["Frontend disconnected.", "Request 0 refused", "[METRICS]Failed to update metric"]
-    assert messages[:-1] == expected
-    assert messages[-1].startswith("[METRICS]PredictionTime.Milliseconds:2.5|")
