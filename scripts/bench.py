@@ -260,10 +260,10 @@ def warm_up(url, body_file, token, content_type, connections, args, jvm_pid=None
 
 def load_points(
     url, body_file, token, content_type, concurrencies, duration_s, args, processes=None
-) -> dict:
+) -> tuple[dict, list]:
     """One wrk run per concurrency, after warm_up; (points, warm-up windows).
     `processes` ({role: [pid, ...]}): also the CPU time each role spent per request during
-    the run, e.g. TorchServe's Java "frontend" (whose JIT warm_up waits for) and "workers"."""
+    the run: TorchServe's Java "frontend" (warm_up waits for its JIT) and its "workers"."""
     jvm_pid = (processes or {}).get("frontend", [None])[0]
     warmup = warm_up(url, body_file, token, content_type, max(concurrencies), args, jvm_pid)
     settle(url, body_file, token, content_type)
