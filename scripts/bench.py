@@ -208,12 +208,15 @@ def jit_cpu(pid: int) -> Callable[[], dict]:
     before, total_before = _threads_cpu(pid), cpu_seconds(pid)
 
     def since() -> dict:
-        after, total = _threads_cpu(pid), cpu_seconds(pid) - total_before
+        after, process_s = _threads_cpu(pid), cpu_seconds(pid) - total_before
         used = {tid: cpu - before.get(tid, (False, 0.0))[1] for tid, (_, cpu) in after.items()}
-        jit = sum(seconds for tid, seconds in used.items() if after[tid][0])
-        ended = max(0.0, total - sum(used.values()))
+        live_s = sum(used.values())
+        # The process and its threads are read a moment apart and counted in clock ticks:
+        # either sum may be ahead of the other by a tick or two.
+        total = max(process_s, live_s)
+        jit = sum(seconds for tid, seconds in used.items() if after[tid][0]) + total - live_s
         compilers = sum(is_jit for is_jit, _ in after.values())
-        return {"cpu_s": total, "jit_cpu_s": jit + ended, "compiler_threads": compilers}
+        return {"cpu_s": total, "jit_cpu_s": jit, "compiler_threads": compilers}
 
     return since
 
