@@ -42,6 +42,7 @@ import yaml
 from inprocess import initialized_handler, prepare, set_requests
 from servers import (
     DEFAULT_EXPORT_DIR,
+    DEFAULT_IMAGE,
     REPO_ROOT,
     LitServe,
     TorchServe,
@@ -54,7 +55,6 @@ from servers import (
 
 from fashion_image import to_batch_tensor
 
-DEFAULT_IMAGE = REPO_ROOT / "samples" / "ankle_boot.png"
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "bench" / "bench.json"
 CONCURRENCIES = (1, 8, 32)
 # Targets on the 2-core reference machine (see README, "Performance and reliability").

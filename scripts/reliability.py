@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 from servers import (
     DEFAULT_EXPORT_DIR,
+    DEFAULT_IMAGE,
     MODEL_NAME,
     REPO_ROOT,
     TorchServe,
@@ -48,7 +49,6 @@ from servers import (
     temp_dir,
 )
 
-DEFAULT_IMAGE = REPO_ROOT / "samples" / "ankle_boot.png"
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "reliability" / "reliability.json"
 CHECKS = ("security", "corpus", "load", "kill", "restart")
 RSS_GROWTH_LIMIT = 0.10

@@ -34,6 +34,7 @@ SCRIPTS_DIR = REPO_ROOT / "scripts"
 WRK_LUA = SCRIPTS_DIR / "wrk_post.lua"
 MODEL_NAME = "fashion-cnn"
 DEFAULT_EXPORT_DIR = REPO_ROOT / "artifacts" / "export"
+DEFAULT_IMAGE = REPO_ROOT / "samples" / "ankle_boot.png"  # the request both scripts send
 WRK_JSON_PREFIX = "WRK_JSON "
 
 
