@@ -4,7 +4,7 @@ Fixtures (session scope; the server is always stopped, even when a test fails):
 - `torchserve_tiny`: serves the untrained `tiny_export_dir` model: formats, errors, security.
 - `torchserve_trained`: serves the `export_dir` model (short real training): correctness.
   Skipped when the training fixture or the dataset is missing.
-Both yield a `servers.TorchServe` (scripts/servers.py: URLs, tokens, run dir, workers).
+Both yield a `benchmarks.servers.TorchServe` (URLs, tokens, run dir, workers).
 E2E_HANDLER_DIR points the archive at another handler folder (default: handler/).
 """
 
@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import REPO_ROOT, SAMPLES_DIR
-from servers import TorchServe
+
+from benchmarks.servers import TorchServe
+from tests.e2e.e2e_helpers import REPO_ROOT, SAMPLES_DIR
 
 # Generous: a worker on a loaded CI machine can take a while to load torch and captum.
 START_TIMEOUT_S = 180

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-import struct
-import zlib
 from pathlib import Path
 
 import requests
@@ -89,20 +87,3 @@ def assert_explanation(answer: dict, size: tuple[int, int] = (28, 28)) -> None:
     heatmap = Image.open(io.BytesIO(base64.b64decode(answer["heatmap_png"])))
     assert heatmap.format == "PNG"
     heatmap.load()  # decodes the whole image, not just the header
-
-
-def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
-    """A small PNG whose header claims width x height grayscale pixels (a decompression bomb).
-
-    Only a few rows of data follow; a server that trusts the header and decodes would need
-    width * height bytes of memory.
-    """
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    rows = zlib.compress(b"\x00" * (width + 1) * 16, 9)
-    signature = b"\x89PNG\r\n\x1a\n"
-    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")

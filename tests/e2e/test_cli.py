@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from e2e_helpers import REPO_ROOT, SAMPLES_DIR, assert_explanation, assert_prediction
 from PIL import Image
 
 from fashion_contract import FASHION_MNIST_CLASSES
+from tests.e2e.e2e_helpers import REPO_ROOT, SAMPLES_DIR, assert_explanation, assert_prediction
 
 pytestmark = pytest.mark.e2e
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 
 import pytest
-from e2e_helpers import (
+
+from benchmarks.hostile import png_bomb
+from tests.e2e.e2e_helpers import (
     SAMPLES_DIR,
     assert_error,
     assert_prediction,
     b64,
-    png_bomb,
     post_json,
     post_multipart,
     post_raw,

@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from e2e_helpers import (
+
+from fashion_contract import FASHION_MNIST_CLASSES
+from tests.e2e.e2e_helpers import (
     SAMPLES_DIR,
     assert_error,
     assert_explanation,
@@ -19,8 +21,6 @@ from e2e_helpers import (
     post_multipart,
     post_raw,
 )
-
-from fashion_contract import FASHION_MNIST_CLASSES
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import requests
-from e2e_helpers import SAMPLES_DIR, assert_prediction, post_raw
+
+from tests.e2e.e2e_helpers import SAMPLES_DIR, assert_prediction, post_raw
 
 pytestmark = pytest.mark.e2e
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from e2e_helpers import SAMPLES_DIR, assert_explanation, post_multipart, post_raw
+
+from tests.e2e.e2e_helpers import SAMPLES_DIR, assert_explanation, post_multipart, post_raw
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -1,4 +1,5 @@
-"""Helpers for the handler tests: images made with Pillow, and a real TorchServe Context."""
+"""Helpers for the handler tests: images made with Pillow, and a real TorchServe Context
+(benchmarks.inprocess builds it as a worker does, for the benchmark and the tests alike)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import io
 
 import numpy as np
 from PIL import Image
-from ts.context import Context, RequestProcessor
+from ts.context import Context
+
+from benchmarks.inprocess import set_requests, worker_context
 
 
 def encode(image: Image.Image, fmt: str, **save_args) -> bytes:
@@ -31,24 +34,19 @@ def make_context(
     model_dir, model_yaml_config: dict | None = None, gpu_id: int | None = None
 ) -> Context:
     """A real ts.context.Context as TorchServe's Service builds it, without a server."""
-    manifest = {"model": {"modelName": "fashion", "serializedFile": "model.pt"}}
-    return Context(
-        "fashion",
-        str(model_dir),
-        manifest,
-        8,
-        gpu_id,
-        "0.12.0",
-        model_yaml_config=model_yaml_config or {"handler": {"topk": 5, "ig_steps": 8}},
+    return worker_context(
+        model_dir,
+        model_yaml_config or {"handler": {"topk": 5, "ig_steps": 8}},
+        batch_size=8,
+        gpu_id=gpu_id,
+        model_name="fashion",
     )
-
-
-def set_requests(context: Context, headers: list[dict]) -> None:
-    """What Service.predict does before each batch: one RequestProcessor per request."""
-    context.request_processor = [RequestProcessor(h) for h in headers]
 
 
 def noise(width: int = 200, height: int = 200, seed: int = 0) -> Image.Image:
     """Random RGB pixels: compresses badly, so cutting the file short really truncates it."""
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+__all__ = ["encode", "garment", "make_context", "noise", "png_bytes", "set_requests"]

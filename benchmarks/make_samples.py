@@ -1,6 +1,6 @@
 """Write one real FashionMNIST test image per class as PNG into samples/ (run once, kept in git).
 
-    python scripts/make_samples.py --data-dir /usr/share/datasets/fashion-mnist --out samples
+    python -m benchmarks.make_samples --data-dir /usr/share/datasets/fashion-mnist --out samples
 
 Each class's sample is the test image that a nearest-class-mean classifier separates best
 from the other classes (closest to its own class's mean image, relative to the nearest other
@@ -11,7 +11,6 @@ records the label and the test-set index of every file.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import re
 from pathlib import Path
@@ -20,25 +19,7 @@ import numpy as np
 from PIL import Image
 
 from fashion_contract import FASHION_MNIST_CLASSES
-
-IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
-LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
-IMAGES_MAGIC, LABELS_MAGIC = 0x803, 0x801
-
-
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """An IDX file (big-endian int32 header, then uint8 data) as an array of its dimensions."""
-    if path.suffix == ".gz":
-        with gzip.open(path) as stream:
-            raw = stream.read()
-    else:
-        raw = path.read_bytes()
-    found_magic = int.from_bytes(raw[:4], "big")
-    if found_magic != magic:
-        raise ValueError(f"{path}: magic {found_magic:#x}, expected {magic:#x}")
-    ndim = magic & 0xFF
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+from training import data
 
 
 def file_name(class_name: str) -> str:
@@ -51,14 +32,14 @@ def main() -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path("/usr/share/datasets/fashion-mnist"),
+        default=data.DEBIAN_DIR,
         help="folder with the test IDX files (default: %(default)s)",
     )
     parser.add_argument("--out", type=Path, default=Path("samples"), help="default: %(default)s")
     args = parser.parse_args()
 
-    images = read_idx(args.data_dir / IMAGES_FILE, IMAGES_MAGIC)  # (N, 28, 28) uint8
-    labels = read_idx(args.data_dir / LABELS_FILE, LABELS_MAGIC)  # (N,)
+    test = data.read_split(args.data_dir, "test")
+    images, labels = test.images.numpy(), test.labels.numpy()  # (N, 28, 28) uint8, (N,)
     args.out.mkdir(parents=True, exist_ok=True)
     index = {}
     pixels = images.reshape(len(images), -1).astype(np.float32)  # (N, 784)

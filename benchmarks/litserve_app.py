@@ -1,13 +1,13 @@
 """The same model and preprocessing as the TorchServe handler, behind LitServe (the peer
-server scripts/bench.py measures beside TorchServe).
+server benchmarks.bench measures beside TorchServe).
 
-    python scripts/litserve_app.py --export-dir artifacts/export --port 8000 \
+    python -m benchmarks.litserve_app --export-dir artifacts/export --port 8000 \
         --workers 1 --max-batch-size 8 --batch-timeout-ms 5
 
 Input: LitServe parses the body as JSON, so an image travels in its natural form here,
 {"data": "<base64 PNG>"} to POST /predict; the handler's own parse_request decodes it.
 The model and settings are the handler's (a FashionHandler initialized as in a TorchServe
-worker, see scripts/inprocess.py). Output: the handler's top-k JSON object.
+worker, see benchmarks/inprocess.py). Output: the handler's top-k JSON object.
 Needs the `bench` extra (litserve).
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import litserve as ls
 from fastapi import HTTPException
-from inprocess import initialized_handler, prepare
 
+from benchmarks.inprocess import initialized_handler, prepare
 from fashion_errors import RequestError
 from fashion_image import to_batch_tensor
 

@@ -1,9 +1,9 @@
 -- POST one file to a URL with wrk and print the result as one JSON line.
---   taskset -c 1 wrk -t1 -c32 -d10s -s scripts/wrk_post.lua URL -- BODY_FILE [TOKEN] [CONTENT_TYPE]
+--   taskset -c 1 wrk -t1 -c32 -d10s -s benchmarks/wrk_post.lua URL -- BODY_FILE [TOKEN] [CONTENT_TYPE]
 -- TOKEN goes in "Authorization: Bearer TOKEN" (empty: no header); CONTENT_TYPE defaults to
 -- application/octet-stream. The last line of output is
 --   WRK_JSON {"requests": ..., "requests_per_s": ..., "p50_ms": ..., "codes": {"200": ...}, ...}
--- (scripts/servers.py reads it). Latencies are wrk's own: from sending a request to its
+-- (benchmarks/load.py reads it). Latencies are wrk's own: from sending a request to its
 -- complete response, over all requests of the run.
 
 local threads = {}

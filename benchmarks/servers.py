@@ -1,12 +1,8 @@
-"""Servers and load for scripts/bench.py and scripts/reliability.py.
+"""The servers the benchmark and the reliability suite measure, and the test fixtures use.
 
-- TorchServe is started the way users start it, through scripts/serve.sh and
-  scripts/archive.sh, in a private run directory on free loopback ports;
-- LitServe (the peer server) runs scripts/litserve_app.py;
-- `wrk` pinned to one core, with scripts/wrk_post.lua, is the load generator.
-
-Imported by the scripts beside it (Python puts a script's own folder on sys.path) and by
-the e2e test fixtures (pyproject.toml: pytest's pythonpath).
+- `TorchServe` is started the way users start it, through scripts/archive.sh and
+  scripts/serve.sh, in a private run directory on free loopback ports;
+- `LitServe` (the peer server) runs benchmarks/litserve_app.py on a free loopback port.
 """
 
 from __future__ import annotations
@@ -31,11 +27,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = REPO_ROOT / "scripts"
-WRK_LUA = SCRIPTS_DIR / "wrk_post.lua"
 MODEL_NAME = "fashion-cnn"
 DEFAULT_EXPORT_DIR = REPO_ROOT / "artifacts" / "export"
 DEFAULT_IMAGE = REPO_ROOT / "samples" / "ankle_boot.png"  # the request both scripts send
-WRK_JSON_PREFIX = "WRK_JSON "
 
 
 def free_ports(count: int) -> list[int]:
@@ -70,6 +64,15 @@ def handler_dir_with(overrides: dict, work_dir: Path) -> Path:
             config[key] = value
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     return target
+
+
+def config_with(keys: dict, work_dir: Path) -> Path:
+    """A copy of config.properties with `keys` replaced or added."""
+    lines = (REPO_ROOT / "config.properties").read_text().splitlines()
+    kept = [line for line in lines if line.split("=", 1)[0].strip() not in keys]
+    path = work_dir / "config.properties"
+    path.write_text("\n".join([*kept, *(f"{k}={v}" for k, v in keys.items())]) + "\n")
+    return path
 
 
 def model_config(handler_dir: Path | None = None) -> dict:
@@ -253,7 +256,7 @@ def http_call(
 
 @dataclass
 class LitServe:
-    """scripts/litserve_app.py on a free loopback port (JSON base64 body, /predict)."""
+    """benchmarks/litserve_app.py on a free loopback port (JSON base64 body, /predict)."""
 
     export_dir: Path
     workers: int = 1
@@ -271,7 +274,8 @@ class LitServe:
         self.port = self.port or free_ports(1)[0]
         command = [
             sys.executable,
-            str(SCRIPTS_DIR / "litserve_app.py"),
+            "-m",
+            "benchmarks.litserve_app",
             "--export-dir",
             str(self.export_dir),
             "--port",
@@ -312,38 +316,6 @@ class LitServe:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
         self._log.close()
-
-
-def wrk(
-    url: str,
-    body_file: Path,
-    token: str = "",
-    content_type: str = "application/octet-stream",
-    connections: int = 1,
-    duration_s: float = 10,
-    timeout_s: float = 30,
-    cpu: str = "1",
-) -> dict:
-    """Load `url` with wrk (one thread, pinned to `cpu`) POSTing `body_file`.
-
-    Returns requests/s, p50/p95/p99 latency (ms), status-code counts and errors.
-    """
-    if shutil.which("wrk") is None:
-        raise RuntimeError("wrk not found: apt-get install wrk (scripts/test-tools.sh)")
-    seconds = max(1, round(duration_s))
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={round(timeout_s)}s"]
-    command += ["-s", str(WRK_LUA), url, "--", str(body_file), token, content_type]
-    if cpu and shutil.which("taskset") and cpu != "none":
-        command = ["taskset", "-c", cpu, *command]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=duration_s + timeout_s + 30, check=False
-    )
-    for line in result.stdout.splitlines():
-        if line.startswith(WRK_JSON_PREFIX):
-            stats = json.loads(line[len(WRK_JSON_PREFIX) :])
-            stats["connections"] = connections
-            return stats
-    raise RuntimeError(f"wrk gave no result ({result.returncode}): {result.stderr[-2000:]}")
 
 
 def temp_dir(prefix: str) -> Path:

@@ -1,4 +1,4 @@
-"""scripts/bench.py: a short run end to end, and the clean skip without CUDA."""
+"""python -m benchmarks.bench: a short run end to end, and the clean skip without CUDA."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.reliability
 
 def run_bench(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "scripts/bench.py", *args],
+        [sys.executable, "-m", "benchmarks.bench", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

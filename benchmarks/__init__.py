@@ -1,0 +1,11 @@
+"""Benchmark and reliability tooling: how fast the package serves, and what it survives.
+
+    python -m benchmarks.bench          # in-process, TorchServe and LitServe figures, one run
+    python -m benchmarks.reliability    # load, hostile input, worker kill, restart, security
+    python -m benchmarks.report FILE    # a bench.json as Markdown (docs/performance.md)
+
+Modules: servers (TorchServe and LitServe launchers), load (wrk and JIT-aware warm-up),
+inprocess (the handler in a real TorchServe Context, the machine's ceiling), report
+(targets and tables), litserve_app (the peer), traffic, hostile, faults and security (the
+reliability checks), make_samples (the sample images).
+"""

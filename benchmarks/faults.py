@@ -1,0 +1,98 @@
+"""Faults under load: a worker killed with SIGKILL, and the whole server restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from benchmarks.servers import TorchServe, http_call
+from benchmarks.traffic import count_statuses, predict_headers, run_load, same_answer
+
+
+def wait_for_new_worker(server: TorchServe, old_pids: list[int], timeout_s=120) -> int | None:
+    """The pid of a READY worker that is not one of `old_pids` (None after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pids = server.ready_worker_pids()
+        except (OSError, RuntimeError):
+            pids = []
+        fresh = [pid for pid in pids if pid not in old_pids]
+        if fresh:
+            return fresh[0]
+        time.sleep(0.1)
+    return None
+
+
+def check_kill(server, image, reference, args) -> dict:
+    kills = []
+    for _ in range(args.kills):
+        pids_before = server.ready_worker_pids()
+        old_pid = pids_before[0]
+        kill_at = {}
+
+        def killer(load_started: float, old_pid=old_pid, kill_at=kill_at, old=pids_before):
+            time.sleep(args.kill_after_s)
+            kill_at["s"] = time.perf_counter() - load_started
+            os.kill(old_pid, signal.SIGKILL)
+            new_pid = wait_for_new_worker(server, old)
+            kill_at["ready_s"] = time.perf_counter() - load_started
+            kill_at["new_pid"] = new_pid
+
+        def start_killer(load_started: float) -> None:
+            threading.Thread(target=killer, args=(load_started,), daemon=True).start()
+
+        outcomes = run_load(
+            server, image, reference, args.concurrency, duration_s=args.kill_load_s,
+            on_start=start_killer,
+        )  # fmt: skip
+        killed = kill_at["s"]
+        failed = [o for o in outcomes if not o.valid]
+        resumed = [o for o in outcomes if o.valid and o.sent_s >= killed]
+        ok_after = bool(resumed) and all(o.valid for o in outcomes if o.sent_s >= resumed[0].sent_s)
+        kills.append(
+            {
+                "old_pid": old_pid,
+                "workers_before": pids_before,
+                "new_pid": kill_at.get("new_pid"),
+                "requests": len(outcomes),
+                "failed": len(failed),
+                "failed_statuses": count_statuses(failed),
+                "failed_sent_before_kill": sum(o.sent_s < killed for o in failed),
+                "new_worker_ready_after_s": round(kill_at["ready_s"] - killed, 2),
+                "serving_resumed_after_s": round(resumed[0].done_s - killed, 2)
+                if resumed
+                else None,
+                "all_ok_after_resume": ok_after,
+            }
+        )
+    return {
+        "passed": all(k["new_pid"] and k["serving_resumed_after_s"] is not None for k in kills)
+        and all(k["all_ok_after_resume"] for k in kills)
+        # Only requests in flight at the kill may fail: at most one batch per connection.
+        and all(k["failed"] <= args.concurrency for k in kills),
+        "concurrency": args.concurrency,
+        "kills": kills,
+    }
+
+
+def check_restart(server, image, reference, args) -> dict:
+    old_frontend = server.frontend_pid()
+    stop_started = time.perf_counter()
+    server.stop()
+    stopped_s = time.perf_counter() - stop_started
+    down = server.frontend_pid() is None
+    start_s = server.start()
+    status, body = http_call(
+        "POST", server.predictions_url, image, predict_headers(server.inference_token)
+    )
+    return {
+        "passed": down and status == 200 and same_answer(body, reference),
+        "old_frontend_pid": old_frontend,
+        "new_frontend_pid": server.frontend_pid(),
+        "stop_s": round(stopped_s, 2),
+        "start_until_ready_s": round(start_s, 2),
+        "prediction_after_restart": status,
+    }

@@ -1,0 +1,179 @@
+"""The TorchServe handler without TorchServe: the in-process figures and ceiling of the
+benchmark, the LitServe peer, and the handler tests.
+
+A FashionHandler is initialized exactly as a TorchServe worker initializes it (a real
+ts.context.Context over the exported model and handler/model-config.yaml), so whatever the
+handler does to load or prepare its model, the in-process figures, the peer and the tests
+get the same.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from ts.context import Context, RequestProcessor
+
+import fashion_handler
+from benchmarks.servers import MODEL_NAME, model_config
+from fashion_image import prepare_image
+from fashion_request import parse_request
+
+TORCHSERVE_VERSION = "0.12.0"
+
+
+def worker_context(
+    model_dir: Path,
+    model_yaml_config: dict | None = None,
+    batch_size: int = 1,
+    gpu_id: int | None = None,
+    model_name: str = MODEL_NAME,
+) -> Context:
+    """A real ts.context.Context as a TorchServe worker builds it, without a server.
+    `model_yaml_config` defaults to the repo's handler/model-config.yaml."""
+    manifest = {"model": {"modelName": model_name, "serializedFile": "model.pt"}}
+    if model_yaml_config is None:
+        model_yaml_config = model_config()
+    return Context(
+        model_name, str(model_dir), manifest, batch_size, gpu_id, TORCHSERVE_VERSION,
+        model_yaml_config=model_yaml_config,
+    )  # fmt: skip
+
+
+def initialized_handler(
+    export_dir: Path, batch_size: int = 1, device: str = "cpu"
+) -> tuple[fashion_handler.FashionHandler, Context]:
+    """A FashionHandler after initialize(), and its context, as in a TorchServe worker."""
+    model_dir = Path(tempfile.mkdtemp(prefix="inprocess-model-"))
+    (model_dir / "model.pt").symlink_to((export_dir / "model.pt").resolve())
+    gpu_id = torch.device(device).index or 0 if device.startswith("cuda") else None
+    context = worker_context(model_dir, batch_size=batch_size, gpu_id=gpu_id)
+    handler = fashion_handler.FashionHandler()
+    handler.initialize(context)
+    return handler, context
+
+
+def set_requests(context: Context, headers: list[dict]) -> None:
+    """What TorchServe's Service does before each batch: one RequestProcessor per request."""
+    context.request_processor = [RequestProcessor(dict(h)) for h in headers]
+
+
+def prepare(handler, image_bytes: bytes, payload=None) -> tuple:
+    """One request's (H, W) uint8 pixels and options, by the handler's own functions."""
+    raw, options = parse_request(
+        {"body": image_bytes if payload is None else payload},
+        handler.contract.class_names,
+        handler.limits,
+        handler.settings.max_image_bytes,
+    )
+    pixels = prepare_image(
+        raw, handler.input_size, options.invert, handler.settings.max_image_pixels
+    )
+    return pixels, options
+
+
+class Pipeline:
+    """The worker's path, in-process: FashionHandler.handle on a batch of raw image bodies
+    (request parsing, decode, fit, tensor, model, softmax, top-k or integrated gradients),
+    then the json.dumps(indent=2) TorchServe's worker applies to each answer."""
+
+    def __init__(self, export_dir: Path, device: str = "cpu", batch_size: int = 8) -> None:
+        self.handler, self.context = initialized_handler(export_dir, batch_size, device)
+
+    def _handle(self, images: list[bytes], explain: bool) -> list[str]:
+        set_requests(self.context, [{"explain": "True"} if explain else {}] * len(images))
+        answers = self.handler.handle([{"body": image} for image in images], self.context)
+        return [json.dumps(answer, indent=2) for answer in answers]
+
+    def predict(self, images: list[bytes]) -> list[str]:
+        return self._handle(images, explain=False)
+
+    def explain(self, images: list[bytes]) -> list[str]:
+        return self._handle(images, explain=True)
+
+
+def measure(call: Callable[[], object], images_per_call: int, duration_s: float) -> dict:
+    """Call repeatedly for about `duration_s` after a warm-up; images/s and ms per call."""
+    for _ in range(3):
+        call()
+    times = []
+    deadline = time.perf_counter() + duration_s
+    while time.perf_counter() < deadline or len(times) < 5:
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    total = sum(times)
+    return {
+        "images_per_s": round(len(times) * images_per_call / total, 1),
+        "calls": len(times),
+        "batch_size": images_per_call,
+        "p50_ms_per_call": round(statistics.median(times) * 1000, 3),
+        "mean_ms_per_image": round(total / len(times) / images_per_call * 1000, 3),
+    }
+
+
+def _ceiling_worker(export_dir, device, image_bytes, batch_size, duration_s, barrier, results):
+    pipeline = Pipeline(Path(export_dir), device, batch_size)
+    torch.set_num_threads(1)
+    images = [image_bytes] * batch_size
+    for _ in range(5):
+        pipeline.predict(images)
+    barrier.wait()
+    results.put(measure(lambda: pipeline.predict(images), batch_size, duration_s)["images_per_s"])
+
+
+def machine_ceiling(
+    export_dir: Path, device: str, image_bytes: bytes, batch_size: int, processes: int, seconds
+) -> dict:
+    """One single-thread process per core at the served batch size, all at once, summed."""
+    context = mp.get_context("spawn")  # a clean torch per process, no forked thread pools
+    barrier = context.Barrier(processes)
+    results = context.Queue()
+    workers = [
+        context.Process(
+            target=_ceiling_worker,
+            args=(str(export_dir), device, image_bytes, batch_size, seconds, barrier, results),
+        )
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    rates = [results.get(timeout=seconds + 300) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    return {
+        "images_per_s": round(sum(rates), 1),
+        "processes": processes,
+        "batch_size": batch_size,
+        "per_process": rates,
+    }
+
+
+def in_process(
+    export_dir: Path,
+    image_bytes: bytes,
+    batch_size: int,
+    seconds: float,
+    processes: int,
+    device: str = "cpu",
+) -> dict:
+    """Images/s at batch 1 and `batch_size`, integrated gradients at batch 1, the ceiling."""
+    pipeline = Pipeline(export_dir, device, batch_size)
+    results = {
+        "batch_1": measure(lambda: pipeline.predict([image_bytes]), 1, seconds),
+        f"batch_{batch_size}": measure(
+            lambda: pipeline.predict([image_bytes] * batch_size), batch_size, seconds
+        ),
+        "explain_batch_1": measure(lambda: pipeline.explain([image_bytes]), 1, seconds),
+        "ig_steps": pipeline.handler.limits.default_steps,
+    }
+    results["ceiling"] = machine_ceiling(
+        export_dir, device, image_bytes, batch_size, processes, seconds
+    )
+    return results

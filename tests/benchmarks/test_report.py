@@ -1,0 +1,96 @@
+"""benchmarks.report: the targets and the Markdown table, from a run's results."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import report
+
+
+def point(requests_per_s: float, p50_ms: float = 3.0) -> dict:
+    return {
+        "requests_per_s": requests_per_s, "requests": int(requests_per_s * 10),
+        "p50_ms": p50_ms, "p95_ms": p50_ms * 2, "p99_ms": p50_ms * 3,
+        "non_2xx": 0, "socket_errors": 0,
+    }  # fmt: skip
+
+
+def measured(images_per_s: float, p50_ms: float, batch_size: int = 1) -> dict:
+    return {"images_per_s": images_per_s, "p50_ms_per_call": p50_ms, "batch_size": batch_size}
+
+
+def results(litserve: bool = True) -> dict:
+    run = {
+        "concurrency": [1, 32],
+        "machine": {"cpus": 2, "cpu_model": "Test CPU", "python": "3.11.7", "torch": "2.13.0"},
+        "command": "python -m benchmarks.bench --duration 1",
+        "load_average_at_end": [0.5, 0.4, 0.3],
+        "in_process": {
+            "batch_1": measured(1000, 1.0),
+            "batch_8": measured(3000, 2.7, 8),
+            "explain_batch_1": measured(20, 50.0),
+            "ceiling": {"images_per_s": 5000, "processes": 2, "batch_size": 8},
+        },
+        "torchserve": {
+            "predict": {"c1": point(300, 2.9), "c32": point(4100, 8.0)},
+            "explain": {"c1": point(19, 50), "c32": point(30, 900)},
+        },
+    }
+    if litserve:
+        run["litserve"] = {
+            "1 worker": {"predict": {"c1": point(380, 2.5), "c32": point(560)}},
+            "2 workers": {"predict": {"c1": point(310), "c32": point(700)}},
+        }
+    return run
+
+
+def verdicts(run: dict) -> dict[str, bool]:
+    return {check["target"]: check["met"] for check in report.check_targets(run)}
+
+
+def test_targets_compare_with_the_ceiling_the_one_image_time_and_the_best_peer():
+    met = verdicts(results())
+    assert met["served predictions at c32 >= 80% of ceiling"] is True  # 4100 / 5000
+    assert met["p50 at c1 within 2.5 ms of in-process one image"] is True  # 2.9 - 1.0
+    assert met["ahead of LitServe (best config) at c1"] is False  # 300 vs 380
+    assert met["ahead of LitServe (best config) at c32"] is True  # 4100 vs 700
+    assert met["served explanations at c32 >= 90% of in-process IG"] is True  # 30 / 20
+
+
+def test_a_missed_ceiling_is_reported_as_missed():
+    run = results()
+    run["torchserve"]["predict"]["c32"] = point(3000)
+    assert verdicts(run)["served predictions at c32 >= 80% of ceiling"] is False
+
+
+def test_targets_without_the_peer_skip_the_peer_comparisons():
+    """--skip litserve: the run has no "litserve" results (was a KeyError after the run)."""
+    met = verdicts(results(litserve=False))
+    assert not any("LitServe" in target for target in met)
+    assert "served predictions at c32 >= 80% of ceiling" in met
+
+
+def test_targets_need_both_in_process_and_served_figures():
+    run = results()
+    del run["in_process"]
+    assert report.check_targets(run) == []
+
+
+def test_markdown_holds_command_machine_tables_and_verdicts():
+    run = results()
+    run["targets"] = report.check_targets(run)
+    text = report.markdown(run)
+    assert "`python -m benchmarks.bench --duration 1`" in text
+    assert "2 cores (Test CPU)" in text and "torch 2.13.0" in text
+    assert "| predict, batch 8 | 3000.0 | 2.70 |" in text
+    assert "| TorchServe predict (PNG bytes) | 32 | 4100.0 | 8.00 |" in text
+    assert "| LitServe 2 workers (JSON base64) | 32 | 700.0 |" in text
+    assert "| ahead of LitServe (best config) at c1 | 300 vs 380 req/s | NO |" in text
+
+
+def test_report_renders_a_saved_run(tmp_path):
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps(results()))
+    out = tmp_path / "bench.md"
+    assert report.main([str(saved), "--markdown", str(out)]) == 0
+    assert "| TorchServe explain (PNG bytes) | 1 | 19.0 |" in out.read_text()
