@@ -182,3 +182,15 @@ def test_failed_explanations_leave_the_predictions_standing(handler_and_context,
 def test_settings_refuse_nonsense():
     with pytest.raises(ValueError, match="max_ig_steps"):
         HandlerSettings.from_model_yaml({"handler": {"max_ig_steps": 0}})
+
+
+def test_settings_refuse_an_unknown_key_and_list_the_known_ones():
+    with pytest.raises(ValueError, match="ig_step") as refused:
+        HandlerSettings.from_model_yaml({"handler": {"ig_step": 20}})
+    assert "ig_steps" in str(refused.value) and "max_image_bytes" in str(refused.value)
+
+
+def test_worker_with_a_mistyped_setting_fails_to_load(tiny_export_dir):
+    context = make_context(tiny_export_dir, {"handler": {"topk": 3, "ig_step": 20}})
+    with pytest.raises(ValueError, match="unknown key 'ig_step'"):
+        FashionHandler().initialize(context)
