@@ -48,6 +48,17 @@ def test_initialize_sets_torch_threads_from_config(tiny_export_dir):
     assert torch.get_num_threads() == 1
 
 
+def test_requests_parse_on_a_fresh_handler_with_the_context_given(tiny_export_dir):
+    """Only initialize() has run: parsing needs nothing but the context it is handed."""
+    context = make_context(tiny_export_dir)
+    handler = FashionHandler()
+    handler.initialize(context)
+    set_requests(context, [{"X-Topk": "2"}, {}])
+    prepared = handler.parse_requests([{"body": png_bytes()}, {"body": b"not an image"}], context)
+    assert prepared.indices == [0] and prepared.options[0].topk == 2
+    assert prepared.refused[1].code == 400
+
+
 def test_mixed_batch_gets_per_request_statuses_and_answers(handler_and_context):
     handler, context = handler_and_context
     requests = [
