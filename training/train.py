@@ -6,6 +6,7 @@ python -m training train --dry-run --out /tmp/dry         # a few batches, end t
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import resource
@@ -237,7 +238,8 @@ def save_checkpoint(run: Run, config: TrainConfig, splits: Splits, out_dir: Path
     )
     torch.save(state, out_dir / "last.pt")
     if run.best is None or val_accuracy > run.best["val_accuracy"]:
-        run.best = state
+        # A copy: state_dict() tensors share storage with the model, which trains on.
+        run.best = copy.deepcopy(state)
         torch.save(state, out_dir / "best.pt")
 
 

@@ -91,6 +91,26 @@ def test_evaluate_writes_its_own_file_and_keeps_the_training_metrics(
     assert "peak_memory_mb" not in evaluation
 
 
+def test_best_checkpoint_keeps_the_best_epochs_weights(dataset_dir, tmp_path, monkeypatch):
+    real_evaluate = train_module.evaluate
+    weights_after_epoch = []
+
+    def first_epoch_is_best(model, *args):
+        weights_after_epoch.append({k: v.clone() for k, v in model.state_dict().items()})
+        loss, _, predicted = real_evaluate(model, *args)
+        return loss, 1.0 / len(weights_after_epoch), predicted
+
+    monkeypatch.setattr(train_module, "evaluate", first_epoch_is_best)
+    config = train_module.TrainConfig(epochs=2, batch_size=64, val_size=100)
+    split = data.read_split(dataset_dir, "train")
+    train_module.train(split, config, tmp_path, torch.device("cpu"))
+
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["epoch"] == 1
+    for name, tensor in best["model_state"].items():
+        assert torch.equal(tensor, weights_after_epoch[0][name]), name
+
+
 def test_dry_run_runs_a_few_batches(dataset_dir, tmp_path):
     assert main(["train", "--data-dir", str(dataset_dir), "--out", str(tmp_path), "--dry-run"]) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 1
