@@ -33,7 +33,7 @@ def test_shipped_model_config_is_accepted():
 
 def test_archive_refuses_an_unknown_handler_setting_before_packing(tiny_export_dir, tmp_path):
     handler_dir = tmp_path / "handler"
-    shutil.copytree(HANDLER_DIR, handler_dir)
+    shutil.copytree(HANDLER_DIR, handler_dir, ignore=shutil.ignore_patterns("*.egg-info"))
     config_path = handler_dir / "model-config.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["handler"]["ig_step"] = 20  # a typo of ig_steps
