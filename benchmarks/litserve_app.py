@@ -49,7 +49,7 @@ class FashionAPI(ls.LitAPI):
         contract = self.handler.contract
         batch = to_batch_tensor([pixels for pixels, _ in items], contract.mean, contract.std)
         probabilities = self.handler.inference(batch)  # (N, num_classes)
-        answers = self.handler.postprocess(probabilities, [options for _, options in items])
+        answers = self.handler.top_k_answers(probabilities, [options for _, options in items])
         return answers[0] if single else answers
 
     def unbatch(self, outputs):

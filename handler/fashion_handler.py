@@ -3,6 +3,9 @@
 Thin on purpose: decoding lives in fashion_image, request parsing in fashion_request,
 top-k in fashion_predict, explanations in fashion_explain, settings in fashion_settings.
 TorchServe's loader wants exactly one class in this module.
+handle() runs a batch as parse_requests -> inference -> top_k_answers or explain_rows:
+BaseHandler's preprocess/postprocess/explain_handle are left unused, because here each
+request of a batch carries its own options and may ask for a prediction or an explanation.
 
 Requests (one image each; TorchServe batches concurrent requests itself):
     curl -T shirt.png          http://HOST:8080/predictions/fashion-cnn
@@ -106,9 +109,8 @@ class FashionHandler(BaseHandler):
 
     def handle(self, data: list[dict], context) -> list:
         start = time.perf_counter()
-        self.context = context
         responses: list = [None] * len(data)
-        prepared = self.preprocess(data)
+        prepared = self.parse_requests(data, context)
         for idx, error in prepared.refused.items():
             context.set_response_status(error.code, error.phrase, idx)
             responses[idx] = error.to_body()
@@ -118,19 +120,23 @@ class FashionHandler(BaseHandler):
                 prepared.pixels, self.contract.mean, self.contract.std, self.device
             )
             probabilities = self.inference(batch)
-            explain_rows = [
+            rows_to_explain = [
                 row for row, idx in enumerate(prepared.indices) if wants_explanation(context, idx)
             ]
-            predict_rows = [row for row in range(len(prepared.indices)) if row not in explain_rows]
-            if predict_rows:
-                answers = self.postprocess(
-                    probabilities[predict_rows], [prepared.options[r] for r in predict_rows]
+            rows_to_predict = [
+                row for row in range(len(prepared.indices)) if row not in rows_to_explain
+            ]
+            if rows_to_predict:
+                answers = self.top_k_answers(
+                    probabilities[rows_to_predict], [prepared.options[r] for r in rows_to_predict]
                 )
-                for row, answer in zip(predict_rows, answers, strict=True):
+                for row, answer in zip(rows_to_predict, answers, strict=True):
                     responses[prepared.indices[row]] = answer
-            if explain_rows:
-                answers = self._explain_or_fail(batch, probabilities, prepared, explain_rows)
-                for row, answer in zip(explain_rows, answers, strict=True):
+            if rows_to_explain:
+                answers = self._explain_rows_or_fail(
+                    batch, probabilities, prepared, rows_to_explain, context
+                )
+                for row, answer in zip(rows_to_explain, answers, strict=True):
                     responses[prepared.indices[row]] = answer
 
         for idx in range(len(data)):
@@ -142,8 +148,9 @@ class FashionHandler(BaseHandler):
             )
         return responses
 
-    def preprocess(self, data: list[dict]) -> PreparedBatch:
-        """Parse and decode each request; a bad one is set aside with its error."""
+    def parse_requests(self, data: list[dict], context) -> PreparedBatch:
+        """Parse and decode each request, with options from its headers in `context`;
+        a bad one is set aside with its error."""
         prepared = PreparedBatch()
         for idx, request in enumerate(data):
             try:
@@ -152,7 +159,7 @@ class FashionHandler(BaseHandler):
                     self.contract.class_names,
                     self.limits,
                     self.settings.max_image_bytes,
-                    options_from_headers(self.context.get_all_request_header(idx) or {}),
+                    options_from_headers(context.get_all_request_header(idx) or {}),
                 )
                 pixels = prepare_image(
                     image_bytes, self.input_size, options.invert, self.settings.max_image_pixels
@@ -178,16 +185,25 @@ class FashionHandler(BaseHandler):
         with torch.inference_mode():
             return torch.softmax(self.predict_model(batch), dim=1)
 
-    def postprocess(self, probabilities: torch.Tensor, options: list[RequestOptions]) -> list[dict]:
+    def top_k_answers(
+        self, probabilities: torch.Tensor, options: list[RequestOptions]
+    ) -> list[dict]:
+        """(N, num_classes) probabilities -> one {class name: probability} per row, each
+        with its own request's k."""
         return top_k_batch(probabilities, self.contract.class_names, [o.topk for o in options])
 
-    def _explain_or_fail(
-        self, batch: torch.Tensor, probabilities: torch.Tensor, prepared: PreparedBatch, rows
+    def _explain_rows_or_fail(
+        self,
+        batch: torch.Tensor,
+        probabilities: torch.Tensor,
+        prepared: PreparedBatch,
+        rows: list[int],
+        context,
     ) -> list[dict]:
-        """explain_handle, but a failure (e.g. CUDA out of memory on many IG steps) answers
+        """explain_rows, but a failure (e.g. CUDA out of memory on many IG steps) answers
         500 to the explained requests only: the batch's predictions still stand."""
         try:
-            return self.explain_handle(batch, probabilities, prepared, rows)
+            return self.explain_rows(batch, probabilities, prepared, rows)
         except MemoryError:
             raise  # host memory: TorchServe answers 507 for the batch
         except Exception:
@@ -197,10 +213,10 @@ class FashionHandler(BaseHandler):
             "fewer `steps` need less memory."
         )
         for row in rows:
-            self.context.set_response_status(error.code, error.phrase, prepared.indices[row])
+            context.set_response_status(error.code, error.phrase, prepared.indices[row])
         return [error.to_body() for _ in rows]
 
-    def explain_handle(
+    def explain_rows(
         self,
         batch: torch.Tensor,
         probabilities: torch.Tensor,

@@ -2,11 +2,18 @@
 
 torch-model-archiver packs model-config.yaml into the archive (--config-file) and
 TorchServe hands it to the handler as context.model_yaml_config.
+
+Check a config before packing it (scripts/archive.sh does):
+    python handler/fashion_settings.py handler/model-config.yaml
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,29 @@ class HandlerSettings:
 
     @classmethod
     def from_model_yaml(cls, model_yaml_config: dict | None) -> HandlerSettings:
+        """Raises ValueError on an unknown key: a typo would otherwise leave its default."""
         section = (model_yaml_config or {}).get("handler") or {}
-        known = {key: int(section[key]) for key in cls.__dataclass_fields__ if key in section}
-        return cls(**known)
+        known = [f.name for f in fields(cls)]
+        unknown = [key for key in section if key not in known]
+        if unknown:
+            plural = "s" if len(unknown) > 1 else ""
+            raise ValueError(
+                f"model-config.yaml handler: unknown key{plural} "
+                f"{', '.join(repr(key) for key in unknown)}; known keys: {', '.join(known)}"
+            )
+        return cls(**{key: int(value) for key, value in section.items()})
+
+
+def main(argv: list[str]) -> int:
+    """Exit 1 with the reason if the model-config.yaml at argv[0] would fail a worker's load."""
+    (config_path,) = argv
+    try:
+        HandlerSettings.from_model_yaml(yaml.safe_load(Path(config_path).read_text()))
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -11,6 +11,8 @@
 # the handler, every other handler/*.py and index_to_name.json flat beside it, and
 # handler/model-config.yaml (workers, batching, timeouts, handler settings).
 # Its version is the model contract's version (contract.json inside model.pt).
+# The config's handler: section is checked first by handler/fashion_settings.py, the same
+# code that reads it in the worker: a setting the worker would refuse fails the archive here.
 set -euo pipefail
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -29,6 +31,8 @@ fail() { printf 'archive: %s\n' "$*" >&2; exit 1; }
 [[ -f "${handler_dir}/fashion_handler.py" ]] || fail "no handler at ${handler_dir}/fashion_handler.py"
 [[ -f "${handler_dir}/model-config.yaml" ]] || fail "no ${handler_dir}/model-config.yaml"
 [[ -x "${venv}/bin/torch-model-archiver" ]] || fail "torch-model-archiver not in ${venv}: run scripts/setup.sh"
+"${venv}/bin/python" "${handler_dir}/fashion_settings.py" "${handler_dir}/model-config.yaml" ||
+    fail "${handler_dir}/model-config.yaml: fix the handler: section (see above); no archive written"
 
 # The handler's helper modules go flat into the archive root, where the worker imports them.
 extra_files=("${export_dir}/index_to_name.json")

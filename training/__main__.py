@@ -2,7 +2,7 @@
 
 python -m training train --out artifacts/train          # full recipe, ~10 epochs
 python -m training train --epochs 2 --out artifacts/train  # short recipe
-python -m training evaluate --checkpoint artifacts/train/best.pt
+python -m training evaluate --checkpoint artifacts/train/best.pt  # writes evaluation.json
 python -m training export --checkpoint artifacts/train/best.pt --out artifacts/export
 """
 
@@ -19,13 +19,14 @@ import torch
 
 from fashion_contract import FASHION_MNIST_CLASSES, ModelContract
 from training import data
-from training.evaluate import METRICS_FILE, evaluate_checkpoint
+from training.evaluate import EVALUATION_FILE, METRICS_FILE, evaluate_checkpoint, write_metrics
 from training.export import MODEL_FILE, ParityError, export_model
 from training.train import (
     TrainConfig,
     default_threads,
     load_checkpoint,
     normalize,
+    peak_memory_mb,
     pick_device,
     train,
 )
@@ -56,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     hint = argparse.ArgumentDefaultsHelpFormatter
 
     p = commands.add_parser(
-        "train", help="train, evaluate on the test set, write plots", formatter_class=hint
+        "train",
+        help=f"train, evaluate on the test set ({METRICS_FILE}), write plots",
+        formatter_class=hint,
     )
     add_data_args(p)
     p.add_argument("--out", type=Path, default=Path("artifacts/train"), help="output folder")
@@ -73,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help=f"{DRY_RUN_BATCHES} batches, 1 epoch")
 
     p = commands.add_parser(
-        "evaluate", help="test-set metrics and plots for a checkpoint", formatter_class=hint
+        "evaluate",
+        help=f"test-set metrics ({EVALUATION_FILE}) and plots for a checkpoint; "
+        f"training's {METRICS_FILE} is left as it is",
+        formatter_class=hint,
     )
     add_data_args(p)
     p.add_argument("--checkpoint", type=Path, default=Path("artifacts/train/best.pt"))
@@ -110,6 +116,9 @@ def run_train(args: argparse.Namespace) -> None:
     best = train(train_split, config, args.out, device, resume=args.resume)
     model, state = load_checkpoint(args.out / "best.pt", device)
     metrics = evaluate_checkpoint(model, state, data.load("test", args.data_dir, False), args.out)
+    # This process trained the model, so its peak is training's peak.
+    metrics["peak_memory_mb"] = round(peak_memory_mb())
+    write_metrics(metrics, args.out / METRICS_FILE)
     log.info(
         "test accuracy %.4f (best epoch %d of %d), %.0f s training, peak memory %d MB; wrote %s",
         metrics["test_accuracy"],
@@ -127,10 +136,16 @@ def run_evaluate(args: argparse.Namespace) -> None:
     metrics = evaluate_checkpoint(
         model, state, data.load("test", args.data_dir, args.download), out
     )
+    write_metrics(metrics, out / EVALUATION_FILE)
     per_class = "\n".join(
         f"  {name:<12} {acc:.4f}" for name, acc in metrics["per_class_accuracy"].items()
     )
-    log.info("test accuracy %.4f\n%s\nwrote %s", metrics["test_accuracy"], per_class, out)
+    log.info(
+        "test accuracy %.4f\n%s\nwrote %s",
+        metrics["test_accuracy"],
+        per_class,
+        out / EVALUATION_FILE,
+    )
 
 
 def run_export(args: argparse.Namespace) -> None:

@@ -1,6 +1,9 @@
 """Evaluate on the test set: accuracy, per-class accuracy, confusion matrix and learning curves.
 
 python -m training evaluate --checkpoint artifacts/train/best.pt --out artifacts/train
+
+Training writes metrics.json (with its peak memory); a later `evaluate` writes
+evaluation.json beside it and leaves the training run's figures alone.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import torch
 
 from fashion_contract import FASHION_MNIST_CLASSES
 from training.data import Split
-from training.train import evaluate, normalize, peak_memory_mb
+from training.train import evaluate, normalize
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = "metrics.json"  # written by `train`
+EVALUATION_FILE = "evaluation.json"  # written by `evaluate`
 
 
 def confusion_matrix(
@@ -65,7 +69,7 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
 
 
 def evaluate_checkpoint(model: torch.nn.Module, state: dict, test: Split, out_dir: Path) -> dict:
-    """Write metrics.json, confusion_matrix.png and learning_curves.png; return the metrics."""
+    """Test-set metrics of a checkpoint; writes confusion_matrix.png and learning_curves.png."""
     x_test = normalize(test.images, state["mean"], state["std"])
     test_loss, test_accuracy, predicted = evaluate(model, x_test, test.labels)
     matrix = confusion_matrix(test.labels, predicted, len(FASHION_MNIST_CLASSES))
@@ -80,11 +84,14 @@ def evaluate_checkpoint(model: torch.nn.Module, state: dict, test: Split, out_di
         best_val_accuracy=round(state["val_accuracy"], 4),
         train_seconds=round(state["train_seconds"], 1),
         seconds_per_epoch=[round(row["seconds"], 1) for row in history],
-        peak_memory_mb=round(peak_memory_mb()),
         confusion_matrix=matrix.tolist(),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     plot_confusion(matrix, FASHION_MNIST_CLASSES, out_dir / "confusion_matrix.png")
     plot_learning_curves(history, out_dir / "learning_curves.png")
     return metrics
+
+
+def write_metrics(metrics: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2))

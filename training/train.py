@@ -6,6 +6,7 @@ python -m training train --dry-run --out /tmp/dry         # a few batches, end t
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import resource
@@ -94,18 +95,40 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def train(
-    train_split: Split,
-    config: TrainConfig,
-    out_dir: Path,
-    device: torch.device,
-    resume: Path | None = None,
-) -> dict:
-    """Train and write last.pt / best.pt into out_dir. Returns the best checkpoint dict."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+@dataclass(frozen=True)
+class Splits:
+    """Training and held-out validation images, normalized by the training images alone."""
 
+    x_train: torch.Tensor  # (N, 1, 28, 28) float
+    y_train: torch.Tensor  # (N,) int64
+    x_val: torch.Tensor  # (V, 1, 28, 28) float
+    y_val: torch.Tensor  # (V,) int64
+    mean: float
+    std: float
+
+
+@dataclass
+class Run:
+    """What a training run carries from epoch to epoch; a checkpoint saves all of it."""
+
+    model: FashionCNN
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype
+    use_amp: bool
+    generator: torch.Generator  # batch order and augmentation
+    steps_per_epoch: int
+    epoch: int = 0  # the last one finished
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    best: dict | None = None  # the checkpoint with the highest validation accuracy so far
+
+
+def split_and_normalize(
+    train_split: Split, config: TrainConfig, generator: torch.Generator
+) -> Splits:
+    """Hold out config.val_size random images for validation; normalize both parts."""
     images, labels = train_split.images, train_split.labels
     if config.train_subset:
         images, labels = images[: config.train_subset], labels[: config.train_subset]
@@ -115,15 +138,27 @@ def train(
     mean = (images[train_idx].float() / 255).mean().item()
     std = (images[train_idx].float() / 255).std().item()
     # Whole splits live in memory as tensors: 55k x 784 floats is 172 MB, and skipping a
-    # DataLoader saves more time per epoch than anything else on a small CPU.
-    x_train, y_train = normalize(images[train_idx], mean, std), labels[train_idx]
-    x_val, y_val = normalize(images[val_idx], mean, std), labels[val_idx]
+    # DataLoader saves more time per epoch than anything else on a small CPU (docs/training.md).
+    return Splits(
+        x_train=normalize(images[train_idx], mean, std),
+        y_train=labels[train_idx],
+        x_val=normalize(images[val_idx], mean, std),
+        y_val=labels[val_idx],
+        mean=mean,
+        std=std,
+    )
 
+
+def build_run(
+    config: TrainConfig, train_size: int, device: torch.device, generator: torch.Generator
+) -> Run:
+    """A fresh model with its optimizer, OneCycle schedule and mixed-precision settings."""
     model = FashionCNN(config.model).to(device)
     log.info("model:\n%s", parameter_summary(model))
-    # channels_last: about 10 % faster convolutions on CPU, and the layout tensor cores want.
+    # channels_last: faster convolutions on CPU (docs/training.md), and the layout tensor
+    # cores want.
     model = model.to(memory_format=torch.channels_last)
-    steps_per_epoch = -(-len(y_train) // config.batch_size)
+    steps_per_epoch = -(-train_size // config.batch_size)
     if config.max_batches:
         steps_per_epoch = min(steps_per_epoch, config.max_batches)
     optimizer = torch.optim.AdamW(
@@ -135,53 +170,108 @@ def train(
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    return Run(model, optimizer, scheduler, scaler, amp_dtype, use_amp, generator, steps_per_epoch)
 
-    start_epoch, history, best, train_seconds = 1, [], None, 0.0
+
+def resume_run(run: Run, checkpoint_path: Path, out_dir: Path, device: torch.device) -> None:
+    """Put run back where a last.pt checkpoint left it, random number generators included,
+    so that the resumed run continues exactly as an uninterrupted one would."""
+    state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    run.model.load_state_dict(state["model_state"])
+    run.optimizer.load_state_dict(state["optimizer_state"])
+    run.scheduler.load_state_dict(state["scheduler_state"])
+    run.generator.set_state(state["generator_state"])
+    torch.set_rng_state(state["torch_rng_state"])
+    run.epoch, run.history = state["epoch"], state["history"]
+    run.train_seconds = state["train_seconds"]
+    best_path = out_dir / "best.pt"
+    run.best = torch.load(best_path, weights_only=False) if best_path.exists() else None
+    log.info("resumed from %s at epoch %d", checkpoint_path, run.epoch + 1)
+
+
+def train_one_epoch(
+    run: Run, splits: Splits, config: TrainConfig, device: torch.device, epoch: int
+) -> tuple[float, float]:
+    """One pass over the (shuffled, augmented) training images: (mean loss, accuracy)."""
+    run.model.train()
+    permutation = torch.randperm(len(splits.y_train), generator=run.generator)
+    batches = permutation.split(config.batch_size)[: run.steps_per_epoch]
+    loss_sum = correct = seen = 0
+    # disable=None: a bar on terminals only, not thousands of lines in CI logs and files
+    progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None)
+    background = -splits.mean / splits.std  # a black pixel, normalized
+    for batch_idx in progress:
+        x = augment(splits.x_train[batch_idx], run.generator, background=background).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = splits.y_train[batch_idx].to(device)
+        with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+            logits = run.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        progress.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return loss_sum / seen, correct / seen
+
+
+def save_checkpoint(run: Run, config: TrainConfig, splits: Splits, out_dir: Path) -> None:
+    """Write last.pt after every epoch, and best.pt when validation accuracy improved."""
+    val_accuracy = run.history[-1]["val_accuracy"]
+    state = dict(
+        model_config=asdict(config.model),
+        train_config=asdict(config),
+        model_state=run.model.state_dict(),
+        optimizer_state=run.optimizer.state_dict(),
+        scheduler_state=run.scheduler.state_dict(),
+        generator_state=run.generator.get_state(),
+        torch_rng_state=torch.get_rng_state(),  # dropout draws from it
+        epoch=run.epoch,
+        history=run.history,
+        val_accuracy=val_accuracy,
+        train_seconds=run.train_seconds,
+        mean=splits.mean,
+        std=splits.std,
+    )
+    torch.save(state, out_dir / "last.pt")
+    if run.best is None or val_accuracy > run.best["val_accuracy"]:
+        # A copy: state_dict() tensors share storage with the model, which trains on.
+        run.best = copy.deepcopy(state)
+        torch.save(state, out_dir / "best.pt")
+
+
+def train(
+    train_split: Split,
+    config: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+    resume: Path | None = None,
+) -> dict:
+    """Train and write last.pt / best.pt into out_dir. Returns the best checkpoint dict."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    splits = split_and_normalize(train_split, config, generator)
+    run = build_run(config, len(splits.y_train), device, generator)
     if resume:
-        state = torch.load(resume, map_location=device, weights_only=False)
-        model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer_state"])
-        scheduler.load_state_dict(state["scheduler_state"])
-        generator.set_state(state["generator_state"])
-        torch.set_rng_state(state["torch_rng_state"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        train_seconds = state["train_seconds"]
-        best_path = out_dir / "best.pt"
-        best = torch.load(best_path, weights_only=False) if best_path.exists() else None
-        log.info("resumed from %s at epoch %d", resume, start_epoch)
+        resume_run(run, resume, out_dir, device)
 
-    for epoch in range(start_epoch, config.epochs + 1):
-        model.train()
+    for epoch in range(run.epoch + 1, config.epochs + 1):
         started = time.perf_counter()
-        permutation = torch.randperm(len(y_train), generator=generator)
-        batches = permutation.split(config.batch_size)[:steps_per_epoch]
-        loss_sum = correct = seen = 0
-        # disable=None: a bar on terminals only, not thousands of lines in CI logs and files
-        progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None)
-        for batch_idx in progress:
-            x = augment(x_train[batch_idx], generator, background=-mean / std).to(device)
-            x = x.contiguous(memory_format=torch.channels_last)
-            y = y_train[batch_idx].to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            progress.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        train_loss, train_accuracy = train_one_epoch(run, splits, config, device, epoch)
         epoch_seconds = time.perf_counter() - started
-        train_seconds += epoch_seconds
-        val_loss, val_accuracy, _ = evaluate(model, x_val, y_val)
-        history.append(
+        run.train_seconds += epoch_seconds
+        val_loss, val_accuracy, _ = evaluate(run.model, splits.x_val, splits.y_val)
+        run.epoch = epoch
+        run.history.append(
             dict(
                 epoch=epoch,
-                train_loss=loss_sum / seen,
-                train_accuracy=correct / seen,
+                train_loss=train_loss,
+                train_accuracy=train_accuracy,
                 val_loss=val_loss,
                 val_accuracy=val_accuracy,
                 seconds=epoch_seconds,
@@ -189,29 +279,12 @@ def train(
         )
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s",
-            epoch, config.epochs, loss_sum / seen, correct / seen, val_loss, val_accuracy,
+            epoch, config.epochs, train_loss, train_accuracy, val_loss, val_accuracy,
             epoch_seconds,
         )  # fmt: skip
-        state = dict(
-            model_config=asdict(config.model),
-            train_config=asdict(config),
-            model_state=model.state_dict(),
-            optimizer_state=optimizer.state_dict(),
-            scheduler_state=scheduler.state_dict(),
-            generator_state=generator.get_state(),
-            torch_rng_state=torch.get_rng_state(),  # dropout draws from it
-            epoch=epoch,
-            history=history,
-            val_accuracy=val_accuracy,
-            train_seconds=train_seconds,
-            mean=mean,
-            std=std,
-        )
-        torch.save(state, out_dir / "last.pt")
-        if best is None or val_accuracy > best["val_accuracy"]:
-            best = state
-            torch.save(state, out_dir / "best.pt")
-    best = dict(best, history=history, train_seconds=train_seconds)
+        save_checkpoint(run, config, splits, out_dir)
+
+    best = dict(run.best, history=run.history, train_seconds=run.train_seconds)
     torch.save(best, out_dir / "best.pt")  # with the whole run's history and time
     log.info("peak memory %.0f MB", peak_memory_mb())
     return best

@@ -48,6 +48,17 @@ def test_initialize_sets_torch_threads_from_config(tiny_export_dir):
     assert torch.get_num_threads() == 1
 
 
+def test_requests_parse_on_a_fresh_handler_with_the_context_given(tiny_export_dir):
+    """Only initialize() has run: parsing needs nothing but the context it is handed."""
+    context = make_context(tiny_export_dir)
+    handler = FashionHandler()
+    handler.initialize(context)
+    set_requests(context, [{"X-Topk": "2"}, {}])
+    prepared = handler.parse_requests([{"body": png_bytes()}, {"body": b"not an image"}], context)
+    assert prepared.indices == [0] and prepared.options[0].topk == 2
+    assert prepared.refused[1].code == 400
+
+
 def test_mixed_batch_gets_per_request_statuses_and_answers(handler_and_context):
     handler, context = handler_and_context
     requests = [
@@ -182,3 +193,15 @@ def test_failed_explanations_leave_the_predictions_standing(handler_and_context,
 def test_settings_refuse_nonsense():
     with pytest.raises(ValueError, match="max_ig_steps"):
         HandlerSettings.from_model_yaml({"handler": {"max_ig_steps": 0}})
+
+
+def test_settings_refuse_an_unknown_key_and_list_the_known_ones():
+    with pytest.raises(ValueError, match="ig_step") as refused:
+        HandlerSettings.from_model_yaml({"handler": {"ig_step": 20}})
+    assert "ig_steps" in str(refused.value) and "max_image_bytes" in str(refused.value)
+
+
+def test_worker_with_a_mistyped_setting_fails_to_load(tiny_export_dir):
+    context = make_context(tiny_export_dir, {"handler": {"topk": 3, "ig_step": 20}})
+    with pytest.raises(ValueError, match="unknown key 'ig_step'"):
+        FashionHandler().initialize(context)

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -70,6 +71,44 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     assert [row["epoch"] for row in resumed["history"]] == [1, 2]
     for name, tensor in whole["model_state"].items():
         assert torch.equal(tensor, resumed["model_state"][name]), name
+
+
+def test_evaluate_writes_its_own_file_and_keeps_the_training_metrics(
+    trained_dir, dataset_dir, tmp_path
+):
+    shutil.copy(trained_dir / "best.pt", tmp_path)
+    # A figure only the training run could have written, to see that it survives.
+    training_metrics = dict(json.loads((trained_dir / "metrics.json").read_text()))
+    training_metrics["peak_memory_mb"] = 12345
+    (tmp_path / "metrics.json").write_text(json.dumps(training_metrics))
+
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "best.pt"), "--data-dir", str(dataset_dir)]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text()) == training_metrics
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    assert evaluation["test_accuracy"] == training_metrics["test_accuracy"]
+    # The evaluating process's memory says nothing about training's: it is not reported.
+    assert "peak_memory_mb" not in evaluation
+
+
+def test_best_checkpoint_keeps_the_best_epochs_weights(dataset_dir, tmp_path, monkeypatch):
+    real_evaluate = train_module.evaluate
+    weights_after_epoch = []
+
+    def first_epoch_is_best(model, *args):
+        weights_after_epoch.append({k: v.clone() for k, v in model.state_dict().items()})
+        loss, _, predicted = real_evaluate(model, *args)
+        return loss, 1.0 / len(weights_after_epoch), predicted
+
+    monkeypatch.setattr(train_module, "evaluate", first_epoch_is_best)
+    config = train_module.TrainConfig(epochs=2, batch_size=64, val_size=100)
+    split = data.read_split(dataset_dir, "train")
+    train_module.train(split, config, tmp_path, torch.device("cpu"))
+
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["epoch"] == 1
+    for name, tensor in best["model_state"].items():
+        assert torch.equal(tensor, weights_after_epoch[0][name]), name
 
 
 def test_dry_run_runs_a_few_batches(dataset_dir, tmp_path):
