@@ -135,7 +135,8 @@ class Smoke:
             "wheelhouse_s",
             [
                 sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse),
-                "torch==2.13.0", "-r", str(REPO_ROOT / "docker" / "requirements.txt"),
+                "-r", str(REPO_ROOT / "docker" / "torch.txt"),
+                "-r", str(REPO_ROOT / "docker" / "requirements.txt"),
             ],
         )  # fmt: skip
         return wheelhouse

@@ -32,6 +32,27 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     ]
 
 
+def pinned_torch_version() -> str:
+    """The version in docker/torch.txt, the project's one torch pin."""
+    lines = (DOCKER_DIR / "torch.txt").read_text().splitlines()
+    (pin,) = [line for line in lines if line.startswith("torch==")]
+    return pin.removeprefix("torch==")
+
+
+def test_the_torch_pin_is_typed_only_in_docker_torch_txt():
+    # Whatever installs or builds torch must read docker/torch.txt, not carry its own copy.
+    candidates = [
+        *REPO_ROOT.glob("scripts/*"),
+        *DOCKER_DIR.rglob("*"),
+        *REPO_ROOT.glob("tests/**/*.py"),
+    ]
+    readers = [path for path in candidates if path.is_file() and path.name != "torch.txt"]
+    version = re.escape(pinned_torch_version())
+    typed = re.compile(rf"torch==\s*{version}|TORCH_VERSION\s*[=:-]+\s*{version}")
+    copies = [str(path) for path in readers if typed.search(path.read_text())]
+    assert copies == []
+
+
 def test_dockerfile_runs_as_uid_1000_with_healthcheck_and_init():
     instructions = dockerfile_instructions()
     values = {}
@@ -89,8 +110,12 @@ def fake_engine(tmp_path):
     return engine, log
 
 
-def run_script(script: str, *args: str, engine: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CONTAINER_ENGINE=str(engine))
+def run_script(
+    script: str, *args: str, engine: Path, **settings: str
+) -> subprocess.CompletedProcess:
+    """docker/<script> with `engine` as CONTAINER_ENGINE and no torch settings but `settings`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_VERSION", "TORCH_INDEX_URL")}
+    env.update(settings, CONTAINER_ENGINE=str(engine))
     return subprocess.run(
         [str(DOCKER_DIR / script), *args], env=env, capture_output=True, text=True
     )
@@ -111,6 +136,7 @@ def test_build_stages_a_small_context_and_passes_build_args(fake_engine, tiny_ex
     assert args[args.index("--tag") + 1] == "fashion-serve:cpu"
     assert "BASE_IMAGE=debian:bookworm-slim" in args
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in args
+    assert f"TORCH_VERSION={pinned_torch_version()}" in args
     context = set(Path(f"{log}.context").read_text().split())
     assert {
         "./docker/Dockerfile", "./docker/entrypoint.sh", "./docker/requirements.txt",
@@ -129,6 +155,17 @@ def test_build_gpu_uses_cuda_base_and_torch(fake_engine, tiny_export_dir):
     assert args[args.index("--tag") + 1] == "fashion-serve:gpu"
     assert any(arg.startswith("BASE_IMAGE=nvidia/cuda:") for arg in args)
     assert any(re.fullmatch(r"TORCH_INDEX_URL=.*/whl/cu\d+", arg) for arg in args)
+
+
+def test_build_passes_a_torch_version_from_the_environment_over_the_pin(
+    fake_engine, tiny_export_dir
+):
+    engine, log = fake_engine
+    result = run_script(
+        "build.sh", "--export-dir", str(tiny_export_dir), engine=engine, TORCH_VERSION="9.8.7"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TORCH_VERSION=9.8.7" in log.read_text().splitlines()
 
 
 def test_build_without_an_export_says_what_to_do(fake_engine, tmp_path):
