@@ -67,17 +67,9 @@ if [[ -n "$wheelhouse" ]]; then
     compgen -G "${wheelhouse}/*.whl" >/dev/null || fail "no wheels in ${wheelhouse}"
 fi
 
-if [[ -n "${CONTAINER_ENGINE:-}" ]]; then
-    read -ra engine <<<"$CONTAINER_ENGINE"
-elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-    engine=(docker)
-elif command -v podman >/dev/null; then
-    engine=(podman)
-elif command -v buildah >/dev/null; then
-    engine=(buildah)
-else
-    fail "no docker daemon, podman or buildah found: install one, or set CONTAINER_ENGINE"
-fi
+# shellcheck source=SCRIPTDIR/engine.sh
+source "${repo_root}/docker/engine.sh"
+pick_container_engine podman buildah || exit 1
 case "$(basename "${engine[0]}")" in
     docker) build_cmd=(build) ;;
     podman) build_cmd=(build --format docker) ;;

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -196,6 +197,42 @@ def test_run_gpu_adds_gpus_and_optional_management_port(fake_engine):
     assert args[args.index("--gpus") + 1] == "all"
     assert "127.0.0.1:9081:8081" in args
     assert args[-1] == "fashion-serve:gpu"
+
+
+def fake_tools(tmp_path: Path, *engines: str) -> Path:
+    """A PATH folder with what run.sh needs, a `docker` whose daemon does not answer, and
+    stand-ins for `engines` that print the arguments they get."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "basename"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    stand_ins = {"docker": "exit 1\n"} | {name: 'printf "%s\\n" "$@"\n' for name in engines}
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text("#!/usr/bin/env bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def run_without_engine_setting(path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CONTAINER_ENGINE"}
+    env["PATH"] = str(path)
+    return subprocess.run(
+        [str(DOCKER_DIR / "run.sh"), *args], env=env, capture_output=True, text=True
+    )
+
+
+def test_run_falls_back_to_podman_when_no_docker_daemon_answers(tmp_path):
+    result = run_without_engine_setting(fake_tools(tmp_path, "podman"), "gpu")
+    assert result.returncode == 0, result.stderr
+    assert "tokens: podman exec" in result.stdout
+    args = result.stdout.splitlines()
+    assert args[args.index("--device") + 1] == "nvidia.com/gpu=all"  # podman's CDI spelling
+
+
+def test_run_without_any_engine_says_what_to_do(tmp_path):
+    result = run_without_engine_setting(fake_tools(tmp_path))
+    assert result.returncode == 1
+    assert "run: no docker daemon" in result.stderr and "CONTAINER_ENGINE" in result.stderr
 
 
 def test_compose_publishes_on_loopback_and_reserves_a_gpu_in_its_profile():
