@@ -5,7 +5,8 @@
 #   VENV=.venv                 where the environment lives
 #   TORCH_SPEC=<docker/torch.txt>  which torch (default: the project's pin, a CPU build)
 #   TORCH_INDEX_URL=           e.g. https://download.pytorch.org/whl/cu124 for a CUDA build
-#   EXTRAS=train,dev,bench     optional dependency groups from pyproject.toml
+#   EXTRAS=train               optional dependency groups from pyproject.toml: train is all
+#                              running needs; scripts/test.sh asks for train,dev,bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,10 +23,11 @@ pinned_torch() {
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-$(pinned_torch)}
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
-EXTRAS=${EXTRAS:-train,dev,bench}
+EXTRAS=${EXTRAS:-train}
 PYTHON=${PYTHON:-python3}
 
-# Everything that decides what gets installed; a change to any of it re-runs the install.
+# Everything that decides what gets installed; a change to any of it (other extras
+# included) re-runs the install.
 wanted="$(sha256sum pyproject.toml | cut -d' ' -f1) ${TORCH_SPEC} ${TORCH_INDEX_URL} ${EXTRAS}"
 stamp="${VENV}/.setup-done"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" && -x "${VENV}/bin/java" ]] &&
