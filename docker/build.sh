@@ -7,16 +7,17 @@
 #   --export-dir   model.pt + index_to_name.json (default artifacts/export); the build packs
 #                  them with scripts/archive.sh. --no-model: mount a model store at run time.
 #   --wheelhouse   wheels for an offline build (pip --no-index), made on the host with e.g.
-#                  pip download -d wheelhouse torch==2.13.0 -r docker/requirements.txt
+#                  pip download -d wheelhouse -r docker/torch.txt -r docker/requirements.txt
 # Settings (environment variables):
 #   CONTAINER_ENGINE   docker, podman or buildah, with global options (default: docker if
 #                      its daemon answers, else podman, else buildah)
-#   TORCH_VERSION=2.13.0  TORCH_INDEX_URL (default per target)  MODEL_NAME=fashion-cnn
+#   TORCH_VERSION (default: the pin in docker/torch.txt)  TORCH_INDEX_URL (default per target)
+#   MODEL_NAME=fashion-cnn
 set -euo pipefail
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 
 fail() { printf 'build: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 target=cpu
 tag=
@@ -52,6 +53,11 @@ esac
 base_image=${base_image:-$default_base}
 tag=${tag:-fashion-serve:${target}}
 model_name=${MODEL_NAME:-fashion-cnn}
+if [[ -z "${TORCH_VERSION:-}" ]]; then
+    pin=$(grep -m1 -E '^torch==[0-9]' "${repo_root}/docker/torch.txt") ||
+        fail "no 'torch==VERSION' line in ${repo_root}/docker/torch.txt"
+    TORCH_VERSION=${pin#torch==}
+fi
 
 if [[ -n "$export_dir" ]]; then
     [[ -f "${export_dir}/model.pt" && -f "${export_dir}/index_to_name.json" ]] ||
@@ -61,17 +67,9 @@ if [[ -n "$wheelhouse" ]]; then
     compgen -G "${wheelhouse}/*.whl" >/dev/null || fail "no wheels in ${wheelhouse}"
 fi
 
-if [[ -n "${CONTAINER_ENGINE:-}" ]]; then
-    read -ra engine <<<"$CONTAINER_ENGINE"
-elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-    engine=(docker)
-elif command -v podman >/dev/null; then
-    engine=(podman)
-elif command -v buildah >/dev/null; then
-    engine=(buildah)
-else
-    fail "no docker daemon, podman or buildah found: install one, or set CONTAINER_ENGINE"
-fi
+# shellcheck source=SCRIPTDIR/engine.sh
+source "${repo_root}/docker/engine.sh"
+pick_container_engine podman buildah || exit 1
 case "$(basename "${engine[0]}")" in
     docker) build_cmd=(build) ;;
     podman) build_cmd=(build --format docker) ;;
@@ -99,13 +97,13 @@ if [[ -n "$wheelhouse" ]]; then
 fi
 
 printf 'build: %s image %s (base %s, torch %s from %s, model %s) with %s\n' \
-    "$target" "$tag" "$base_image" "${TORCH_VERSION:-2.13.0}" \
+    "$target" "$tag" "$base_image" "$TORCH_VERSION" \
     "${wheelhouse:-${TORCH_INDEX_URL:-$default_index}}" "${export_dir:-none}" "${engine[*]}"
 "${engine[@]}" "${build_cmd[@]}" \
     --file "${context}/docker/Dockerfile" \
     --tag "$tag" \
     --build-arg "BASE_IMAGE=${base_image}" \
-    --build-arg "TORCH_VERSION=${TORCH_VERSION:-2.13.0}" \
+    --build-arg "TORCH_VERSION=${TORCH_VERSION}" \
     --build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL:-$default_index}" \
     --build-arg "MODEL_NAME=${model_name}" \
     "${extra_args[@]}" \

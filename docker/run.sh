@@ -49,15 +49,9 @@ while [[ $# -gt 0 ]]; do
 done
 image=${image:-fashion-serve:${target}}
 
-if [[ -n "${CONTAINER_ENGINE:-}" ]]; then
-    read -ra engine <<<"$CONTAINER_ENGINE"
-elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-    engine=(docker)
-elif command -v podman >/dev/null; then
-    engine=(podman)
-else
-    fail "no docker daemon or podman found: install one, or set CONTAINER_ENGINE"
-fi
+# shellcheck source=SCRIPTDIR/engine.sh
+source "$(dirname "$0")/engine.sh"
+pick_container_engine podman || exit 1
 
 args=(run --rm --name "$name" "${detach[@]}"
     --publish "${bind}:${port}:8080"

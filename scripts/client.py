@@ -7,6 +7,12 @@ URLs and tokens come from the run directory that `scripts/serve.sh start` filled
 (endpoints.json, key_file.json; default run/, or $RUN_DIR), or from the flags.
 Exit status: 0 if every file was answered, 1 if any request was refused, 2 on usage or
 connection errors.
+
+The one reader of those two files; the shell scripts ask it instead of parsing them:
+    python scripts/client.py url predictions      # the model's predictions URL (call.sh)
+    python scripts/client.py token [--management] # the key; empty without a key file
+    python scripts/client.py endpoints            # endpoints.json as "name: value" lines
+    python scripts/client.py workers              # the model's worker states (serve.sh)
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ class ServerError(Exception):
         return f"HTTP {self.status} {self.error_type}: {self.message}"
 
 
-def read_inference_token(key_file: Path) -> str:
+def read_token(key_file: Path, api: str = "inference") -> str:
+    """The `api` ("inference" or "management") key from TorchServe's key_file.json."""
     try:
         keys = json.loads(key_file.read_text())
     except FileNotFoundError as exc:
@@ -55,9 +62,14 @@ def read_inference_token(key_file: Path) -> str:
     except (OSError, ValueError) as exc:
         raise ClientError(f"cannot read the token file {key_file}: {exc}") from exc
     try:
-        return keys["inference"]["key"]
+        return keys[api]["key"]
     except (KeyError, TypeError) as exc:
-        raise ClientError(f"{key_file} has no inference key (keys: {sorted(keys)})") from exc
+        raise ClientError(f"{key_file} has no {api} key (keys: {sorted(keys)})") from exc
+
+
+def read_token_if_any(key_file: Path, api: str = "inference") -> str | None:
+    """Like read_token, but None without a key file: token authorization is off."""
+    return read_token(key_file, api) if key_file.exists() else None
 
 
 def read_endpoints(run_dir: Path) -> dict:
@@ -66,6 +78,32 @@ def read_endpoints(run_dir: Path) -> dict:
         return json.loads((run_dir / "endpoints.json").read_text())
     except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"cannot read {run_dir / 'endpoints.json'}: {exc}") from exc
+
+
+def require_endpoints(run_dir: Path) -> dict:
+    """endpoints.json written by serve.sh; a ClientError saying how to get one if missing."""
+    endpoints = read_endpoints(run_dir)
+    if not endpoints:
+        raise ClientError(
+            f"no {run_dir}/endpoints.json: start the server with 'scripts/serve.sh start'"
+        )
+    return endpoints
+
+
+def worker_states(management_url: str, model: str, token: str | None) -> list[str]:
+    """The status ("READY", "UNLOADING", ...) of each worker of each version of `model`."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = f"{management_url.rstrip('/')}/models/{model}"
+    try:
+        response = requests.get(url, headers=headers, timeout=5)
+    except requests.ConnectionError as exc:
+        raise ClientError(f"no management API at {management_url}") from exc
+    if not response.ok:
+        raise ServerError(response.status_code, response.reason, response.text[:200])
+    described = response.json()
+    return [worker["status"] for version in described for worker in version.get("workers", [])]
 
 
 class FashionClient:
@@ -145,57 +183,111 @@ def parse_target(text: str | None) -> str | int | None:
     return int(text) if text.isdigit() else text
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="serve.sh run dir")
+    server.add_argument("--url", help="inference base URL (default: from the run dir, else 8080)")
+    server.add_argument("--model", default=None, help=f"model name (default: {DEFAULT_MODEL})")
+    server.add_argument("--key-file", type=Path, help="key_file.json (default: in the run dir)")
+    images = argparse.ArgumentParser(add_help=False, parents=[server])
+    images.add_argument("files", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
+    images.add_argument("--token", help="inference token (default: from the key file)")
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=formatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser(
+        "predict", parents=[images], formatter_class=formatter, help="top-k classes per image"
     )
-    parser.add_argument("command", choices=("predict", "explain"))
-    parser.add_argument("files", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
-    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="serve.sh run dir")
-    parser.add_argument("--url", help="inference base URL (default: from the run dir, else 8080)")
-    parser.add_argument("--model", default=None, help=f"model name (default: {DEFAULT_MODEL})")
-    parser.add_argument("--token", help="inference token (default: from the key file)")
-    parser.add_argument("--key-file", type=Path, help="key_file.json (default: in the run dir)")
-    parser.add_argument("--topk", type=int, default=None, help="classes per prediction")
-    parser.add_argument("--target", help="class to explain, index or name (default: predicted)")
-    parser.add_argument(
+    predict.add_argument("--topk", type=int, default=None, help="classes per prediction")
+    explain = commands.add_parser(
+        "explain", parents=[images], formatter_class=formatter, help="integrated gradients"
+    )
+    explain.add_argument("--target", help="class to explain, index or name (default: predicted)")
+    explain.add_argument(
         "--out-dir", type=Path, default=None, help="where heatmaps go (default: RUN_DIR/heatmaps)"
     )
-    args = parser.parse_args(argv)
+    url = commands.add_parser(
+        "url", parents=[server], formatter_class=formatter, help="the model's URL for a route"
+    )
+    url.add_argument("route", choices=("predictions", "explanations"))
+    token = commands.add_parser(
+        "token", parents=[server], formatter_class=formatter, help="the key (empty if auth is off)"
+    )
+    token.add_argument("--management", action="store_true", help="the management API's key")
+    commands.add_parser(
+        "endpoints", parents=[server], formatter_class=formatter, help="endpoints.json, one a line"
+    )
+    commands.add_parser(
+        "workers", parents=[server], formatter_class=formatter, help="the model's worker states"
+    )
+    return parser
 
+
+def print_server_facts(args: argparse.Namespace) -> None:
+    """The url, token, endpoints and workers commands: what the shell scripts ask for."""
+    key_file = args.key_file or args.run_dir / "key_file.json"
+    if args.command == "url":
+        endpoints = {} if args.url else require_endpoints(args.run_dir)
+        base_url = (args.url or endpoints["inference"]).rstrip("/")
+        print(f"{base_url}/{args.route}/{args.model or endpoints.get('model', DEFAULT_MODEL)}")
+    elif args.command == "token":
+        print(read_token_if_any(key_file, "management" if args.management else "inference") or "")
+    elif args.command == "endpoints":
+        for name, value in require_endpoints(args.run_dir).items():
+            print(f"{name}: {value}")
+    else:
+        endpoints = require_endpoints(args.run_dir)
+        model = args.model or endpoints.get("model", DEFAULT_MODEL)
+        token = read_token_if_any(key_file, "management")
+        print(" ".join(worker_states(endpoints["management"], model, token)))
+
+
+def send_images(args: argparse.Namespace) -> int:
+    """The predict and explain commands; returns how many files the server refused."""
+    endpoints = read_endpoints(args.run_dir)
+    token = args.token or read_token(args.key_file or args.run_dir / "key_file.json")
+    client = FashionClient(
+        args.url or endpoints.get("inference", DEFAULT_URL),
+        token,
+        args.model or endpoints.get("model", DEFAULT_MODEL),
+    )
+    refused = 0
+    for path in args.files:
+        try:
+            image_bytes = path.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read {path}: {exc.strerror}") from exc
+        try:
+            if args.command == "predict":
+                print_prediction(path, client.predict(image_bytes, args.topk))
+            else:
+                explanation = client.explain(image_bytes, parse_target(args.target))
+                out_dir = args.out_dir or args.run_dir / "heatmaps"
+                heatmap_path = save_heatmap(explanation, path, out_dir)
+                print_explanation(path, explanation, heatmap_path)
+        except ServerError as error:
+            refused += 1
+            hint = ""
+            if error.status == 400 and error.error_type == "InvalidKeyException":
+                hint = " (tokens expire after 60 min: restart, or renew via the management API)"
+            print(f"{path}: refused: {error}{hint}", file=sys.stderr)
+    return refused
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        endpoints = read_endpoints(args.run_dir)
-        token = args.token or read_inference_token(args.key_file or args.run_dir / "key_file.json")
-        client = FashionClient(
-            args.url or endpoints.get("inference", DEFAULT_URL),
-            token,
-            args.model or endpoints.get("model", DEFAULT_MODEL),
-        )
-        out_dir = args.out_dir or args.run_dir / "heatmaps"
-        refused = 0
-        for path in args.files:
-            try:
-                image_bytes = path.read_bytes()
-            except OSError as exc:
-                raise ClientError(f"cannot read {path}: {exc.strerror}") from exc
-            try:
-                if args.command == "predict":
-                    print_prediction(path, client.predict(image_bytes, args.topk))
-                else:
-                    explanation = client.explain(image_bytes, parse_target(args.target))
-                    heatmap_path = save_heatmap(explanation, path, out_dir)
-                    print_explanation(path, explanation, heatmap_path)
-            except ServerError as error:
-                refused += 1
-                hint = ""
-                if error.status == 400 and error.error_type == "InvalidKeyException":
-                    hint = " (tokens expire after 60 min: restart, or renew via the management API)"
-                print(f"{path}: refused: {error}{hint}", file=sys.stderr)
+        if args.command in ("predict", "explain"):
+            return 1 if send_images(args) else 0
+        print_server_facts(args)
     except ClientError as error:
         print(f"client: {error}", file=sys.stderr)
         return 2
-    return 1 if refused else 0
+    except ServerError as error:  # the management API refused `workers`
+        print(f"client: refused: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ python=.venv/bin/python
 say() { printf '\n==> %s\n' "$*"; }
 
 say "setting up .venv"
-scripts/setup.sh
+# Only what running needs: no test tools, no benchmark peer server.
+EXTRAS=train scripts/setup.sh
 
 if [[ ! -f "${export_dir}/model.pt" ]]; then
     say "no model in ${export_dir}: training the SHORT recipe (${epochs} epochs, a few minutes on 2 cores)"

@@ -72,21 +72,9 @@ show_log_tail() {
     done
 }
 
-# Prints the model's worker states, e.g. "READY", from the management API; exit 1 if unreachable.
+# Prints the model's worker states, e.g. "READY", from the management API; fails if unreachable.
 worker_status() {
-    "$python" - "$endpoints_file" "$key_file" "$model_name" <<'PY'
-import json, sys, urllib.request
-endpoints_file, key_file, model = sys.argv[1:]
-url = json.load(open(endpoints_file))["management"] + "/models/" + model
-try:  # no key file when token authorization is disabled
-    headers = {"Authorization": "Bearer " + json.load(open(key_file))["management"]["key"]}
-except FileNotFoundError:
-    headers = {}
-request = urllib.request.Request(url, headers=headers)
-with urllib.request.urlopen(request, timeout=5) as response:
-    described = json.load(response)
-print(" ".join(w["status"] for version in described for w in version.get("workers", [])))
-PY
+    "$python" "${repo_root}/scripts/client.py" workers --run-dir "$run_dir" --model "$model_name"
 }
 
 write_run_config() {
@@ -222,7 +210,7 @@ status() {
         say "management API not answering for ${model_name}"
         return 1
     fi
-    "$python" -c 'import json, sys; [print(f"serve: {k}: {v}") for k, v in json.load(open(sys.argv[1])).items()]' "$endpoints_file"
+    "$python" "${repo_root}/scripts/client.py" endpoints --run-dir "$run_dir" | sed 's/^/serve: /'
 }
 
 case "${1:-}" in

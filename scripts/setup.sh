@@ -3,22 +3,31 @@
 #   scripts/setup.sh
 # Settings (environment variables):
 #   VENV=.venv                 where the environment lives
-#   TORCH_SPEC=torch==2.13.0   which torch; the default is the CPU build
+#   TORCH_SPEC=<docker/torch.txt>  which torch (default: the project's pin, a CPU build)
 #   TORCH_INDEX_URL=           e.g. https://download.pytorch.org/whl/cu124 for a CUDA build
-#   EXTRAS=train,dev,bench     optional dependency groups from pyproject.toml
+#   EXTRAS=train               optional dependency groups from pyproject.toml: train is all
+#                              running needs; scripts/test.sh asks for train,dev,bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-VENV=${VENV:-.venv}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
-EXTRAS=${EXTRAS:-train,dev,bench}
-PYTHON=${PYTHON:-python3}
 
 say() { printf 'setup: %s\n' "$*"; }
 fail() { printf 'setup: FAILED: %s\n' "$*" >&2; exit 1; }
 
-# Everything that decides what gets installed; a change to any of it re-runs the install.
+# The project's torch pin: the line `torch==X.Y.Z` of docker/torch.txt.
+pinned_torch() {
+    local spec
+    spec=$(grep -m1 -E '^torch==[0-9]' docker/torch.txt) || fail "no 'torch==VERSION' line in docker/torch.txt"
+    printf '%s\n' "$spec"
+}
+
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-$(pinned_torch)}
+TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
+EXTRAS=${EXTRAS:-train}
+PYTHON=${PYTHON:-python3}
+
+# Everything that decides what gets installed; a change to any of it (other extras
+# included) re-runs the install.
 wanted="$(sha256sum pyproject.toml | cut -d' ' -f1) ${TORCH_SPEC} ${TORCH_INDEX_URL} ${EXTRAS}"
 stamp="${VENV}/.setup-done"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" && -x "${VENV}/bin/java" ]] &&

@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh
+# The test tools (pytest, ruff, linters) and LitServe for the benchmark's tests.
+EXTRAS=train,dev,bench scripts/setup.sh
 scripts/test-tools.sh
 
 .venv/bin/ruff check .

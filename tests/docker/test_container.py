@@ -1,7 +1,7 @@
-"""The CPU image, built with buildah and run with podman, serves the model (docker/smoke_test.py).
+"""The CPU image, built with buildah and run with podman, serves the model (container_smoke.py).
 
 Several minutes and ~7 GB of disk; skips without root, buildah, podman, runc, debootstrap
-or ~10 GB free. Run by hand: python docker/smoke_test.py --help
+or ~10 GB free. Run by hand: python -m tests.docker.container_smoke --help
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SMOKE_TEST = REPO_ROOT / "docker" / "smoke_test.py"
+SMOKE_MODULE = "tests.docker.container_smoke"  # run as a module from REPO_ROOT
 SAMPLES = REPO_ROOT / "samples"
 # Trousers are FashionMNIST's easiest class: even a one-epoch model gets them right.
 SAMPLE = "trouser.png"
@@ -38,14 +38,16 @@ def test_image_builds_serves_and_stops_cleanly(model_and_expectation, tmp_path):
     export_dir, expected_class = model_and_expectation
     report_path = tmp_path / "smoke.json"
     command = [
-        sys.executable, str(SMOKE_TEST),
+        sys.executable, "-m", SMOKE_MODULE,
         "--export-dir", str(export_dir),
         "--sample", str(SAMPLES / SAMPLE),
         "--report", str(report_path),
     ]  # fmt: skip
     if expected_class:
         command += ["--expect", expected_class]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S
+    )
     if not report_path.exists():
         pytest.fail(
             f"smoke test wrote no report (exit {result.returncode}):\n{result.stderr[-3000:]}"

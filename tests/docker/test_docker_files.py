@@ -1,58 +1,41 @@
-"""The image's files and scripts, checked without building: what the Dockerfile promises,
-what build.sh puts in the build context, what run.sh and compose publish."""
+"""The image's scripts, run without building: what build.sh puts in the build context and
+passes to the engine, what run.sh publishes, how the entrypoint starts TorchServe; and the
+rules its files keep (one torch pin, every requirement pinned)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = REPO_ROOT / "docker"
 
 
-def read_properties(path: Path) -> dict[str, str]:
-    lines = path.read_text().splitlines()
-    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
-    return {key.strip(): value.strip() for key, value in pairs}
+def pinned_torch_version() -> str:
+    """The version in docker/torch.txt, the project's one torch pin."""
+    lines = (DOCKER_DIR / "torch.txt").read_text().splitlines()
+    (pin,) = [line for line in lines if line.startswith("torch==")]
+    return pin.removeprefix("torch==")
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", (DOCKER_DIR / "Dockerfile").read_text())
-    lines = [line.strip() for line in text.splitlines()]
-    return [
-        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
-        for line in lines
-        if line and not line.startswith("#")
+def test_the_torch_pin_is_typed_only_in_docker_torch_txt():
+    # Whatever installs or builds torch must read docker/torch.txt, not carry its own copy.
+    candidates = [
+        *REPO_ROOT.glob("scripts/*"),
+        *DOCKER_DIR.rglob("*"),
+        *REPO_ROOT.glob("tests/**/*.py"),
     ]
-
-
-def test_dockerfile_runs_as_uid_1000_with_healthcheck_and_init():
-    instructions = dockerfile_instructions()
-    values = {}
-    for name, value in instructions:
-        values.setdefault(name, []).append(value)
-    assert values["USER"] == ["1000:1000"]
-    assert values["EXPOSE"] == ["8080 8081 8082"]
-    assert "fashion-serve-healthcheck" in values["HEALTHCHECK"][0]
-    assert values["ENTRYPOINT"][0].startswith('["/opt/venv/bin/dumb-init", "--"')
-    # Dependencies are installed before the handler and model are copied (layer caching).
-    names = [f"{name} {value}" for name, value in instructions]
-    install = next(i for i, line in enumerate(names) if "-r /tmp/requirements.txt" in line)
-    handler = next(i for i, line in enumerate(names) if line.startswith("COPY handler/"))
-    assert install < handler
-
-
-def test_entrypoint_execs_torchserve_in_the_foreground():
-    lines = [line for line in (DOCKER_DIR / "entrypoint.sh").read_text().splitlines() if line]
-    exec_line = next(i for i, line in enumerate(lines) if line.startswith("exec "))
-    assert lines[exec_line].startswith("exec torchserve --foreground")
-    assert all(line.startswith(("    ", '"')) for line in lines[exec_line + 1 :])
+    readers = [path for path in candidates if path.is_file() and path.name != "torch.txt"]
+    version = re.escape(pinned_torch_version())
+    typed = re.compile(rf"torch==\s*{version}|TORCH_VERSION\s*[=:-]+\s*{version}")
+    copies = [str(path) for path in readers if typed.search(path.read_text())]
+    assert copies == []
 
 
 def test_requirements_are_all_pinned():
@@ -60,16 +43,6 @@ def test_requirements_are_all_pinned():
         requirement = line.split("#", 1)[0].strip()
         if requirement:
             assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][A-Za-z0-9.+]*", requirement), line
-
-
-def test_container_config_listens_inside_with_auth_on_and_model_api_off():
-    properties = read_properties(DOCKER_DIR / "config.properties")
-    assert properties["inference_address"] == "http://0.0.0.0:8080"
-    assert properties["management_address"] == "http://0.0.0.0:8081"
-    assert properties["metrics_address"] == "http://0.0.0.0:8082"
-    assert properties["disable_token_authorization"] == "false"
-    assert properties["enable_model_api"] == "false"
-    assert properties["grpc_inference_address"] == "127.0.0.1"
 
 
 @pytest.fixture
@@ -89,8 +62,12 @@ def fake_engine(tmp_path):
     return engine, log
 
 
-def run_script(script: str, *args: str, engine: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CONTAINER_ENGINE=str(engine))
+def run_script(
+    script: str, *args: str, engine: Path, **settings: str
+) -> subprocess.CompletedProcess:
+    """docker/<script> with `engine` as CONTAINER_ENGINE and no torch settings but `settings`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_VERSION", "TORCH_INDEX_URL")}
+    env.update(settings, CONTAINER_ENGINE=str(engine))
     return subprocess.run(
         [str(DOCKER_DIR / script), *args], env=env, capture_output=True, text=True
     )
@@ -111,6 +88,7 @@ def test_build_stages_a_small_context_and_passes_build_args(fake_engine, tiny_ex
     assert args[args.index("--tag") + 1] == "fashion-serve:cpu"
     assert "BASE_IMAGE=debian:bookworm-slim" in args
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in args
+    assert f"TORCH_VERSION={pinned_torch_version()}" in args
     context = set(Path(f"{log}.context").read_text().split())
     assert {
         "./docker/Dockerfile", "./docker/entrypoint.sh", "./docker/requirements.txt",
@@ -129,6 +107,17 @@ def test_build_gpu_uses_cuda_base_and_torch(fake_engine, tiny_export_dir):
     assert args[args.index("--tag") + 1] == "fashion-serve:gpu"
     assert any(arg.startswith("BASE_IMAGE=nvidia/cuda:") for arg in args)
     assert any(re.fullmatch(r"TORCH_INDEX_URL=.*/whl/cu\d+", arg) for arg in args)
+
+
+def test_build_passes_a_torch_version_from_the_environment_over_the_pin(
+    fake_engine, tiny_export_dir
+):
+    engine, log = fake_engine
+    result = run_script(
+        "build.sh", "--export-dir", str(tiny_export_dir), engine=engine, TORCH_VERSION="9.8.7"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TORCH_VERSION=9.8.7" in log.read_text().splitlines()
 
 
 def test_build_without_an_export_says_what_to_do(fake_engine, tmp_path):
@@ -161,17 +150,40 @@ def test_run_gpu_adds_gpus_and_optional_management_port(fake_engine):
     assert args[-1] == "fashion-serve:gpu"
 
 
-def test_compose_publishes_on_loopback_and_reserves_a_gpu_in_its_profile():
-    compose = yaml.safe_load((DOCKER_DIR / "compose.yaml").read_text())
-    cpu, gpu = compose["services"]["fashion-serve"], compose["services"]["fashion-serve-gpu"]
-    for service in (cpu, gpu):
-        assert all(port.startswith("${BIND_ADDRESS:-127.0.0.1}:") for port in service["ports"])
-        assert not any(port.endswith(":8081") for port in service["ports"])
-        assert service["cap_drop"] == ["ALL"]
-    assert "profiles" not in cpu
-    assert gpu["profiles"] == ["gpu"]
-    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
-    assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+def fake_tools(tmp_path: Path, *engines: str) -> Path:
+    """A PATH folder with what run.sh needs, a `docker` whose daemon does not answer, and
+    stand-ins for `engines` that print the arguments they get."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "basename"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    stand_ins = {"docker": "exit 1\n"} | {name: 'printf "%s\\n" "$@"\n' for name in engines}
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text("#!/usr/bin/env bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def run_without_engine_setting(path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CONTAINER_ENGINE"}
+    env["PATH"] = str(path)
+    return subprocess.run(
+        [str(DOCKER_DIR / "run.sh"), *args], env=env, capture_output=True, text=True
+    )
+
+
+def test_run_falls_back_to_podman_when_no_docker_daemon_answers(tmp_path):
+    result = run_without_engine_setting(fake_tools(tmp_path, "podman"), "gpu")
+    assert result.returncode == 0, result.stderr
+    assert "tokens: podman exec" in result.stdout
+    args = result.stdout.splitlines()
+    assert args[args.index("--device") + 1] == "nvidia.com/gpu=all"  # podman's CDI spelling
+
+
+def test_run_without_any_engine_says_what_to_do(tmp_path):
+    result = run_without_engine_setting(fake_tools(tmp_path))
+    assert result.returncode == 1
+    assert "run: no docker daemon" in result.stderr and "CONTAINER_ENGINE" in result.stderr
 
 
 def run_entrypoint(tmp_path: Path, model_store: Path) -> subprocess.CompletedProcess:

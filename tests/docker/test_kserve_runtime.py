@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,18 +16,13 @@ import pytest
 import requests
 
 from fashion_contract import FASHION_MNIST_CLASSES
+from tests.ports import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAKE_STORAGE = REPO_ROOT / "docker" / "kserve" / "make-storage.sh"
 SAMPLE = REPO_ROOT / "samples" / "trouser.png"
 MODEL = "fashion-cnn"
 START_TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +35,7 @@ def kserve_torchserve(tiny_export_dir, tmp_path_factory):
         check=True,
         capture_output=True,
     )
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, grpc_inference_port, grpc_management_port = free_ports(4)
     env = dict(
         os.environ,
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -54,8 +48,8 @@ def kserve_torchserve(tiny_export_dir, tmp_path_factory):
         TS_METRICS_ADDRESS=f"http://127.0.0.1:{metrics_port}",
         TS_GRPC_INFERENCE_ADDRESS="127.0.0.1",
         TS_GRPC_MANAGEMENT_ADDRESS="127.0.0.1",
-        TS_GRPC_INFERENCE_PORT=str(free_port()),
-        TS_GRPC_MANAGEMENT_PORT=str(free_port()),
+        TS_GRPC_INFERENCE_PORT=str(grpc_inference_port),
+        TS_GRPC_MANAGEMENT_PORT=str(grpc_management_port),
         TS_SERVICE_ENVELOPE="kserve",  # what the runtime sets for protocolVersion v1
         OMP_NUM_THREADS="1",
     )

@@ -1,7 +1,10 @@
-"""Every Dockerfile passes hadolint and every shell script passes shellcheck."""
+"""Every Dockerfile passes hadolint and every shell file passes shellcheck. A shell file
+is a script (a shebang: strict and executable) or a library (no shebang: sourced by a
+script, never run, and leaves the caller's shell options alone)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -25,10 +28,23 @@ def dockerfiles() -> list[Path]:
     return sorted(REPO_ROOT.glob("docker/**/Dockerfile*"))
 
 
+def shell_files() -> list[Path]:
+    files = {*REPO_ROOT.glob("scripts/*.sh"), *REPO_ROOT.glob("docker/**/*.sh")}
+    files.add(REPO_ROOT / ".ci" / "run")
+    return sorted(path for path in files if path.is_file())
+
+
+def is_library(path: Path) -> bool:
+    """A shell file without a shebang is only ever sourced."""
+    return not path.read_text().startswith("#!")
+
+
 def shell_scripts() -> list[Path]:
-    scripts = {*REPO_ROOT.glob("scripts/*.sh"), *REPO_ROOT.glob("docker/**/*.sh")}
-    scripts.add(REPO_ROOT / ".ci" / "run")
-    return sorted(script for script in scripts if script.is_file())
+    return [path for path in shell_files() if not is_library(path)]
+
+
+def shell_libraries() -> list[Path]:
+    return [path for path in shell_files() if is_library(path)]
 
 
 def relative(path: Path) -> str:
@@ -39,6 +55,7 @@ def test_the_lists_find_the_files():
     assert REPO_ROOT / "docker" / "Dockerfile" in dockerfiles()
     names = {relative(script) for script in shell_scripts()}
     assert {"docker/build.sh", "docker/run.sh", "docker/kserve/make-storage.sh", ".ci/run"} <= names
+    assert REPO_ROOT / "docker" / "engine.sh" in shell_libraries()
 
 
 @pytest.mark.parametrize("dockerfile", dockerfiles(), ids=relative)
@@ -49,7 +66,7 @@ def test_hadolint(dockerfile):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("script", shell_scripts(), ids=relative)
+@pytest.mark.parametrize("script", shell_files(), ids=relative)
 def test_shellcheck(script):
     result = subprocess.run(
         [tool("shellcheck"), "--external-sources", str(script)],
@@ -66,3 +83,20 @@ def test_scripts_are_strict_and_executable(script):
     assert text.startswith("#!/usr/bin/env bash\n") or text.startswith("#!/bin/bash\n")
     assert "set -euo pipefail" in text
     assert script.stat().st_mode & 0o111, f"{relative(script)} is not executable"
+
+
+@pytest.mark.parametrize("library", shell_libraries(), ids=relative)
+def test_libraries_are_sourced_and_never_run(library):
+    text = library.read_text()
+    # shellcheck needs the dialect named; `set` here would change every caller's options.
+    assert text.startswith("# shellcheck shell=bash\n")
+    assert not re.search(r"^\s*set\s+[-+]", text, re.MULTILINE), "a library must not call set"
+    assert not library.stat().st_mode & 0o111, f"{relative(library)} is executable"
+    # Sourced through a directive shellcheck follows, so the callers are checked with it.
+    directive = f"# shellcheck source=SCRIPTDIR/{library.name}"
+    callers = [
+        script
+        for script in shell_scripts()
+        if script.parent == library.parent and directive in script.read_text()
+    ]
+    assert callers, f"no script beside {relative(library)} sources it with '{directive}'"

@@ -98,3 +98,18 @@ def test_serve_status_reports_ready(torchserve_tiny):
     done = run(["scripts/serve.sh", "status"], torchserve_tiny.run_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "workers: READY" in done.stdout
+
+
+def test_predict_sh_without_a_server_says_how_to_start_one(tmp_path):
+    done = run(["scripts/predict.sh", str(SAMPLE)], tmp_path)
+    assert done.returncode == 1
+    assert "scripts/serve.sh start" in done.stderr
+
+
+def test_client_token_reads_either_key_and_is_empty_when_auth_is_off(tmp_path):
+    token = [sys.executable, "scripts/client.py", "token", "--run-dir", str(tmp_path)]
+    assert run(token, tmp_path).stdout == "\n"  # no key_file.json: nothing to send
+    keys = {"inference": {"key": "inference-key"}, "management": {"key": "management-key"}}
+    (tmp_path / "key_file.json").write_text(json.dumps(keys))
+    assert run(token, tmp_path).stdout == "inference-key\n"
+    assert run([*token, "--management"], tmp_path).stdout == "management-key\n"

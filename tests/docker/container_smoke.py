@@ -1,7 +1,10 @@
 """Build the CPU image with buildah, run it with podman, and prove it serves; then clean up.
 
-    python docker/smoke_test.py --export-dir artifacts/export --sample samples/sneaker.png \
-        --expect Sneaker --report smoke.json
+    python -m tests.docker.container_smoke --export-dir artifacts/export \
+        --sample samples/sneaker.png --expect Sneaker --report smoke.json
+
+Test tooling, not part of the image: tests/docker/test_container.py runs it (pytest -m
+container). Run it from the repository root, as a module, so `tests.ports` imports.
 
 Runs with root, buildah, podman, runc and debootstrap (scripts/test-tools.sh installs them)
 and ~10 GB free disk. Nothing is pulled: the base image is made here with debootstrap and
@@ -22,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.ports import free_ports
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/fashion-serve-base:bookworm"
 IMAGE = "localhost/fashion-serve:smoke"
 CONTAINER = "fashion-serve-smoke"
@@ -77,12 +81,6 @@ class DiskPeak:
         self._stop.set()
         self._thread.join()
         return (self.peak_used - self.start_used) / BYTES_PER_GB
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -135,7 +133,8 @@ class Smoke:
             "wheelhouse_s",
             [
                 sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse),
-                "torch==2.13.0", "-r", str(REPO_ROOT / "docker" / "requirements.txt"),
+                "-r", str(REPO_ROOT / "docker" / "torch.txt"),
+                "-r", str(REPO_ROOT / "docker" / "requirements.txt"),
             ],
         )  # fmt: skip
         return wheelhouse
@@ -326,7 +325,7 @@ def main() -> int:
     parser.add_argument("--report", type=Path, help="also write the report here as JSON")
     args = parser.parse_args()
 
-    report = smoke_test(args.export_dir, args.sample, args.expect, args.port or free_port())
+    report = smoke_test(args.export_dir, args.sample, args.expect, args.port or free_ports(1)[0])
     text = json.dumps(report, indent=2)
     print(text)
     if args.report:
