@@ -25,24 +25,26 @@ from pathlib import Path
 
 import yaml
 
+from fashion_contract import DEFAULT_MODEL_NAME
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = REPO_ROOT / "scripts"
-MODEL_NAME = "fashion-cnn"
+MODEL_NAME = DEFAULT_MODEL_NAME
 DEFAULT_EXPORT_DIR = REPO_ROOT / "artifacts" / "export"
 DEFAULT_IMAGE = REPO_ROOT / "samples" / "ankle_boot.png"  # the request both scripts send
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports that were free a moment ago."""
-    sockets, ports = [], []
-    for _ in range(count):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-        ports.append(sock.getsockname()[1])
-    for sock in sockets:
-        sock.close()
-    return ports
+    """`count` distinct loopback ports that were free a moment ago (all held open while
+    choosing, so no two are the same)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def handler_dir_with(overrides: dict, work_dir: Path) -> Path:

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 CONTRACT_FILE = "contract.json"
+# The name the model is served under unless told otherwise (shell scripts: MODEL_NAME).
+DEFAULT_MODEL_NAME = "fashion-cnn"
 INDEX_TO_NAME_FILE = "index_to_name.json"  # the name TorchServe's tooling expects
 
 FASHION_MNIST_CLASSES = (

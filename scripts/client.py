@@ -26,10 +26,11 @@ from pathlib import Path
 
 import requests
 
+from fashion_contract import DEFAULT_MODEL_NAME
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN_DIR = Path(os.environ.get("RUN_DIR", REPO_ROOT / "run"))
 DEFAULT_URL = "http://127.0.0.1:8080"
-DEFAULT_MODEL = "fashion-cnn"
 TIMEOUT_S = 60
 
 
@@ -109,7 +110,7 @@ def worker_states(management_url: str, model: str, token: str | None) -> list[st
 class FashionClient:
     """Thin wrapper over the inference API: one image per request, JSON answers."""
 
-    def __init__(self, base_url: str, token: str | None, model: str = DEFAULT_MODEL):
+    def __init__(self, base_url: str, token: str | None, model: str = DEFAULT_MODEL_NAME):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.session = requests.Session()
@@ -184,43 +185,35 @@ def parse_target(text: str | None) -> str | int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    formatter = argparse.ArgumentDefaultsHelpFormatter
     server = argparse.ArgumentParser(add_help=False)
-    server.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="serve.sh run dir")
+    server.add_argument(
+        "--run-dir",
+        type=Path,
+        default=DEFAULT_RUN_DIR,
+        help="serve.sh run dir (default: $RUN_DIR, else run/)",
+    )
     server.add_argument("--url", help="inference base URL (default: from the run dir, else 8080)")
-    server.add_argument("--model", default=None, help=f"model name (default: {DEFAULT_MODEL})")
+    server.add_argument("--model", default=None, help=f"model name (default: {DEFAULT_MODEL_NAME})")
     server.add_argument("--key-file", type=Path, help="key_file.json (default: in the run dir)")
     images = argparse.ArgumentParser(add_help=False, parents=[server])
     images.add_argument("files", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
     images.add_argument("--token", help="inference token (default: from the key file)")
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=formatter)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    predict = commands.add_parser(
-        "predict", parents=[images], formatter_class=formatter, help="top-k classes per image"
-    )
+    predict = commands.add_parser("predict", parents=[images], help="top-k classes per image")
     predict.add_argument("--topk", type=int, default=None, help="classes per prediction")
-    explain = commands.add_parser(
-        "explain", parents=[images], formatter_class=formatter, help="integrated gradients"
-    )
+    explain = commands.add_parser("explain", parents=[images], help="integrated gradients")
     explain.add_argument("--target", help="class to explain, index or name (default: predicted)")
     explain.add_argument(
         "--out-dir", type=Path, default=None, help="where heatmaps go (default: RUN_DIR/heatmaps)"
     )
-    url = commands.add_parser(
-        "url", parents=[server], formatter_class=formatter, help="the model's URL for a route"
-    )
+    url = commands.add_parser("url", parents=[server], help="the model's URL for a route")
     url.add_argument("route", choices=("predictions", "explanations"))
-    token = commands.add_parser(
-        "token", parents=[server], formatter_class=formatter, help="the key (empty if auth is off)"
-    )
+    token = commands.add_parser("token", parents=[server], help="the key (empty if auth is off)")
     token.add_argument("--management", action="store_true", help="the management API's key")
-    commands.add_parser(
-        "endpoints", parents=[server], formatter_class=formatter, help="endpoints.json, one a line"
-    )
-    commands.add_parser(
-        "workers", parents=[server], formatter_class=formatter, help="the model's worker states"
-    )
+    commands.add_parser("endpoints", parents=[server], help="endpoints.json, one a line")
+    commands.add_parser("workers", parents=[server], help="the model's worker states")
     return parser
 
 
@@ -230,7 +223,7 @@ def print_server_facts(args: argparse.Namespace) -> None:
     if args.command == "url":
         endpoints = {} if args.url else require_endpoints(args.run_dir)
         base_url = (args.url or endpoints["inference"]).rstrip("/")
-        print(f"{base_url}/{args.route}/{args.model or endpoints.get('model', DEFAULT_MODEL)}")
+        print(f"{base_url}/{args.route}/{args.model or endpoints.get('model', DEFAULT_MODEL_NAME)}")
     elif args.command == "token":
         print(read_token_if_any(key_file, "management" if args.management else "inference") or "")
     elif args.command == "endpoints":
@@ -238,7 +231,7 @@ def print_server_facts(args: argparse.Namespace) -> None:
             print(f"{name}: {value}")
     else:
         endpoints = require_endpoints(args.run_dir)
-        model = args.model or endpoints.get("model", DEFAULT_MODEL)
+        model = args.model or endpoints.get("model", DEFAULT_MODEL_NAME)
         token = read_token_if_any(key_file, "management")
         print(" ".join(worker_states(endpoints["management"], model, token)))
 
@@ -250,7 +243,7 @@ def send_images(args: argparse.Namespace) -> int:
     client = FashionClient(
         args.url or endpoints.get("inference", DEFAULT_URL),
         token,
-        args.model or endpoints.get("model", DEFAULT_MODEL),
+        args.model or endpoints.get("model", DEFAULT_MODEL_NAME),
     )
     refused = 0
     for path in args.files:

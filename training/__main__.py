@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fashion_contract import FASHION_MNIST_CLASSES, ModelContract
+from fashion_contract import DEFAULT_MODEL_NAME, FASHION_MNIST_CLASSES, ModelContract
 from training import data
 from training.evaluate import EVALUATION_FILE, METRICS_FILE, evaluate_checkpoint, write_metrics
 from training.export import MODEL_FILE, ParityError, export_model
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     p.add_argument("--checkpoint", type=Path, default=Path("artifacts/train/best.pt"))
     p.add_argument("--out", type=Path, default=Path("artifacts/export"))
-    p.add_argument("--name", default="fashion-cnn", help="model name in the contract")
+    p.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name in the contract")
     p.add_argument("--version", default="1.0", help="model version in the contract")
     return parser
 

@@ -34,13 +34,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.ports import free_ports
+from benchmarks.servers import MODEL_NAME, free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/fashion-serve-base:bookworm"
 IMAGE = "localhost/fashion-serve:smoke"
 CONTAINER = "fashion-serve-smoke"
-MODEL_NAME = "fashion-cnn"
 KEY_FILE = "/home/model-server/run/key_file.json"
 REQUIRED_TOOLS = ("buildah", "podman", "runc", "debootstrap")
 MIN_FREE_GB = 10

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from benchmarks.servers import MODEL_NAME, free_ports
 from fashion_contract import FASHION_MNIST_CLASSES
-from tests.ports import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAKE_STORAGE = REPO_ROOT / "docker" / "kserve" / "make-storage.sh"
 SAMPLE = REPO_ROOT / "samples" / "trouser.png"
-MODEL = "fashion-cnn"
+MODEL = MODEL_NAME
 START_TIMEOUT_S = 180
 
 
