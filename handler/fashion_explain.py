@@ -1,22 +1,92 @@
-"""Integrated-gradients explanations and a heatmap a person can look at."""
+"""Explanations with Captum, and a heatmap a person can read.
+
+Methods (the request's `method` option; docs/api.md says what each shows and costs):
+- integrated_gradients (default): attributions along the straight path from a black image,
+  with a convergence delta that says whether the steps were enough;
+- saliency: |d score / d pixel| at the input, one backward pass;
+- input_x_gradient: input times gradient, one backward pass;
+- occlusion: how much the score drops when a square patch is blacked out, forward passes only.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
+import warnings
 from collections.abc import Sequence
+from copy import deepcopy
 
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients
+from captum.attr import InputXGradient, IntegratedGradients, Occlusion, Saliency
 from PIL import Image
 
-HEATMAP_SCALE = 8  # 28x28 -> 224x224
+from fashion_contract import quiet_jit
+
+INTEGRATED_GRADIENTS = "integrated_gradients"
+METHODS = (INTEGRATED_GRADIENTS, "saliency", "input_x_gradient", "occlusion")
+METHOD_ALIASES = {"ig": INTEGRATED_GRADIENTS, "ixg": "input_x_gradient"}
+SIGNS = ("positive", "all")  # heatmap: evidence for the target only, or for and against
+
+OCCLUSION_WINDOW = 4  # px, a square patch
+OCCLUSION_STRIDE = 3  # px between patches: (28 - 4) / 3 + 1 = 9 positions per side, 81 passes
+OCCLUSION_PATCHES_PER_PASS = 64  # occluded copies per forward pass
+IG_SAMPLES_PER_PASS = 128  # path points per forward/backward pass: cache-sized on a CPU
+
 ATTRIBUTION_SIGNIFICANT_DIGITS = 4
-# Strongest attribution covers the image this much; weaker ones proportionally less.
-MAX_OVERLAY_OPACITY = 0.75
-_POSITIVE_RGB = np.array([255.0, 40.0, 0.0], dtype=np.float32)  # evidence for the target
-_NEGATIVE_RGB = np.array([0.0, 120.0, 255.0], dtype=np.float32)  # evidence against it
+HEATMAP_SCALE = 8  # 28x28 -> 224x224 per panel
+HEATMAP_GAP_PX = 4
+# Captum's visualization convention: scale by the value below which 98 % of the total
+# |attribution| lies, so one extreme pixel does not wash the rest out (outlier_perc=2).
+HEATMAP_OUTLIER_PERCENT = 2
+# Pixel attributions of a CNN are speckled: shown blurred over about one input pixel, they
+# read as regions. Only the picture is smoothed; the answer's attributions are not.
+HEATMAP_BLUR_PX = 1.0  # Gaussian radius, in input pixels
+BACKGROUND_DIM = 0.55  # the overlay panel's input is dimmed so the colour stands out
+MAX_OVERLAY_OPACITY = 0.9
+OPACITY_GAMMA = 1.5  # weak evidence fades faster than strong: the regions that matter stand out
+# Colour by strength: for the target dark red -> yellow, against it dark blue -> cyan.
+_POSITIVE_RGB = (np.array([200.0, 0.0, 0.0]), np.array([255.0, 230.0, 0.0]))
+_NEGATIVE_RGB = (np.array([0.0, 40.0, 200.0]), np.array([0.0, 230.0, 255.0]))
+
+
+def gradient_model(model: torch.jit.ScriptModule, device: torch.device) -> torch.nn.Module:
+    """The model to take input gradients of: a frozen copy (BatchNorm folded into the
+    convolutions, weights as constants) in channels-last layout, which keeps autograd for
+    the input and runs forward and backward faster (docs/performance.md). Same outputs as
+    `model` within float rounding (tests/handler/test_fashion_explain.py)."""
+    # Layout first: freezing turns the weights into constants, which .to() no longer reaches.
+    with warnings.catch_warnings():
+        # A copied ScriptModule's parameters are not leaves; .to() reads their (empty) .grad.
+        warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor")
+        copy = deepcopy(model).to(device=device, memory_format=torch.channels_last)
+    with quiet_jit():
+        return torch.jit.freeze(torch.jit.script(copy).eval())
+
+
+def attribute(
+    method: str,
+    gradient_model: torch.nn.Module,
+    forward_model: torch.nn.Module,
+    inputs: torch.Tensor,
+    baseline: torch.Tensor,
+    targets: Sequence[int],
+    steps: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attributions (N, C, H, W) for each example's own target, and for integrated gradients
+    the convergence deltas (N,): how far the attributions' sum is from f(input) -
+    f(baseline), near zero when the steps were enough. `baseline` is one (C, H, W) input (a
+    black image, normalized). `forward_model` needs no gradients (occlusion uses it)."""
+    targets = list(targets)
+    if method == INTEGRATED_GRADIENTS:
+        return integrated_gradients(gradient_model, inputs, baseline, targets, steps)
+    if method == "occlusion":
+        return occlusion(forward_model, inputs, baseline, targets), None
+    explainer = Saliency(gradient_model) if method == "saliency" else InputXGradient(gradient_model)
+    with torch.enable_grad():
+        inputs = _channels_last(inputs).detach().requires_grad_()
+        attributions = explainer.attribute(inputs, target=targets)
+    return attributions.detach(), None
 
 
 def integrated_gradients(
@@ -26,23 +96,39 @@ def integrated_gradients(
     targets: Sequence[int],
     steps: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attributions (N, C, H, W) and convergence deltas (N,) for each example's own target.
-
-    `baseline` is one (C, H, W) input (a black image, normalized) shared by all examples.
-    The deltas say how far the attributions' sum is from f(input) - f(baseline): near zero
-    means enough steps.
-    """
-    explainer = IntegratedGradients(model)
-    baselines = baseline.unsqueeze(0).expand_as(inputs).contiguous()
+    """Integrated gradients (Gauss-Legendre nodes, Captum's default) and convergence deltas."""
+    baselines = baseline.unsqueeze(0).expand_as(inputs)
     with torch.enable_grad():
-        attributions, deltas = explainer.attribute(
-            inputs,
-            baselines=baselines,
+        attributions, deltas = IntegratedGradients(model).attribute(
+            _channels_last(inputs),
+            baselines=_channels_last(baselines),
             target=list(targets),
             n_steps=steps,
+            internal_batch_size=max(IG_SAMPLES_PER_PASS, steps),
             return_convergence_delta=True,
         )
     return attributions.detach(), deltas.detach()
+
+
+def occlusion(
+    model: torch.nn.Module, inputs: torch.Tensor, baseline: torch.Tensor, targets: Sequence[int]
+) -> torch.Tensor:
+    """The target's score drop when each OCCLUSION_WINDOW square is set to the baseline,
+    spread over the pixels it covers (Captum averages overlapping windows)."""
+    channels = inputs.shape[1]
+    with torch.inference_mode():
+        return Occlusion(model).attribute(
+            inputs,
+            sliding_window_shapes=(channels, OCCLUSION_WINDOW, OCCLUSION_WINDOW),
+            strides=(channels, OCCLUSION_STRIDE, OCCLUSION_STRIDE),
+            baselines=baseline.unsqueeze(0),
+            target=list(targets),
+            perturbations_per_eval=OCCLUSION_PATCHES_PER_PASS,
+        )
+
+
+def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.contiguous(memory_format=torch.channels_last)
 
 
 def black_baseline(
@@ -61,25 +147,72 @@ def round_attributions(attributions: np.ndarray) -> list[list[float]]:
     ]
 
 
-def heatmap_png(pixels: np.ndarray, attributions: np.ndarray, scale: int = HEATMAP_SCALE) -> bytes:
-    """The (H, W) uint8 input with (H, W) attributions overlaid, as PNG bytes, `scale`x larger.
+def outlier_threshold(magnitudes: np.ndarray, outlier_percent: float) -> float:
+    """The value below which (100 - outlier_percent) % of the summed magnitudes lie: Captum's
+    visualization scale (captum.attr.visualization._cumulative_sum_threshold)."""
+    ordered = np.sort(magnitudes.ravel())
+    cumulative = np.cumsum(ordered)
+    if cumulative[-1] <= 0:
+        return 0.0
+    index = int(np.searchsorted(cumulative, cumulative[-1] * (100 - outlier_percent) / 100))
+    return float(ordered[min(index, len(ordered) - 1)])
 
-    Red marks pixels that pushed towards the target class, blue pixels that pushed away;
-    opacity grows with the attribution's size relative to the largest.
-    """
-    gray = pixels.astype(np.float32)[..., None]  # (H, W, 1)
-    peak = float(np.abs(attributions).max())
-    strength = np.abs(attributions) / peak if peak > 0 else np.zeros_like(attributions)
-    opacity = (MAX_OVERLAY_OPACITY * strength).astype(np.float32)[..., None]
-    colour = np.where(attributions[..., None] >= 0, _POSITIVE_RGB, _NEGATIVE_RGB)
-    blended = gray * (1.0 - opacity) + colour * opacity  # (H, W, 3)
-    image = Image.fromarray(np.rint(blended).astype(np.uint8))
-    height, width = pixels.shape
-    image = image.resize((width * scale, height * scale), Image.Resampling.NEAREST)
+
+def scaled_attributions(attributions: np.ndarray, sign: str) -> np.ndarray:
+    """(H, W) attributions -> values in [-1, 1] (or [0, 1] for sign="positive"), outliers
+    clipped at Captum's threshold."""
+    values = np.clip(attributions, 0.0, None) if sign == "positive" else attributions
+    limit = outlier_threshold(np.abs(values), HEATMAP_OUTLIER_PERCENT)
+    if limit <= 0:
+        return np.zeros_like(values, dtype=np.float32)
+    return np.clip(values / limit, -1.0, 1.0).astype(np.float32)
+
+
+def gaussian_blur(values: np.ndarray, sigma_px: float) -> np.ndarray:
+    """A (H, W) map blurred with a Gaussian of `sigma_px` (separable, edges zero-padded)."""
+    radius = max(1, round(3 * sigma_px))
+    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
+    kernel = np.exp(-0.5 * (offsets / sigma_px) ** 2)
+    kernel /= kernel.sum()
+    rows = np.apply_along_axis(np.convolve, 1, values, kernel, mode="same")
+    return np.apply_along_axis(np.convolve, 0, rows, kernel, mode="same").astype(np.float32)
+
+
+def _upsample(values: np.ndarray, scale: int) -> np.ndarray:
+    """A float (H, W) map, `scale`x larger and smooth (bicubic), as float32."""
+    height, width = values.shape
+    image = Image.fromarray(values.astype(np.float32), mode="F")
+    return np.asarray(image.resize((width * scale, height * scale), Image.Resampling.BICUBIC))
+
+
+def heatmap_png(
+    pixels: np.ndarray, attributions: np.ndarray, sign: str = "positive", scale: int = HEATMAP_SCALE
+) -> bytes:
+    """The (H, W) uint8 input beside the same input with its (H, W) attributions overlaid,
+    both `scale`x larger, as PNG bytes. Red marks evidence for the target class, blue (with
+    sign="all") evidence against it; colour and opacity grow with strength."""
+    gray = _upsample(pixels.astype(np.float32), scale).clip(0, 255)[..., None]  # (h, w, 1)
+    smooth = _upsample(
+        gaussian_blur(scaled_attributions(attributions, sign), HEATMAP_BLUR_PX), scale
+    )
+    peak = float(np.abs(smooth).max())
+    strength = (smooth / peak if peak > 0 else smooth)[..., None]  # blurring lowers the peak
+    magnitude = np.abs(strength)
+    opacity = MAX_OVERLAY_OPACITY * magnitude**OPACITY_GAMMA
+    colour = np.where(
+        strength >= 0,
+        _POSITIVE_RGB[0] + magnitude * (_POSITIVE_RGB[1] - _POSITIVE_RGB[0]),
+        _NEGATIVE_RGB[0] + magnitude * (_NEGATIVE_RGB[1] - _NEGATIVE_RGB[0]),
+    )
+    overlay = BACKGROUND_DIM * gray * (1.0 - opacity) + colour * opacity  # (h, w, 3)
+    height, width = gray.shape[:2]
+    canvas = np.full((height, 2 * width + HEATMAP_GAP_PX, 3), 255.0, dtype=np.float32)
+    canvas[:, :width] = gray
+    canvas[:, width + HEATMAP_GAP_PX :] = overlay
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)  # fast; the PNG is small either way
+    Image.fromarray(np.rint(canvas).astype(np.uint8)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
-def heatmap_base64(pixels: np.ndarray, attributions: np.ndarray) -> str:
-    return base64.b64encode(heatmap_png(pixels, attributions)).decode("ascii")
+def heatmap_base64(pixels: np.ndarray, attributions: np.ndarray, sign: str = "positive") -> str:
+    return base64.b64encode(heatmap_png(pixels, attributions, sign)).decode("ascii")

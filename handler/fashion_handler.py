@@ -1,4 +1,4 @@
-"""TorchServe handler for the FashionMNIST CNN: predictions and integrated-gradients explanations.
+"""TorchServe handler for the FashionMNIST CNN: predictions and Captum explanations.
 
 Thin on purpose: decoding lives in fashion_image, request parsing in fashion_request,
 top-k in fashion_predict, explanations in fashion_explain, settings in fashion_settings.
@@ -13,15 +13,17 @@ Requests (one image each; TorchServe batches concurrent requests itself):
     curl -H 'Content-Type: application/json' -d '{"data": "<base64 or data: URL>"}' ...
     curl -H 'Content-Type: application/json' -d '{"instances": [{"data": "<base64>"}]}' \
          http://HOST:8080/v1/models/fashion-cnn:predict       (KServe v1; one instance)
-Options, as headers (`-H 'X-Topk: 3' -H 'X-Target: Trouser'`, X-Invert, X-Steps), form
-fields (`-F topk=3`) or fields of a JSON body or its KServe instance (headers win):
-topk 1..10, target (index or class name; explanations), invert true|false|auto,
-steps 1..max_ig_steps (explanations). TorchServe 0.12 drops query strings (`?topk=3`).
+Options, as headers (`-H 'X-Topk: 3' -H 'X-Target: Trouser'`, X-Invert, X-Steps, X-Method,
+X-Sign), form fields (`-F topk=3`) or fields of a JSON body or its KServe instance (headers
+win): topk 1..10, target (index or class name; explanations), invert true|false|auto,
+steps 1..max_ig_steps, method integrated_gradients|saliency|input_x_gradient|occlusion and
+sign positive|all (explanations). TorchServe 0.12 drops query strings (`?topk=3`).
 
 Responses:
     prediction   {"<class name>": probability, ...}   top-k, highest first
-    explanation  {"target", "target_name", "probability", "steps", "delta",
-                  "attributions": 28x28 floats, "heatmap_png": base64 PNG, 224x224}
+    explanation  {"method", "target", "target_name", "probability", "steps", "delta",
+                  "attributions": 28x28 floats, "heatmap_png": base64 PNG, 452x224:
+                  the input beside the attributions over it}
     refusal      {"code": 400|413|422, "type": "...", "message": "..."} with that HTTP status,
                  for that request only (context.set_response_status per index); an
                  unexpected failure of one request is a 500 of the same shape.
@@ -42,7 +44,14 @@ from ts.torch_handler.base_handler import BaseHandler
 
 import fashion_errors as errors
 from fashion_contract import load_torchscript
-from fashion_explain import black_baseline, heatmap_base64, integrated_gradients, round_attributions
+from fashion_explain import (
+    INTEGRATED_GRADIENTS,
+    attribute,
+    black_baseline,
+    gradient_model,
+    heatmap_base64,
+    round_attributions,
+)
 from fashion_image import prepare_image, to_batch_tensor
 from fashion_predict import PROBABILITY_DECIMALS, inference_model, top_k_batch
 from fashion_request import (
@@ -89,6 +98,7 @@ class FashionHandler(BaseHandler):
         self.model.eval()
         # Predictions use a frozen, fused copy; explanations need the original's gradients.
         self.predict_model = inference_model(self.model, self.device)
+        self.gradient_model = gradient_model(self.model, self.device)
 
         self.input_size = tuple(self.contract.input_shape[1:])  # (H, W)
         self.limits = OptionLimits(
@@ -223,34 +233,41 @@ class FashionHandler(BaseHandler):
         prepared: PreparedBatch,
         rows: list[int],
     ) -> list[dict]:
-        """Integrated gradients for the given rows, each for its own target: the requested
-        class, else the predicted one. Rows asking for different step counts run apart."""
+        """Explanations for the given rows, each for its own target (the requested class,
+        else the predicted one) by its own method. Rows that share a method and step count
+        are explained together."""
         predicted = probabilities.argmax(dim=1).tolist()
-        targets = [
-            prepared.options[r].target if prepared.options[r].target is not None else predicted[r]
+        targets = {
+            r: prepared.options[r].target
+            if prepared.options[r].target is not None
+            else predicted[r]
             for r in rows
-        ]
+        }
         answers: dict[int, dict] = {}
-        for steps in sorted({prepared.options[r].steps for r in rows}):
-            group = [
-                (r, t)
-                for r, t in zip(rows, targets, strict=True)
-                if prepared.options[r].steps == steps
-            ]
-            group_rows = [r for r, _ in group]
-            attributions, deltas = integrated_gradients(
-                self.model, batch[group_rows], self.baseline, [t for _, t in group], steps
-            )
+        groups: dict[tuple[str, int], list[int]] = {}
+        for r in rows:
+            options = prepared.options[r]
+            steps = options.steps if options.method == INTEGRATED_GRADIENTS else 0
+            groups.setdefault((options.method, steps), []).append(r)
+        for (method, steps), group in groups.items():
+            attributions, deltas = attribute(
+                method, self.gradient_model, self.predict_model, batch[group], self.baseline,
+                [targets[r] for r in group], steps,
+            )  # fmt: skip
             # Grayscale input: channels carry the same pixel, so their attributions add up.
-            attributions_hw = attributions.sum(dim=1).cpu().numpy()  # (n, H, W)
-            for i, (row, target) in enumerate(group):
+            attributions_hw = attributions.sum(dim=1).float().cpu().numpy()  # (n, H, W)
+            for i, row in enumerate(group):
+                target = targets[row]
                 answers[row] = {
+                    "method": method,
                     "target": target,
                     "target_name": self.contract.class_names[target],
                     "probability": round(float(probabilities[row, target]), PROBABILITY_DECIMALS),
-                    "steps": steps,
-                    "delta": float(deltas[i]),
+                    "steps": steps or None,
+                    "delta": None if deltas is None else float(deltas[i]),
                     "attributions": round_attributions(attributions_hw[i]),
-                    "heatmap_png": heatmap_base64(prepared.pixels[row], attributions_hw[i]),
+                    "heatmap_png": heatmap_base64(
+                        prepared.pixels[row], attributions_hw[i], prepared.options[row].sign
+                    ),
                 }
         return [answers[r] for r in rows]

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fashion_errors as errors
+from fashion_explain import INTEGRATED_GRADIENTS, METHOD_ALIASES, METHODS, SIGNS
 from fashion_image import INVERT_MODES
 
-OPTION_KEYS = ("topk", "target", "invert", "steps")
-HEADER_PREFIX = "x-"  # X-Topk, X-Target, X-Invert, X-Steps: options for a raw-bytes upload
+OPTION_KEYS = ("topk", "target", "invert", "steps", "method", "sign")
+HEADER_PREFIX = "x-"  # X-Topk, X-Target, X-Method, ...: options for a raw-bytes upload
 IMAGE_KEYS = ("data", "b64")  # where a JSON body or KServe v1 instance carries base64
 ACCEPTED_BODIES = (
     'raw image bytes, a multipart upload, JSON {"data": "<base64>"} or '
@@ -45,6 +46,8 @@ class RequestOptions:
     target: int | None  # class index to explain; None means the predicted class
     invert: str  # "auto", "true" or "false"
     steps: int  # integrated-gradients steps
+    method: str = INTEGRATED_GRADIENTS  # explanation method, one of fashion_explain.METHODS
+    sign: str = "positive"  # heatmap: "positive" evidence only, or "all"
 
 
 @dataclass
@@ -65,7 +68,7 @@ class OptionLimits:
 
 
 def options_from_headers(headers: Mapping) -> dict:
-    """The X-Topk / X-Target / X-Invert / X-Steps headers of a request, by option name."""
+    """The X-Topk / X-Target / X-Invert / X-Steps / X-Method / X-Sign headers, by option name."""
     wanted = {HEADER_PREFIX + key: key for key in OPTION_KEYS}
     return {
         wanted[name.lower()]: value
@@ -204,7 +207,8 @@ def decode_base64(text: str, max_image_bytes: int) -> bytes:
 
 
 def parse_options(raw: Mapping, class_names: Sequence[str], limits: OptionLimits) -> RequestOptions:
-    """Validate topk, target, invert and steps given as headers, form or JSON fields."""
+    """Validate topk, target, invert, steps, method and sign given as headers, form or JSON
+    fields."""
     num_classes = len(class_names)
     topk = _parse_int(raw, "topk", limits.default_topk, 1, num_classes)
     steps = _parse_int(raw, "steps", limits.default_steps, 1, limits.max_steps)
@@ -223,7 +227,23 @@ def parse_options(raw: Mapping, class_names: Sequence[str], limits: OptionLimits
             raise errors.invalid_parameter(
                 f"invert={value!r} is not understood; use true, false or auto."
             )
-    return RequestOptions(topk=topk, target=target, invert=invert, steps=steps)
+    method = _parse_choice(raw, "method", INTEGRATED_GRADIENTS, METHODS, METHOD_ALIASES)
+    sign = _parse_choice(raw, "sign", "positive", SIGNS)
+    return RequestOptions(topk, target, invert, steps, method, sign)
+
+
+def _parse_choice(
+    raw: Mapping, key: str, default: str, choices: Sequence[str], aliases: Mapping | None = None
+) -> str:
+    if key not in raw:
+        return default
+    value = _as_text(raw[key]).strip().lower().replace("-", "_")
+    value = (aliases or {}).get(value, value)
+    if value not in choices:
+        raise errors.invalid_parameter(
+            f"{key}={_as_text(raw[key])!r} is not one of: {', '.join(choices)}."
+        )
+    return value
 
 
 def parse_target(value, class_names: Sequence[str]) -> int:

@@ -121,10 +121,18 @@ class FashionClient:
         """{class_name: probability}, highest first."""
         return self._post(f"/predictions/{self.model}", image_bytes, {"topk": topk})
 
-    def explain(self, image_bytes: bytes, target: str | int | None = None) -> dict:
-        """{"target", "target_name", "probability", "steps", "delta", "attributions",
-        "heatmap_png"} for the given class (index or name), else the predicted one."""
-        return self._post(f"/explanations/{self.model}", image_bytes, {"target": target})
+    def explain(
+        self,
+        image_bytes: bytes,
+        target: str | int | None = None,
+        method: str | None = None,
+        sign: str | None = None,
+    ) -> dict:
+        """{"method", "target", "target_name", "probability", "steps", "delta",
+        "attributions", "heatmap_png"} for the given class (index or name), else the
+        predicted one; `method` and `sign` as in docs/api.md (server defaults if None)."""
+        options = {"target": target, "method": method, "sign": sign}
+        return self._post(f"/explanations/{self.model}", image_bytes, options)
 
     def _post(self, path: str, image_bytes: bytes, options: dict):
         # A multipart upload: TorchServe 0.12 drops query parameters before the handler,
@@ -171,10 +179,14 @@ def print_explanation(path: Path, explanation: dict, heatmap_path: Path) -> None
         f"  explained class: {explanation['target_name']} (index {explanation['target']}, "
         f"probability {explanation['probability']:.2%})"
     )
-    print(
-        f"  integrated gradients: {explanation['steps']} steps, "
-        f"convergence delta {explanation['delta']:.2e}"
-    )
+    method = explanation.get("method", "integrated_gradients").replace("_", " ")
+    if explanation.get("delta") is None:
+        print(f"  method: {method}")
+    else:
+        print(
+            f"  {method}: {explanation['steps']} steps, "
+            f"convergence delta {explanation['delta']:.2e}"
+        )
     print(f"  heatmap saved to {heatmap_path}")
 
 
@@ -205,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--topk", type=int, default=None, help="classes per prediction")
     explain = commands.add_parser("explain", parents=[images], help="integrated gradients")
     explain.add_argument("--target", help="class to explain, index or name (default: predicted)")
+    explain.add_argument(
+        "--method",
+        help="integrated_gradients (default), saliency, input_x_gradient or occlusion",
+    )
+    explain.add_argument("--sign", help="heatmap: positive (default) or all")
     explain.add_argument(
         "--out-dir", type=Path, default=None, help="where heatmaps go (default: RUN_DIR/heatmaps)"
     )
@@ -255,7 +272,9 @@ def send_images(args: argparse.Namespace) -> int:
             if args.command == "predict":
                 print_prediction(path, client.predict(image_bytes, args.topk))
             else:
-                explanation = client.explain(image_bytes, parse_target(args.target))
+                explanation = client.explain(
+                    image_bytes, parse_target(args.target), args.method, args.sign
+                )
                 out_dir = args.out_dir or args.run_dir / "heatmaps"
                 heatmap_path = save_heatmap(explanation, path, out_dir)
                 print_explanation(path, explanation, heatmap_path)

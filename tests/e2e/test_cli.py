@@ -61,6 +61,15 @@ def test_client_explain_saves_the_heatmap(torchserve_tiny, tmp_path):
     assert Image.open(heatmap).format == "PNG"
 
 
+def test_client_explain_with_a_cheaper_method(torchserve_tiny, tmp_path):
+    command = [sys.executable, "scripts/client.py", "explain", str(SAMPLE), "--method",
+               "occlusion", "--sign", "all", "--out-dir", str(tmp_path)]  # fmt: skip
+    done = run(command, torchserve_tiny.run_dir)
+    assert done.returncode == 0, done.stderr
+    assert "method: occlusion" in done.stdout
+    assert Image.open(tmp_path / "trouser.heatmap.png").size == (452, 224)
+
+
 def test_client_reports_a_refused_file_and_exits_1(torchserve_tiny):
     done = run(
         [sys.executable, "scripts/client.py", "predict", "README.md", str(SAMPLE)],

@@ -1,4 +1,4 @@
-"""Integrated gradients and the heatmap, on a tiny model whose answer is known."""
+"""The explanation methods and the heatmap, on tiny models whose answers are known."""
 
 from __future__ import annotations
 
@@ -6,16 +6,25 @@ import base64
 import io
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+from fashion_contract import load_torchscript
 from fashion_explain import (
+    METHODS,
+    attribute,
     black_baseline,
+    gradient_model,
     heatmap_base64,
     heatmap_png,
     integrated_gradients,
+    outlier_threshold,
     round_attributions,
 )
+
+PANEL = 224  # one 28x28 panel, 8x larger
+HEATMAP_SIZE = (2 * PANEL + 4, PANEL)  # input, gap, overlay
 
 
 class LinearProbe(torch.nn.Module):
@@ -40,10 +49,77 @@ def test_attributions_follow_each_examples_own_target():
     assert deltas.abs().max() < 1e-3
 
 
-def test_attributions_on_the_exported_cnn_converge(tiny_export_dir):
-    from fashion_contract import load_torchscript
+class WeightedPixels(torch.nn.Module):
+    """Two classes, each a weighted sum of the pixels: every method's answer is known."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights = torch.linspace(-1.0, 1.0, 2 * 28 * 28).view(2, 1, 28, 28)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.unsqueeze(1) * self.weights).sum(dim=(2, 3, 4))
+
+
+@pytest.fixture
+def pixels_and_baseline():
+    torch.manual_seed(0)
+    return torch.rand(2, 1, 28, 28), torch.full((1, 28, 28), -0.5)
+
+
+def explain(method, inputs, baseline, targets=(0, 1), steps=16, model=None):
+    model = model or WeightedPixels()
+    return attribute(method, model, model, inputs, baseline, targets, steps)
+
+
+def test_integrated_gradients_of_a_linear_model_is_weight_times_distance(pixels_and_baseline):
+    inputs, baseline = pixels_and_baseline
+    attributions, deltas = explain("integrated_gradients", inputs, baseline)
+    weights = WeightedPixels().weights
+    assert torch.allclose(attributions, weights * (inputs - baseline), atol=1e-5)
+    assert deltas.abs().max() < 1e-3
+
+
+def test_saliency_is_the_gradients_magnitude(pixels_and_baseline):
+    inputs, baseline = pixels_and_baseline
+    attributions, deltas = explain("saliency", inputs, baseline)
+    assert deltas is None
+    assert torch.allclose(attributions, WeightedPixels().weights.abs(), atol=1e-6)
+
+
+def test_input_x_gradient_is_input_times_weight(pixels_and_baseline):
+    inputs, baseline = pixels_and_baseline
+    attributions, deltas = explain("input_x_gradient", inputs, baseline, targets=(1, 0))
+    weights = WeightedPixels().weights
+    assert deltas is None
+    assert torch.allclose(attributions, weights[[1, 0]] * inputs, atol=1e-6)
+
+
+def test_occlusion_credits_each_pixel_with_the_score_its_patches_lose():
+    inputs, baseline = torch.ones(2, 1, 28, 28), torch.zeros(1, 28, 28)
+    attributions, deltas = explain("occlusion", inputs, baseline, model=LinearProbe())
+    assert deltas is None
+    # A 4x4 patch in the half that class 0 sums costs it 16; in the other half nothing.
+    assert attributions[0, 0, 10, 5] == pytest.approx(16.0)
+    assert attributions[0, 0, 10, 22] == pytest.approx(0.0)
+    assert attributions[1, 0, 10, 22] == pytest.approx(16.0)
+
+
+def test_every_method_runs_on_the_exported_cnn_through_its_gradient_copy(tiny_export_dir):
     model, contract = load_torchscript(tiny_export_dir / "model.pt")
+    copy = gradient_model(model, torch.device("cpu"))
+    inputs = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(copy(inputs), model(inputs), atol=1e-5)
+    baseline = black_baseline(contract.mean, contract.std, (28, 28))
+    for method in METHODS:
+        attributions, _ = attribute(method, copy, model, inputs, baseline, [0, 4, 9], 8)
+        assert attributions.shape == (3, 1, 28, 28) and torch.isfinite(attributions).all()
+        assert attributions.abs().sum() > 0, method
+
+
+def test_attributions_on_the_exported_cnn_converge(tiny_export_dir):
+    model, contract = load_torchscript(tiny_export_dir / "model.pt")
+    model = gradient_model(model, torch.device("cpu"))
     baseline = black_baseline(contract.mean, contract.std, (28, 28))
     inputs = torch.rand(3, 1, 28, 28)
     attributions, deltas = integrated_gradients(model, inputs, baseline, [0, 4, 9], steps=32)
@@ -67,23 +143,57 @@ def test_round_attributions_is_json_ready():
     assert all(type(v) is float for row in rounded for v in row)
 
 
-def test_heatmap_is_an_upscaled_png_coloured_by_sign():
+def overlay_pixel(image: Image.Image, row: int, column: int) -> tuple:
+    """The overlay panel's pixel at the centre of input pixel (row, column)."""
+    return image.getpixel((PANEL + 4 + column * 8 + 4, row * 8 + 4))
+
+
+def test_heatmap_shows_the_input_beside_the_evidence_for_the_target():
+    pixels = np.full((28, 28), 40, np.uint8)
+    attributions = np.zeros((28, 28), np.float32)
+    attributions[4:8, 4:8] = 1.0  # for the target
+    attributions[20:24, 20:24] = -1.0  # against it
+    image = Image.open(io.BytesIO(heatmap_png(pixels, attributions)))
+    assert image.format == "PNG" and image.size == HEATMAP_SIZE and image.mode == "RGB"
+    assert image.getpixel((50, 50)) == (40, 40, 40)  # the input panel
+    red = overlay_pixel(image, 5, 5)
+    assert red[0] > 180 and red[2] < 60
+    dimmed = (22, 22, 22)  # the overlay panel shows the input at 55 % brightness
+    assert overlay_pixel(image, 21, 21) == dimmed  # positive evidence only by default
+    assert overlay_pixel(image, 14, 0) == dimmed
+    decoded = base64.b64decode(heatmap_base64(pixels, attributions))
+    assert Image.open(io.BytesIO(decoded)).size == HEATMAP_SIZE
+
+
+def test_heatmap_with_both_signs_shows_evidence_against_in_blue():
     pixels = np.zeros((28, 28), np.uint8)
     attributions = np.zeros((28, 28), np.float32)
-    attributions[0, 0] = 1.0  # for the target: red
-    attributions[27, 27] = -1.0  # against it: blue
+    attributions[4:8, 4:8] = 1.0
+    attributions[20:24, 20:24] = -1.0
+    image = Image.open(io.BytesIO(heatmap_png(pixels, attributions, sign="all")))
+    red, blue = overlay_pixel(image, 5, 5), overlay_pixel(image, 21, 21)
+    assert red[0] > 180 and red[2] < 60
+    assert blue[2] > 180 and blue[0] < 60
+
+
+def test_one_extreme_pixel_does_not_wash_out_the_rest():
+    pixels = np.zeros((28, 28), np.uint8)
+    attributions = np.zeros((28, 28), np.float32)
+    attributions[2:22, 4:19] = 1.0  # 300 pixels
+    attributions[25, 25] = 5.0  # under 2 % of the total: clipped at Captum's threshold
     image = Image.open(io.BytesIO(heatmap_png(pixels, attributions)))
-    assert image.format == "PNG" and image.size == (224, 224) and image.mode == "RGB"
-    red, blue = image.getpixel((3, 3)), image.getpixel((220, 220))
-    plain = image.getpixel((100, 100))
-    assert red[0] > 150 and red[2] < 50
-    assert blue[2] > 150 and blue[0] < 50
-    assert plain == (0, 0, 0)
-    decoded = base64.b64decode(heatmap_base64(pixels, attributions))
-    assert Image.open(io.BytesIO(decoded)).size == (224, 224)
+    assert overlay_pixel(image, 8, 8)[0] > 180  # still drawn at full strength
 
 
-def test_heatmap_of_zero_attributions_is_the_input():
+def test_outlier_threshold_is_where_the_cumulative_sum_reaches_the_share():
+    magnitudes = np.array([1.0] * 98 + [50.0, 50.0])  # total 198
+    assert outlier_threshold(magnitudes, 2) == 50.0  # 98 % of 198 is past the 1s
+    assert outlier_threshold(np.array([1.0] * 100), 2) == 1.0
+    assert outlier_threshold(np.zeros(5), 2) == 0.0
+
+
+def test_heatmap_of_zero_attributions_is_the_input_twice():
     pixels = np.full((28, 28), 128, np.uint8)
-    image = Image.open(io.BytesIO(heatmap_png(pixels, np.zeros((28, 28), np.float32))))
-    assert (np.asarray(image) == 128).all()
+    image = np.asarray(Image.open(io.BytesIO(heatmap_png(pixels, np.zeros((28, 28))))))
+    assert (image[:, :PANEL] == 128).all() and (image[:, PANEL + 4 :] == 70).all()  # dimmed
+    assert (image[:, PANEL : PANEL + 4] == 255).all()  # the white gap

@@ -139,7 +139,7 @@ def test_explanations_use_each_requests_own_target(handler_and_context):
         assert np.asarray(answer["attributions"]).shape == (28, 28)
         assert isinstance(answer["delta"], float)
         heatmap = Image.open(io.BytesIO(base64.b64decode(answer["heatmap_png"])))
-        assert heatmap.format == "PNG" and heatmap.size == (224, 224)
+        assert heatmap.format == "PNG" and heatmap.size == (452, 224)
         json.dumps(answer)
     # Different targets, different attributions.
     assert first["attributions"] != second["attributions"]
@@ -183,7 +183,7 @@ def test_failed_explanations_leave_the_predictions_standing(handler_and_context,
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(fashion_handler, "integrated_gradients", out_of_memory)
+    monkeypatch.setattr(fashion_handler, "attribute", out_of_memory)
     requests = [{"body": png_bytes()}, {"body": png_bytes()}]
     responses, statuses = run_batch(handler, context, requests, [{}, EXPLAIN])
     assert statuses == [200, 500]
@@ -205,3 +205,19 @@ def test_worker_with_a_mistyped_setting_fails_to_load(tiny_export_dir):
     context = make_context(tiny_export_dir, {"handler": {"topk": 3, "ig_step": 20}})
     with pytest.raises(ValueError, match="unknown key 'ig_step'"):
         FashionHandler().initialize(context)
+
+
+def test_each_request_gets_the_explanation_method_it_asked_for(handler_and_context):
+    handler, context = handler_and_context
+    methods = ["integrated_gradients", "saliency", "input_x_gradient", "occlusion"]
+    requests = [{"body": png_bytes(), "method": method.encode()} for method in methods]
+    responses, statuses = run_batch(handler, context, requests, [EXPLAIN] * len(requests))
+    assert statuses == [200] * len(methods)
+    assert [answer["method"] for answer in responses] == methods
+    ig, *cheaper = responses
+    assert ig["steps"] == 8 and isinstance(ig["delta"], float)  # the fixture's ig_steps
+    for answer in cheaper:
+        assert answer["steps"] is None and answer["delta"] is None
+        assert np.abs(np.asarray(answer["attributions"])).sum() > 0
+    # Same target, different methods, different maps.
+    assert len({json.dumps(answer["attributions"]) for answer in responses}) == len(methods)

@@ -174,3 +174,22 @@ def test_base64_variants():
     assert decode_base64(with_plus.replace("+", " "), MAX_BYTES) == b"\xfb\xef\xbe" * 10
     urlsafe = base64.urlsafe_b64encode(b"\xfb\xff\xfe" * 10).decode()
     assert decode_base64(urlsafe, MAX_BYTES) == b"\xfb\xff\xfe" * 10
+
+
+def test_method_and_sign_options_with_aliases_headers_and_defaults():
+    _, options = parse({"body": IMAGE})
+    assert (options.method, options.sign) == ("integrated_gradients", "positive")
+    _, options = parse({"body": {"data": B64, "method": "Input-X-Gradient", "sign": "all"}})
+    assert (options.method, options.sign) == ("input_x_gradient", "all")
+    headers = options_from_headers({"X-Method": "ig", "X-Sign": "ALL"})
+    _, options = parse({"body": IMAGE, "method": b"occlusion"}, header_options=headers)
+    assert (options.method, options.sign) == ("integrated_gradients", "all")
+
+
+@pytest.mark.parametrize(("key", "value"), [("method", "shap"), ("sign", "negative")])
+def test_an_unknown_method_or_sign_is_refused_with_the_choices(key, value):
+    with pytest.raises(errors.RequestError) as refused:
+        parse({"body": {"data": B64, key: value}})
+    assert refused.value.code == 400
+    choices = {"method": "integrated_gradients, saliency", "sign": "positive, all"}
+    assert repr(value) in refused.value.message and choices[key] in refused.value.message
