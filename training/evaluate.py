@@ -6,19 +6,34 @@ python -m training evaluate --checkpoint artifacts/train/best.pt --out artifacts
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt
 import torch
 
 from fashion_contract import FASHION_MNIST_CLASSES
 from training.data import Split
 from training.train import evaluate, normalize, peak_memory_mb
 
+log = logging.getLogger(__name__)
+
 METRICS_FILE = "metrics.json"
+
+
+def pyplot():
+    """matplotlib.pyplot for writing files, or None where matplotlib is not installed.
+
+    Imported here, not at the top: plots are a by-product, and a machine without
+    matplotlib (a bare GPU host, a slim image) should still train and evaluate.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def confusion_matrix(
@@ -30,6 +45,7 @@ def confusion_matrix(
 
 
 def plot_confusion(matrix: torch.Tensor, class_names: tuple[str, ...], path: Path) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 7))
     ax.imshow(matrix, cmap="Blues")
     ticks = range(len(class_names))
@@ -49,6 +65,7 @@ def plot_confusion(matrix: torch.Tensor, class_names: tuple[str, ...], path: Pat
 
 
 def plot_learning_curves(history: list[dict], path: Path) -> None:
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for split in ("train", "val"):
@@ -65,7 +82,8 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
 
 
 def evaluate_checkpoint(model: torch.nn.Module, state: dict, test: Split, out_dir: Path) -> dict:
-    """Write metrics.json, confusion_matrix.png and learning_curves.png; return the metrics."""
+    """Write metrics.json, and confusion_matrix.png and learning_curves.png where matplotlib
+    is installed; return the metrics."""
     x_test = normalize(test.images, state["mean"], state["std"])
     test_loss, test_accuracy, predicted = evaluate(model, x_test, test.labels)
     matrix = confusion_matrix(test.labels, predicted, len(FASHION_MNIST_CLASSES))
@@ -85,6 +103,9 @@ def evaluate_checkpoint(model: torch.nn.Module, state: dict, test: Split, out_di
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    if pyplot() is None:
+        log.warning("matplotlib is not installed: wrote %s without plots", METRICS_FILE)
+        return metrics
     plot_confusion(matrix, FASHION_MNIST_CLASSES, out_dir / "confusion_matrix.png")
     plot_learning_curves(history, out_dir / "learning_curves.png")
     return metrics
