@@ -192,7 +192,7 @@ def compare(reference: dict, candidate: dict, tolerances: Tolerances) -> dict:
         "measured": {k: float(f"{v:.3g}") if math.isfinite(v) else v for k, v in gaps.items()},
         "failures": failures[:MAX_LISTED_FAILURES],
         "failure_count": len(failures),
-    }  # fmt: skip
+    }
 
 
 def refusals_are_refused(answers: dict) -> list[str]:

@@ -8,7 +8,7 @@
 #            psutil (abi3 build, any Python 3) copied from this venv
 #   wheels/  matplotlib and its dependencies, built for the GPU machine's Python: captum
 #            imports matplotlib when `captum.attr` is imported. Kept as wheels (zip files,
-#            17 MB; 50+ MB unpacked); gpu_proof --bundle unpacks them into a temp folder.
+#            17 MB, 56 MB unpacked); gpu_proof --bundle unpacks them in a temp folder.
 #   export/  the exported model (model.pt + index_to_name.json)
 #   data/    the four gzipped FashionMNIST IDX files
 # Settings (environment variables):

@@ -21,7 +21,7 @@ and no internet: first, here, `benchmarks/gpu_bundle.sh` (fills build/gpu-bundle
 packages, TorchServe without its Java frontend, matplotlib as Python 3.12 wheels; the
 exported model; the gzipped FashionMNIST; about 50 MiB), then there, carrying
 build/gpu-bundle, from the repository root:
-    PYTHONPATH=handler python -m benchmarks.gpu_proof --bundle build/gpu-bundle --out "$OUT"
+    PYTHONPATH=handler python3 -m benchmarks.gpu_proof --bundle build/gpu-bundle --out "$OUT"
 (--device cuda is the default; handler/ holds the handler's flat modules, as in an archive.)
 
 Not done here: serving the archive with the real TorchServe on the GPU. Its Java frontend
@@ -32,9 +32,11 @@ bundle; that needs a second run on the still-warm machine.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -124,6 +126,7 @@ def use_bundle(bundle: Path) -> None:
     wheels = sorted((bundle / "wheels").glob("*.whl"))
     if wheels:
         unpacked = tempfile.mkdtemp(prefix="gpu-proof-wheels-")
+        atexit.register(shutil.rmtree, unpacked, ignore_errors=True)
         for wheel in wheels:
             with zipfile.ZipFile(wheel) as archive:
                 archive.extractall(unpacked)

@@ -7,13 +7,15 @@ import base64
 import json
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
 
 from benchmarks import device_parity as parity
-from benchmarks.gpu_proof import SUMMARY_FILE
+from benchmarks.gpu_proof import SUMMARY_FILE, use_bundle
 from tests.conftest import REPO_ROOT
+from tests.docker.test_lint import tool
 from tests.training.idx_files import write_dataset
 
 CHECKS = {"handler_on_device", "bad_inputs_refused", "parity_fp32", "parity_served", "training_ran"}
@@ -79,6 +81,37 @@ def test_proof_on_cuda_matches_the_cpu(tiny_export_dir, tmp_path):
     assert_sane(result, summary, "cuda")
     assert summary["environment"]["gpu"]
     assert "peak_gpu_memory_mb" in summary["training"]
+
+
+def test_bundle_packages_import_from_folders_and_wheels(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "site" / "bundled_folder_probe").mkdir(parents=True)
+    (tmp_path / "site" / "bundled_folder_probe" / "__init__.py").write_text("ANSWER = 1\n")
+    (tmp_path / "wheels").mkdir()
+    with zipfile.ZipFile(tmp_path / "wheels" / "probe-1.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("bundled_wheel_probe.py", "ANSWER = 2\n")
+    for name in ("bundled_folder_probe", "bundled_wheel_probe"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+    use_bundle(tmp_path)
+
+    import bundled_folder_probe
+    import bundled_wheel_probe
+
+    assert (bundled_folder_probe.ANSWER, bundled_wheel_probe.ANSWER) == (1, 2)
+    assert sys.path[-2] == str((tmp_path / "site").resolve())  # appended: the machine's own win
+
+
+def test_bundle_script_passes_shellcheck_and_says_what_is_missing(tmp_path):
+    script = REPO_ROOT / "benchmarks" / "gpu_bundle.sh"
+    lint = subprocess.run([tool("shellcheck"), str(script)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+    env = {"PATH": "/usr/bin:/bin", "VENV": sys.prefix, "EXPORT_DIR": str(tmp_path / "none"),
+           "BUNDLE": str(tmp_path / "bundle")}  # fmt: skip
+    result = subprocess.run([str(script)], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "model.pt" in result.stderr and "python -m training export" in result.stderr
+    assert not (tmp_path / "bundle").exists()  # nothing half-made
 
 
 # The comparison itself: equal answers pass, and each kind of difference is caught.
