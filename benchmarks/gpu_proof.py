@@ -122,8 +122,16 @@ def use_bundle(bundle: Path) -> None:
     site = bundle / "site"
     if not site.is_dir():
         raise SystemExit(f"{site} not found: make it with benchmarks/gpu_bundle.sh")
-    sys.path.append(str(site.resolve()))
     wheels = sorted((bundle / "wheels").glob("*.whl"))
+    python_tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    foreign = [w.name for w in wheels if "-cp" in w.name and f"-{python_tag}-" not in w.name]
+    if foreign:
+        raise SystemExit(
+            f"{bundle / 'wheels'} holds wheels built for another Python ({foreign[0]}); this "
+            f"is {platform.python_version()}: rebuild with GPU_PYTHON="
+            f"{sys.version_info.major}.{sys.version_info.minor} benchmarks/gpu_bundle.sh"
+        )
+    sys.path.append(str(site.resolve()))
     if wheels:
         unpacked = tempfile.mkdtemp(prefix="gpu-proof-wheels-")
         atexit.register(shutil.rmtree, unpacked, ignore_errors=True)
@@ -252,14 +260,14 @@ def summarize(env: dict, parity: dict, speed: dict, training: dict, device: torc
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
-    if args.bundle:
-        use_bundle(args.bundle)
-    from benchmarks.device_parity import load_samples  # imports TorchServe: after the bundle
-
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         log.error("--device %s asked for, but torch sees no CUDA device", args.device)
         return 2
+    if args.bundle:
+        use_bundle(args.bundle)
+    from benchmarks.device_parity import load_samples  # imports TorchServe: after the bundle
+
     export_dir = args.export_dir or (
         args.bundle / "export" if args.bundle else REPO_ROOT / "artifacts" / "export"
     )

@@ -102,6 +102,14 @@ def test_bundle_packages_import_from_folders_and_wheels(tmp_path, monkeypatch):
     assert sys.path[-2] == str((tmp_path / "site").resolve())  # appended: the machine's own win
 
 
+def test_bundle_wheels_for_another_python_are_refused_with_the_fix(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "wheels").mkdir()
+    zipfile.ZipFile(tmp_path / "wheels" / "probe-1.0-cp20-cp20-linux_x86_64.whl", "w").close()
+    with pytest.raises(SystemExit, match="GPU_PYTHON="):
+        use_bundle(tmp_path)
+
+
 def test_bundle_script_passes_shellcheck_and_says_what_is_missing(tmp_path):
     script = REPO_ROOT / "benchmarks" / "gpu_bundle.sh"
     lint = subprocess.run([tool("shellcheck"), str(script)], capture_output=True, text=True)
