@@ -9,20 +9,35 @@ evaluation.json beside it and leaves the training run's figures alone.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt
 import torch
 
 from fashion_contract import FASHION_MNIST_CLASSES
 from training.data import Split
 from training.train import evaluate, normalize
 
+log = logging.getLogger(__name__)
+
 METRICS_FILE = "metrics.json"  # written by `train`
 EVALUATION_FILE = "evaluation.json"  # written by `evaluate`
+
+
+def pyplot():
+    """matplotlib.pyplot for writing files, or None where matplotlib is not installed.
+
+    Imported here, not at the top: plots are a by-product, and a machine without
+    matplotlib (a bare GPU host, a slim image) should still train and evaluate.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def confusion_matrix(
@@ -34,6 +49,7 @@ def confusion_matrix(
 
 
 def plot_confusion(matrix: torch.Tensor, class_names: tuple[str, ...], path: Path) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 7))
     ax.imshow(matrix, cmap="Blues")
     ticks = range(len(class_names))
@@ -53,6 +69,7 @@ def plot_confusion(matrix: torch.Tensor, class_names: tuple[str, ...], path: Pat
 
 
 def plot_learning_curves(history: list[dict], path: Path) -> None:
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for split in ("train", "val"):
@@ -69,7 +86,8 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
 
 
 def evaluate_checkpoint(model: torch.nn.Module, state: dict, test: Split, out_dir: Path) -> dict:
-    """Test-set metrics of a checkpoint; writes confusion_matrix.png and learning_curves.png."""
+    """Test-set metrics of a checkpoint; writes confusion_matrix.png and learning_curves.png
+    where matplotlib is installed."""
     x_test = normalize(test.images, state["mean"], state["std"])
     test_loss, test_accuracy, predicted = evaluate(model, x_test, test.labels)
     matrix = confusion_matrix(test.labels, predicted, len(FASHION_MNIST_CLASSES))
@@ -87,6 +105,9 @@ def evaluate_checkpoint(model: torch.nn.Module, state: dict, test: Split, out_di
         confusion_matrix=matrix.tolist(),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
+    if pyplot() is None:
+        log.warning("matplotlib is not installed: no confusion matrix or learning curves plots")
+        return metrics
     plot_confusion(matrix, FASHION_MNIST_CLASSES, out_dir / "confusion_matrix.png")
     plot_learning_curves(history, out_dir / "learning_curves.png")
     return metrics
