@@ -67,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument("--max-lr", type=float, default=DEFAULTS.max_lr, help="OneCycle peak")
     p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
+    p.add_argument(
+        "--erase-probability",
+        type=float,
+        default=DEFAULTS.erase_probability,
+        help="random erasing per image (0: off)",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=DEFAULTS.ema_decay,
+        help="moving average of the weights, kept and exported (0: off)",
+    )
     p.add_argument("--val-size", type=int, default=DEFAULTS.val_size, help="held-out images")
     p.add_argument("--train-subset", type=int, help="use only the first N training images")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
@@ -103,6 +115,8 @@ def run_train(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         max_lr=args.max_lr,
         weight_decay=args.weight_decay,
+        erase_probability=args.erase_probability,
+        ema_decay=args.ema_decay,
         val_size=args.val_size,
         seed=args.seed,
         train_subset=args.train_subset,

@@ -1,4 +1,5 @@
-"""Train the CNN: held-out validation, AdamW + OneCycle, augmentation, best checkpoint kept.
+"""Train the CNN: held-out validation, AdamW + OneCycle, augmentation, an exponential moving
+average of the weights, best checkpoint kept.
 
 python -m training train --out artifacts/train            # the full recipe
 python -m training train --dry-run --out /tmp/dry         # a few batches, end to end
@@ -24,6 +25,8 @@ from training.model import FashionCNN, ModelConfig, parameter_summary
 log = logging.getLogger(__name__)
 
 MAX_SHIFT_PX = 2
+ERASE_AREA = (0.02, 0.2)  # random erasing: share of the image a rectangle covers
+ERASE_ASPECT = (0.3, 3.3)  # its height / width
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class TrainConfig:
     max_lr: float = 3e-3
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    erase_probability: float = 0.0  # random erasing per image (0: off)
+    ema_decay: float = 0.0  # exponential moving average of the weights per step (0: off)
     val_size: int = 5000
     seed: int = 0
     train_subset: int | None = None  # use only the first N training images (quick runs)
@@ -70,6 +75,29 @@ def augment(batch: torch.Tensor, generator: torch.Generator, background: float) 
     cols = (dx[:, None] + torch.arange(w, device=batch.device))[:, None, None, :]  # (B, 1, 1, W)
     index = torch.arange(n, device=batch.device)[:, None, None, None]
     return padded[index, 0:1, rows, cols].view(n, 1, h, w)
+
+
+def random_erase(
+    batch: torch.Tensor, generator: torch.Generator, probability: float, background: float
+) -> torch.Tensor:
+    """Black out one random rectangle (ERASE_AREA of the image, ERASE_ASPECT) in each image
+    with `probability`, so the model cannot lean on any one part of a garment. (B, 1, H, W)."""
+    n, _, h, w = batch.shape
+    draws = torch.rand(4, n, generator=generator)
+    area = h * w * (ERASE_AREA[0] + draws[0] * (ERASE_AREA[1] - ERASE_AREA[0]))
+    log_low, log_high = torch.log(torch.tensor(ERASE_ASPECT))
+    aspect = torch.exp(log_low + draws[1] * (log_high - log_low))
+    heights = (area * aspect).sqrt().round().clamp(1, h).long()
+    widths = (area / aspect).sqrt().round().clamp(1, w).long()
+    tops = (draws[2] * (h - heights + 1)).long()
+    lefts = (draws[3] * (w - widths + 1)).long()
+    erase = torch.rand(n, generator=generator) < probability
+    rows = torch.arange(h)[None, :]
+    cols = torch.arange(w)[None, :]
+    in_rows = (rows >= tops[:, None]) & (rows < (tops + heights)[:, None])  # (B, H)
+    in_cols = (cols >= lefts[:, None]) & (cols < (lefts + widths)[:, None])  # (B, W)
+    mask = (in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None]).to(batch.device)
+    return batch.masked_fill(mask[:, None], background)
 
 
 @torch.inference_mode()
@@ -111,7 +139,8 @@ class Splits:
 class Run:
     """What a training run carries from epoch to epoch; a checkpoint saves all of it."""
 
-    model: FashionCNN
+    model: FashionCNN  # the weights being trained
+    ema: torch.optim.swa_utils.AveragedModel | None  # their moving average, if configured
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -170,14 +199,30 @@ def build_run(
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    return Run(model, optimizer, scheduler, scaler, amp_dtype, use_amp, generator, steps_per_epoch)
+    ema = None
+    if config.ema_decay:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+            use_buffers=True,  # batch norm statistics are averaged too
+        )
+    return Run(
+        model, ema, optimizer, scheduler, scaler, amp_dtype, use_amp, generator, steps_per_epoch
+    )
+
+
+def served_model(run: Run) -> torch.nn.Module:
+    """The weights a checkpoint keeps for export and evaluation: the average, if there is one."""
+    return run.ema.module if run.ema is not None else run.model
 
 
 def resume_run(run: Run, checkpoint_path: Path, out_dir: Path, device: torch.device) -> None:
     """Put run back where a last.pt checkpoint left it, random number generators included,
     so that the resumed run continues exactly as an uninterrupted one would."""
     state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-    run.model.load_state_dict(state["model_state"])
+    run.model.load_state_dict(state.get("train_model_state", state["model_state"]))
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema_state"])
     run.optimizer.load_state_dict(state["optimizer_state"])
     run.scheduler.load_state_dict(state["scheduler_state"])
     run.generator.set_state(state["generator_state"])
@@ -201,7 +246,10 @@ def train_one_epoch(
     progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None)
     background = -splits.mean / splits.std  # a black pixel, normalized
     for batch_idx in progress:
-        x = augment(splits.x_train[batch_idx], run.generator, background=background).to(device)
+        x = augment(splits.x_train[batch_idx], run.generator, background=background)
+        if config.erase_probability:
+            x = random_erase(x, run.generator, config.erase_probability, background)
+        x = x.to(device)
         x = x.contiguous(memory_format=torch.channels_last)
         y = splits.y_train[batch_idx].to(device)
         with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.use_amp):
@@ -212,6 +260,8 @@ def train_one_epoch(
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
@@ -225,7 +275,7 @@ def save_checkpoint(run: Run, config: TrainConfig, splits: Splits, out_dir: Path
     state = dict(
         model_config=asdict(config.model),
         train_config=asdict(config),
-        model_state=run.model.state_dict(),
+        model_state=served_model(run).state_dict(),  # what export and evaluate load
         optimizer_state=run.optimizer.state_dict(),
         scheduler_state=run.scheduler.state_dict(),
         generator_state=run.generator.get_state(),
@@ -237,6 +287,8 @@ def save_checkpoint(run: Run, config: TrainConfig, splits: Splits, out_dir: Path
         mean=splits.mean,
         std=splits.std,
     )
+    if run.ema is not None:  # resuming needs both the trained weights and their average
+        state.update(train_model_state=run.model.state_dict(), ema_state=run.ema.state_dict())
     torch.save(state, out_dir / "last.pt")
     if run.best is None or val_accuracy > run.best["val_accuracy"]:
         # A copy: state_dict() tensors share storage with the model, which trains on.
@@ -265,7 +317,7 @@ def train(
         train_loss, train_accuracy = train_one_epoch(run, splits, config, device, epoch)
         epoch_seconds = time.perf_counter() - started
         run.train_seconds += epoch_seconds
-        val_loss, val_accuracy, _ = evaluate(run.model, splits.x_val, splits.y_val)
+        val_loss, val_accuracy, _ = evaluate(served_model(run), splits.x_val, splits.y_val)
         run.epoch = epoch
         run.history.append(
             dict(

@@ -11,7 +11,7 @@ from training import data, export
 from training import train as train_module
 from training.__main__ import main
 from training.model import FashionCNN
-from training.train import augment, load_checkpoint, normalize
+from training.train import augment, load_checkpoint, normalize, random_erase
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +41,17 @@ def test_training_writes_checkpoint_metrics_and_plots(trained_dir):
     assert state["val_accuracy"] == max(row["val_accuracy"] for row in state["history"])
 
 
+@pytest.mark.parametrize(
+    "recipe",
+    [[], ["--ema-decay", "0.9", "--erase-probability", "0.5"]],
+    ids=["plain", "ema+erasing"],
+)
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(
-    dataset_dir, tmp_path, monkeypatch
+    dataset_dir, tmp_path, monkeypatch, recipe
 ):
     def run(out, *extra):
         argv = ["train", "--data-dir", str(dataset_dir), "--out", str(out), "--epochs", "2"]
-        return main([*argv, "--val-size", "100", "--threads", "1", *extra])
+        return main([*argv, "--val-size", "100", "--threads", "1", *recipe, *extra])
 
     assert run(tmp_path / "whole") == 0
 
@@ -69,8 +74,9 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
     resumed = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
     assert [row["epoch"] for row in resumed["history"]] == [1, 2]
-    for name, tensor in whole["model_state"].items():
-        assert torch.equal(tensor, resumed["model_state"][name]), name
+    for key in ("model_state", "train_model_state"):
+        for name, tensor in whole.get(key, {}).items():
+            assert torch.equal(tensor, resumed[key][name]), (key, name)
 
 
 def test_evaluate_writes_its_own_file_and_keeps_the_training_metrics(
@@ -154,6 +160,31 @@ def test_augment_only_flips_and_shifts():
             for dx in range(5)
         ]
         assert any(torch.equal(augmented, c) for c in candidates)
+
+
+def test_random_erase_blacks_out_one_rectangle_per_chosen_image():
+    batch = torch.rand(64, 1, 28, 28) + 1.0  # nothing equals the background before
+    background = -1.0
+    out = random_erase(batch, torch.Generator().manual_seed(0), 1.0, background)
+    for image in out[:, 0]:
+        erased = image == background
+        rows, cols = erased.any(dim=1).nonzero(), erased.any(dim=0).nonzero()
+        height, width = len(rows), len(cols)
+        assert erased.sum() == height * width  # one solid rectangle
+        assert 0.02 * 784 * 0.5 <= height * width <= 0.2 * 784 * 1.5  # its area, rounded
+    untouched = random_erase(batch, torch.Generator().manual_seed(0), 0.0, background)
+    assert torch.equal(untouched, batch)
+
+
+def test_moving_average_is_what_the_checkpoint_keeps(dataset_dir, tmp_path):
+    argv = ["train", "--data-dir", str(dataset_dir), "--out", str(tmp_path), "--epochs", "1"]
+    assert main([*argv, "--val-size", "100", "--threads", "1", "--ema-decay", "0.99"]) == 0
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    trained, averaged = last["train_model_state"], last["model_state"]
+    weight = "features.0.0.weight"
+    assert not torch.equal(trained[weight], averaged[weight])  # the average lags the weights
+    model, _ = load_checkpoint(tmp_path / "best.pt")  # export and evaluate load the average
+    assert torch.equal(model.state_dict()[weight], averaged[weight])
 
 
 @pytest.mark.slow
