@@ -243,3 +243,24 @@ def test_concurrent_v2_requests_are_batched_and_each_gets_its_own_answer(
         assert_answers([answer], [solo_answers[name]])
         fills.append(response.parameters["batch_requests"])
     assert max(fills) > 1, f"no batch held more than one request: {fills}"
+
+
+def test_model_metadata_on_the_management_api_and_what_v2_does_not_route(torchserve_tiny):
+    """TorchServe 0.12 routes only POST .../infer and .../explain under /v2 to the model; the
+    handler's OIP metadata is served by the management API's ?customized=true."""
+    server = torchserve_tiny
+    described = requests.get(
+        f"{server.management_url}/models/{MODEL}?customized=true",
+        headers=server.management_headers,
+        timeout=TIMEOUT_S,
+    )
+    assert described.status_code == 200, described.text
+    metadata = described.json()[0]["customizedMetadata"]
+    assert metadata["name"] == MODEL
+    assert metadata["inputs"] == [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
+    assert {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]} in metadata["outputs"]
+    for path in (f"/v2/models/{MODEL}", f"/v2/models/{MODEL}/ready", "/v2/health/ready"):
+        response = requests.get(
+            server.inference_url + path, headers=server.inference_headers, timeout=TIMEOUT_S
+        )
+        assert response.status_code == 404, (path, response.status_code)
