@@ -1,30 +1,39 @@
 """TorchServe handler for the FashionMNIST CNN: predictions and integrated-gradients explanations.
 
 Thin on purpose: decoding lives in fashion_image, request parsing in fashion_request,
-top-k in fashion_predict, explanations in fashion_explain, settings in fashion_settings.
+Open Inference Protocol (KServe v2) bodies in fashion_oip, top-k in fashion_predict,
+explanations in fashion_explain, settings in fashion_settings.
 TorchServe's loader wants exactly one class in this module.
 handle() runs a batch as parse_requests -> inference -> top_k_answers or explain_rows:
 BaseHandler's preprocess/postprocess/explain_handle are left unused, because here each
 request of a batch carries its own options and may ask for a prediction or an explanation.
 
-Requests (one image each; TorchServe batches concurrent requests itself):
+Requests (one image, or up to max_images_per_request in one JSON request, predicted
+together; TorchServe batches concurrent requests itself):
     curl -T shirt.png          http://HOST:8080/predictions/fashion-cnn
     curl -F file=@shirt.jpg    http://HOST:8080/predictions/fashion-cnn       (any field name)
     curl -H 'Content-Type: application/json' -d '{"data": "<base64 or data: URL>"}' ...
     curl -H 'Content-Type: application/json' -d '{"instances": [{"data": "<base64>"}]}' \
-         http://HOST:8080/v1/models/fashion-cnn:predict       (KServe v1; one instance)
+         http://HOST:8080/v1/models/fashion-cnn:predict       (KServe v1; or several)
+    curl -H 'Content-Type: application/json' -d '{"inputs": [{"name": "images",
+         "datatype": "BYTES", "shape": [N], "data": ["<base64>", ...]}]}' \
+         http://HOST:8080/v2/models/fashion-cnn/infer          (Open Inference Protocol)
 Options, as headers (`-H 'X-Topk: 3' -H 'X-Target: Trouser'`, X-Invert, X-Steps), form
-fields (`-F topk=3`) or fields of a JSON body or its KServe instance (headers win):
+fields (`-F topk=3`), fields of a JSON body or its KServe instance, or OIP parameters
+(headers win):
 topk 1..10, target (index or class name; explanations), invert true|false|auto,
 steps 1..max_ig_steps (explanations). TorchServe 0.12 drops query strings (`?topk=3`).
 
-Responses:
+Responses (one per image: a list for a `data` list, {"predictions": [...]} for several
+KServe instances; an OIP response with typed output tensors, see fashion_oip):
     prediction   {"<class name>": probability, ...}   top-k, highest first
     explanation  {"target", "target_name", "probability", "steps", "delta",
                   "attributions": 28x28 floats, "heatmap_png": base64 PNG, 224x224}
     refusal      {"code": 400|413|422, "type": "...", "message": "..."} with that HTTP status,
                  for that request only (context.set_response_status per index); an
-                 unexpected failure of one request is a 500 of the same shape.
+                 unexpected failure of one request is a 500 of the same shape. A bad
+                 image among several refuses its request, naming its "index". OIP
+                 requests get {"error": "..."} with the same status.
 
 Each request's own `explain: True` header (set by the frontend for /explanations,
 :explain and /explain) picks explanation or prediction, so a batch may mix both; the
@@ -181,10 +190,7 @@ class FashionHandler(BaseHandler):
                 in_oip = parsed.form == OIP
             else:
                 in_oip = is_oip_request(data[idx], context.get_all_request_header(idx) or {})
-            if in_oip:
-                responses[idx] = oip.error_body(error)
-            else:
-                responses[idx] = error.to_body()
+            responses[idx] = oip.error_body(error) if in_oip else error.to_body()
         for idx in range(len(data)):
             context.set_response_content_type(idx, JSON)
         metrics = getattr(context, "metrics", None)
