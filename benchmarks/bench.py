@@ -75,7 +75,8 @@ def litserve_configs() -> dict:
 
 def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path, full: bool):
     """Serve with `overrides` (model-config keys, config.<key>) and serve.sh `env`, then load
-    predictions (and with `full`, explanations and the JSON body) at each concurrency."""
+    predictions (and with `full`, explanations, the JSON body and the Open Inference Protocol
+    body, `v2_body_path(json_body)`) at each concurrency."""
     # archive.sh passes extra files as a comma-separated list: keep the path plain.
     work = temp_dir(f"bench-{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}-")
     config_keys = {k[7:]: v for k, v in overrides.items() if k.startswith("config.")}
@@ -104,6 +105,11 @@ def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path,
             if not args.no_json_body:
                 title = "predictions, JSON base64 body (LitServe's input)"
                 series.append(("predict_json", title, predict, json_body, json_type, args.duration))
+            if not args.no_v2_body:
+                title = "predictions, Open Inference Protocol (v2) JSON, one image"
+                v2_url = f"{server.inference_url}/v2/models/{server.model}/infer"
+                v2_body = v2_body_path(json_body)
+                series.append(("predict_v2", title, v2_url, v2_body, json_type, args.duration))
         result["warmup"] = {}
         for key, title, url, body, content_type, seconds in series:
             print(f"  {title}:", flush=True)
@@ -118,6 +124,11 @@ def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path,
                 processes,
             )
     return result
+
+
+def v2_body_path(json_body: Path) -> Path:
+    """The Open Inference Protocol body file written beside the JSON one."""
+    return json_body.with_name("request-v2.json")
 
 
 def load_settings(args) -> LoadSettings:
@@ -288,6 +299,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="skip TorchServe with LitServe's JSON base64 body",
     )
     parser.add_argument(
+        "--no-v2-body",
+        action="store_true",
+        help="skip TorchServe with an Open Inference Protocol (v2) body",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="print cProfile/torch.profiler of the worker path and exit",
@@ -352,6 +368,8 @@ def main(argv=None) -> int:
     json_body = args.out.parent / "request.json"
     image_b64 = base64.b64encode(args.image.read_bytes()).decode("ascii")
     json_body.write_text(json.dumps({"data": image_b64}))
+    v2_tensor = {"name": "images", "datatype": "BYTES", "shape": [1], "data": [image_b64]}
+    v2_body_path(json_body).write_text(json.dumps({"inputs": [v2_tensor]}))
     results: dict = {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks.bench", *sys.argv[1:]]),

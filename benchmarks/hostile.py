@@ -61,7 +61,7 @@ def bad_requests(image: bytes, max_request_size: int) -> list[tuple]:
     """(name, method, path suffix, body, headers, expected status) for each hostile request.
 
     Paths are relative to the inference address; {p} is /predictions/<model>, {e} the
-    explanations endpoint."""
+    explanations endpoint, {v2} the Open Inference Protocol's /v2/models/<model>/infer."""
     octet = {"Content-Type": "application/octet-stream"}
     as_json = {"Content-Type": "application/json"}
     b64 = base64.b64encode(image).decode()
@@ -75,7 +75,12 @@ def bad_requests(image: bytes, max_request_size: int) -> list[tuple]:
         return json.dumps({"data": b64, **options}).encode()  # drops /predictions' query
 
     text_b64 = json.dumps({"data": base64.b64encode(b"hi").decode()}).encode()
-    two_instances = json.dumps({"instances": [{"data": b64}, {"data": b64}]}).encode()
+    too_many_instances = json.dumps({"instances": [{"data": b64}] * 17}).encode()
+
+    def v2_body(datatype: str, data: list) -> bytes:
+        tensor = {"name": "images", "datatype": datatype, "shape": [len(data)], "data": data}
+        return json.dumps({"inputs": [tensor]}).encode()
+
     form = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     too_big = b"\0" * (max_request_size + 1024)
     multipart = (
@@ -101,7 +106,10 @@ def bad_requests(image: bytes, max_request_size: int) -> list[tuple]:
         ("JSON top-level list", "POST", "{p}", b'[1, 2, 3]', as_json, 400),
         ("JSON base64 of text", "POST", "{p}", text_b64, as_json, 400),
         ("KServe v1 empty instances", "POST", "{p}", b'{"instances": []}', as_json, 400),
-        ("KServe v1 two instances", "POST", "{p}", two_instances, as_json, 422),
+        ("KServe v1 17 instances", "POST", "{p}", too_many_instances, as_json, 422),
+        ("v2 input FP32, not BYTES", "POST", "{v2}", v2_body("FP32", [1.0]), as_json, 400),
+        ("v2 image 1 not an image", "POST", "{v2}", v2_body("BYTES", [b64, "aGk="]), as_json, 400),
+        ("v2 17 images", "POST", "{v2}", v2_body("BYTES", [b64] * 17), as_json, 422),
         ("data URL of garbage", "POST", "{p}", b"data:image/png;base64,AAAAAAAA", octet, 400),
         ("multipart with a non-image file", "POST", "{p}", multipart, form, 400),
         ("topk 0", "POST", "{p}", with_image(topk=0), as_json, 422),
@@ -134,6 +142,7 @@ def check_corpus(server, image, reference, args) -> dict:
     cases, good = [], []
     for name, method, path, body, headers, expected in bad_requests(image, max_request_size):
         path = path.replace("{p}", predict_path).replace("{e}", explain_path)
+        path = path.replace("{v2}", f"/v2/models/{server.model}/infer")
         client = Client(server.inference_url)
         try:
             status, answer = client.request(
@@ -145,7 +154,8 @@ def check_corpus(server, image, reference, args) -> dict:
             client.close()
         try:
             parsed = json.loads(answer)
-            json_error = isinstance(parsed, dict) and "message" in parsed
+            # {"code", "type", "message"}, or the Open Inference Protocol's {"error": ...}
+            json_error = isinstance(parsed, dict) and ("message" in parsed or "error" in parsed)
         except ValueError:
             json_error = False
         cases.append(

@@ -65,17 +65,19 @@ def set_requests(context: Context, headers: list[dict]) -> None:
 
 
 def prepare(handler, image_bytes: bytes, payload=None) -> tuple:
-    """One request's (H, W) uint8 pixels and options, by the handler's own functions."""
-    raw, options = parse_request(
+    """One one-image request's (H, W) uint8 pixels and options, by the handler's own
+    functions."""
+    parsed = parse_request(
         {"body": image_bytes if payload is None else payload},
         handler.contract.class_names,
         handler.limits,
         handler.settings.max_image_bytes,
     )
+    (image,) = parsed.images
     pixels = prepare_image(
-        raw, handler.input_size, options.invert, handler.settings.max_image_pixels
+        image, handler.input_size, parsed.options.invert, handler.settings.max_image_pixels
     )
-    return pixels, options
+    return pixels, parsed.options
 
 
 class Pipeline:

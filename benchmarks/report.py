@@ -103,6 +103,8 @@ def table(results: dict) -> str:
         rows.append(("TorchServe predict (PNG bytes)", served["predict"]))
         if "predict_json" in served:
             rows.append(("TorchServe predict (JSON base64)", served["predict_json"]))
+        if "predict_v2" in served:
+            rows.append(("TorchServe predict (v2 JSON base64)", served["predict_v2"]))
         if "explain" in served:
             rows.append(("TorchServe explain (PNG bytes)", served["explain"]))
     for name, run in results.get("litserve", {}).items():

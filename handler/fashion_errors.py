@@ -22,18 +22,28 @@ _PHRASES = {
 class RequestError(Exception):
     """A refused request: `kind` names the problem for programs, `message` for people."""
 
-    def __init__(self, code: int, kind: str, message: str) -> None:
+    def __init__(self, code: int, kind: str, message: str, index: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.kind = kind
         self.message = message
+        self.index = index  # which image of a several-image request, when it was one
 
     @property
     def phrase(self) -> str:
         return _PHRASES.get(self.code, "Client Error")
 
     def to_body(self) -> dict:
-        return {"code": self.code, "type": self.kind, "message": self.message}
+        body = {"code": self.code, "type": self.kind, "message": self.message}
+        if self.index is not None:
+            body["index"] = self.index
+        return body
+
+    def for_image(self, index: int, count: int) -> RequestError:
+        """This error as image `index` (0-based) of a request holding `count` images."""
+        return RequestError(
+            self.code, self.kind, f"Image at index {index} (of {count}): {self.message}", index
+        )
 
 
 def empty_request(message: str) -> RequestError:

@@ -1,32 +1,41 @@
 """TorchServe handler for the FashionMNIST CNN: predictions and Captum explanations.
 
 Thin on purpose: decoding lives in fashion_image, request parsing in fashion_request,
-top-k in fashion_predict, explanations in fashion_explain, settings in fashion_settings.
+Open Inference Protocol (KServe v2) bodies in fashion_oip, top-k in fashion_predict,
+explanations in fashion_explain, settings in fashion_settings.
 TorchServe's loader wants exactly one class in this module.
 handle() runs a batch as parse_requests -> inference -> top_k_answers or explain_rows:
 BaseHandler's preprocess/postprocess/explain_handle are left unused, because here each
 request of a batch carries its own options and may ask for a prediction or an explanation.
 
-Requests (one image each; TorchServe batches concurrent requests itself):
+Requests (one image, or up to max_images_per_request in one JSON request, predicted
+together; TorchServe batches concurrent requests itself):
     curl -T shirt.png          http://HOST:8080/predictions/fashion-cnn
     curl -F file=@shirt.jpg    http://HOST:8080/predictions/fashion-cnn       (any field name)
     curl -H 'Content-Type: application/json' -d '{"data": "<base64 or data: URL>"}' ...
     curl -H 'Content-Type: application/json' -d '{"instances": [{"data": "<base64>"}]}' \
-         http://HOST:8080/v1/models/fashion-cnn:predict       (KServe v1; one instance)
+         http://HOST:8080/v1/models/fashion-cnn:predict       (KServe v1; or several)
+    curl -H 'Content-Type: application/json' -d '{"inputs": [{"name": "images",
+         "datatype": "BYTES", "shape": [N], "data": ["<base64>", ...]}]}' \
+         http://HOST:8080/v2/models/fashion-cnn/infer          (Open Inference Protocol)
 Options, as headers (`-H 'X-Topk: 3' -H 'X-Target: Trouser'`, X-Invert, X-Steps, X-Method,
-X-Sign), form fields (`-F topk=3`) or fields of a JSON body or its KServe instance (headers
-win): topk 1..10, target (index or class name; explanations), invert true|false|auto,
-steps 1..max_ig_steps, method integrated_gradients|saliency|input_x_gradient|occlusion and
-sign positive|all (explanations). TorchServe 0.12 drops query strings (`?topk=3`).
+X-Sign), form fields (`-F topk=3`), fields of a JSON body or its KServe instance, or OIP
+parameters (headers win): topk 1..10, target (index or class name; explanations), invert
+true|false|auto, steps 1..max_ig_steps, method integrated_gradients|saliency|
+input_x_gradient|occlusion and sign positive|all (explanations). TorchServe 0.12 drops
+query strings (`?topk=3`).
 
-Responses:
+Responses (one per image: a list for a `data` list, {"predictions": [...]} for several
+KServe instances; an OIP response with typed output tensors, see fashion_oip):
     prediction   {"<class name>": probability, ...}   top-k, highest first
     explanation  {"method", "target", "target_name", "probability", "steps", "delta",
                   "attributions": 28x28 floats, "heatmap_png": base64 PNG, 452x224:
                   the input beside the attributions over it}
     refusal      {"code": 400|413|422, "type": "...", "message": "..."} with that HTTP status,
                  for that request only (context.set_response_status per index); an
-                 unexpected failure of one request is a 500 of the same shape.
+                 unexpected failure of one request is a 500 of the same shape. A bad
+                 image among several refuses its request, naming its "index". OIP
+                 requests get {"error": "..."} with the same status.
 
 Each request's own `explain: True` header (set by the frontend for /explanations,
 :explain and /explain) picks explanation or prediction, so a batch may mix both; the
@@ -35,6 +44,7 @@ stock BaseHandler.handle looks at request 0 only.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -43,6 +53,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 import fashion_errors as errors
+import fashion_oip as oip
 from fashion_contract import load_torchscript
 from fashion_explain import (
     INTEGRATED_GRADIENTS,
@@ -55,11 +66,15 @@ from fashion_explain import (
 from fashion_image import prepare_image, to_batch_tensor
 from fashion_predict import PROBABILITY_DECIMALS, inference_model, top_k_batch
 from fashion_request import (
+    OIP,
     OptionLimits,
+    ParsedRequest,
     PreparedBatch,
     RequestOptions,
+    is_oip_request,
     options_from_headers,
     parse_request,
+    shape_answer,
 )
 from fashion_settings import HandlerSettings
 
@@ -92,6 +107,7 @@ class FashionHandler(BaseHandler):
             self.device = torch.device("cpu")
 
         self.manifest = context.manifest
+        self.model_name = self.manifest["model"].get("modelName", "")
         serialized_file = self.manifest["model"]["serializedFile"]
         self.model_pt_path = os.path.join(properties["model_dir"], serialized_file)
         self.model, self.contract = load_torchscript(self.model_pt_path, map_location=self.device)
@@ -105,9 +121,14 @@ class FashionHandler(BaseHandler):
             default_topk=min(self.settings.topk, self.contract.num_classes),
             default_steps=min(self.settings.ig_steps, self.settings.max_ig_steps),
             max_steps=self.settings.max_ig_steps,
+            max_images=self.settings.max_images_per_request,
         )
         self.baseline = black_baseline(self.contract.mean, self.contract.std, self.input_size)
         self.baseline = self.baseline.to(self.device)
+        # What OIP responses carry: the version TorchServe serves (the archive's, which
+        # scripts/archive.sh takes from the contract).
+        version = self.manifest["model"].get("modelVersion") or self.contract.version
+        self.model_version = str(version)
         self.initialized = True
         logger.info(
             "Loaded %s %s on %s (%s)",
@@ -118,37 +139,68 @@ class FashionHandler(BaseHandler):
         )
 
     def handle(self, data: list[dict], context) -> list:
+        if context.get_request_header(0, "describe") == "True":
+            return [self.describe_handle()]  # GET /models/{m}?customized=true
         start = time.perf_counter()
         responses: list = [None] * len(data)
         prepared = self.parse_requests(data, context)
-        for idx, error in prepared.refused.items():
-            context.set_response_status(error.code, error.phrase, idx)
-            responses[idx] = error.to_body()
+        failed = dict(prepared.refused)
 
+        row_answers: list = []
         if prepared.indices:
             batch = to_batch_tensor(
                 prepared.pixels, self.contract.mean, self.contract.std, self.device
             )
             probabilities = self.inference(batch)
-            rows_to_explain = [
-                row for row, idx in enumerate(prepared.indices) if wants_explanation(context, idx)
-            ]
-            rows_to_predict = [
-                row for row in range(len(prepared.indices)) if row not in rows_to_explain
-            ]
+            explain = {idx: wants_explanation(context, idx) for idx in prepared.requests}
+            rows_to_explain = [row for row, idx in enumerate(prepared.indices) if explain[idx]]
+            rows_to_predict = [row for row, idx in enumerate(prepared.indices) if not explain[idx]]
+            row_answers = [None] * len(prepared.indices)
             if rows_to_predict:
                 answers = self.top_k_answers(
                     probabilities[rows_to_predict], [prepared.options[r] for r in rows_to_predict]
                 )
                 for row, answer in zip(rows_to_predict, answers, strict=True):
-                    responses[prepared.indices[row]] = answer
+                    row_answers[row] = answer
             if rows_to_explain:
                 answers = self._explain_rows_or_fail(
-                    batch, probabilities, prepared, rows_to_explain, context
+                    batch, probabilities, prepared, rows_to_explain
                 )
                 for row, answer in zip(rows_to_explain, answers, strict=True):
-                    responses[prepared.indices[row]] = answer
+                    row_answers[row] = answer
+            batch_fill = {"batch_requests": len(data), "batch_images": len(prepared.indices)}
+            for idx, rows in prepared.rows_by_request().items():
+                answers = [row_answers[row] for row in rows]
+                error = next((a for a in answers if isinstance(a, errors.RequestError)), None)
+                if error is not None:
+                    failed[idx] = error
+                    continue
+                try:
+                    responses[idx] = self.request_answer(
+                        prepared.requests[idx],
+                        answers,
+                        probabilities[rows],
+                        explain[idx],
+                        batch_fill,
+                    )
+                except errors.RequestError as refused:
+                    failed[idx] = refused
+            logger.debug(
+                "Batch of %d requests, %d images (%d explained); %d refused",
+                len(data),
+                len(prepared.indices),
+                len(rows_to_explain),
+                len(failed),
+            )
 
+        for idx, error in failed.items():
+            context.set_response_status(error.code, error.phrase, idx)
+            parsed = prepared.requests.get(idx)
+            if parsed is not None:
+                in_oip = parsed.form == OIP
+            else:
+                in_oip = is_oip_request(data[idx], context.get_all_request_header(idx) or {})
+            responses[idx] = oip.error_body(error) if in_oip else error.to_body()
         for idx in range(len(data)):
             context.set_response_content_type(idx, JSON)
         metrics = getattr(context, "metrics", None)
@@ -158,22 +210,68 @@ class FashionHandler(BaseHandler):
             )
         return responses
 
+    def request_answer(
+        self,
+        parsed: ParsedRequest,
+        answers: list[dict],
+        probabilities: torch.Tensor,
+        explain: bool,
+        batch_fill: dict,
+    ):
+        """One request's response from its images' answers (in image order)."""
+        if parsed.form != OIP:
+            return shape_answer(parsed, answers, explain)
+        if explain:
+            outputs = oip.explanation_outputs(answers)
+        else:
+            rows = [[round(p, PROBABILITY_DECIMALS) for p in row] for row in probabilities.tolist()]
+            outputs = oip.prediction_outputs(rows, [list(answer) for answer in answers])
+        return oip.infer_response(
+            parsed.oip, self.model_name, self.model_version, outputs, batch_fill
+        )
+
+    def describe_handle(self) -> str:
+        """The model's Open Inference Protocol metadata (management API, ?customized=true)."""
+        return json.dumps(
+            oip.model_metadata(
+                self.model_name,
+                self.model_version,
+                self.contract.input_shape,
+                self.contract.num_classes,
+                self.settings.max_images_per_request,
+            )
+        )
+
     def parse_requests(self, data: list[dict], context) -> PreparedBatch:
         """Parse and decode each request, with options from its headers in `context`;
         a bad one is set aside with its error."""
         prepared = PreparedBatch()
         for idx, request in enumerate(data):
+            headers = context.get_all_request_header(idx) or {}
             try:
-                image_bytes, options = parse_request(
+                parsed = parse_request(
                     request,
                     self.contract.class_names,
                     self.limits,
                     self.settings.max_image_bytes,
-                    options_from_headers(context.get_all_request_header(idx) or {}),
+                    options_from_headers(headers),
+                    oip.binary_header_length(headers),
                 )
-                pixels = prepare_image(
-                    image_bytes, self.input_size, options.invert, self.settings.max_image_pixels
-                )
+                pixels = []
+                for index, image_bytes in enumerate(parsed.images):
+                    try:
+                        pixels.append(
+                            prepare_image(
+                                image_bytes,
+                                self.input_size,
+                                parsed.options.invert,
+                                self.settings.max_image_pixels,
+                            )
+                        )
+                    except errors.RequestError as error:
+                        if len(parsed.images) > 1:
+                            raise error.for_image(index, len(parsed.images)) from None
+                        raise
             except errors.RequestError as error:
                 logger.info("Request %d refused: %s %s", idx, error.code, error.message)
                 prepared.refused[idx] = error
@@ -185,9 +283,10 @@ class FashionHandler(BaseHandler):
                     "The server could not process this image; the failure was logged."
                 )
                 continue
-            prepared.indices.append(idx)
-            prepared.pixels.append(pixels)
-            prepared.options.append(options)
+            prepared.requests[idx] = parsed
+            prepared.indices.extend([idx] * len(pixels))
+            prepared.pixels.extend(pixels)
+            prepared.options.extend([parsed.options] * len(pixels))
         return prepared
 
     def inference(self, batch: torch.Tensor) -> torch.Tensor:
@@ -208,23 +307,21 @@ class FashionHandler(BaseHandler):
         probabilities: torch.Tensor,
         prepared: PreparedBatch,
         rows: list[int],
-        context,
-    ) -> list[dict]:
+    ) -> list:
         """explain_rows, but a failure (e.g. CUDA out of memory on many IG steps) answers
-        500 to the explained requests only: the batch's predictions still stand."""
+        500 to the explained requests only (an error in place of each row's answer): the
+        batch's predictions still stand."""
         try:
             return self.explain_rows(batch, probabilities, prepared, rows)
         except MemoryError:
             raise  # host memory: TorchServe answers 507 for the batch
         except Exception:
-            logger.exception("Explanations failed for %d requests", len(rows))
+            logger.exception("Explanations failed for %d images", len(rows))
         error = errors.internal_error(
             "The explanation failed on the server and the failure was logged; "
             "fewer `steps` need less memory."
         )
-        for row in rows:
-            context.set_response_status(error.code, error.phrase, prepared.indices[row])
-        return [error.to_body() for _ in rows]
+        return [error for _ in rows]
 
     def explain_rows(
         self,

@@ -26,6 +26,7 @@ class HandlerSettings:
     torch_threads: int = 1
     max_image_pixels: int = 36_000_000
     max_image_bytes: int = 16 * 1024 * 1024
+    max_images_per_request: int = 16
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

@@ -58,7 +58,7 @@ def test_short_bench_run_measures_every_part_without_errors(tiny_export_dir, tmp
     assert local["batch_1"]["images_per_s"] > 0
     assert local["ceiling"]["images_per_s"] > 0
     assert local["explain_batch_1"]["images_per_s"] > 0
-    served = [results["torchserve"]["predict"], results["torchserve"]["explain"]]
+    served = [results["torchserve"][key] for key in ("predict", "explain", "predict_v2")]
     served += [run["predict"] for run in results["litserve"].values()]
     for points in served:
         assert set(points) == {"c1", "c4"}
@@ -67,9 +67,10 @@ def test_short_bench_run_measures_every_part_without_errors(tiny_export_dir, tmp
             assert point["non_2xx"] == 0 and point["socket_errors"] == 0, point
     # One warm-up window each (--warmup-max-s 1); TorchServe's also measure its JIT's share.
     ts_warmup = results["torchserve"]["warmup"]
-    assert set(ts_warmup) == {"predict", "explain", "predict_json"}
+    assert set(ts_warmup) == {"predict", "explain", "predict_json", "predict_v2"}
     for windows in ts_warmup.values():
         assert len(windows) == 1 and 0 <= windows[0]["jit_cpu_share"] <= 1, windows
     assert all(len(run["warmup"]) == 1 for run in results["litserve"].values())
     assert {check["target"].split(" ")[0] for check in results["targets"]} >= {"served", "p50"}
     assert "| TorchServe predict (PNG bytes) | 1 |" in done.stdout
+    assert "| TorchServe predict (v2 JSON base64) | 1 |" in done.stdout

@@ -20,7 +20,8 @@ KSERVE_DIR = REPO_ROOT / "docker" / "kserve"
 SCHEMA_DIR = Path(__file__).parent / "kserve-schemas"
 CUSTOM_MANIFESTS = ("inferenceservice-cpu.yaml", "inferenceservice-gpu.yaml")
 RUNTIME_MANIFEST = "inferenceservice-torchserve-runtime.yaml"
-ALL_MANIFESTS = (*CUSTOM_MANIFESTS, RUNTIME_MANIFEST)
+RUNTIME_V2_MANIFEST = "inferenceservice-torchserve-runtime-v2.yaml"
+ALL_MANIFESTS = (*CUSTOM_MANIFESTS, RUNTIME_MANIFEST, RUNTIME_V2_MANIFEST)
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # A label value: empty, or up to 63 of [A-Za-z0-9-_.] starting and ending alphanumeric.
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
@@ -172,3 +173,40 @@ def test_make_storage_builds_the_layout_the_stock_runtime_reads(tiny_export_dir,
     assert model_config["batchSize"] == 1
     assert entry["minWorkers"] == model_config["minWorkers"]
     assert {"model.pt", "index_to_name.json", "fashion_handler.py"} <= names
+
+
+def test_runtime_manifests_differ_only_in_protocol_name_and_storage():
+    v1, v2 = load(RUNTIME_MANIFEST), load(RUNTIME_V2_MANIFEST)
+    assert v2["spec"]["predictor"]["model"].pop("protocolVersion") == "v2"
+    assert v1["spec"]["predictor"]["model"].pop("protocolVersion") == "v1"
+    for manifest in (v1, v2):
+        manifest["metadata"].pop("name")
+        manifest["spec"]["predictor"]["model"].pop("storageUri")
+    assert v1 == v2
+
+
+def test_make_storage_v2_keeps_batching_and_sets_no_envelope(tiny_export_dir, tmp_path):
+    out_dir = tmp_path / "storage"
+    subprocess.run(
+        [
+            str(KSERVE_DIR / "make-storage.sh"),
+            "--protocol",
+            "v2",
+            "--export-dir",
+            str(tiny_export_dir),
+            str(out_dir),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    properties = read_properties((out_dir / "config" / "config.properties").read_text())
+    assert "service_envelope" not in properties
+    # The runtime sets TS_SERVICE_ENVELOPE=kservev2 for protocol v2: it must not apply.
+    assert properties["enable_envvars_config"] == "false"
+    (versions,) = json.loads(properties["model_snapshot"])["models"].values()
+    (entry,) = versions.values()
+    with zipfile.ZipFile(out_dir / "model-store" / "fashion-cnn.mar") as archive:
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        model_config = yaml.safe_load(archive.read(manifest["model"]["configFile"]))
+    repo_config = yaml.safe_load((REPO_ROOT / "handler" / "model-config.yaml").read_text())
+    assert model_config["batchSize"] == entry["batchSize"] == repo_config["batchSize"] > 1

@@ -64,8 +64,13 @@ def send_bad_topk(server):
     return post_multipart(server.predictions_url, server.inference_headers, GOOD_PNG, topk="0")
 
 
-def send_two_instances(server):
-    body = {"instances": [{"data": b64(GOOD_PNG)}, {"data": b64(GOOD_PNG)}]}
+def send_too_many_instances(server):
+    body = {"instances": [{"data": b64(GOOD_PNG)}] * 17}  # handler.max_images_per_request: 16
+    return post_json(server.predictions_url, server.inference_headers, body)
+
+
+def send_one_bad_instance_of_two(server):
+    body = {"instances": [{"data": b64(GOOD_PNG)}, {"data": b64(b"not an image")}]}
     return post_json(server.predictions_url, server.inference_headers, body)
 
 
@@ -80,7 +85,8 @@ BAD_REQUESTS = [
     send_json_without_image,
     send_bad_base64,
     send_bad_topk,
-    send_two_instances,
+    send_too_many_instances,
+    send_one_bad_instance_of_two,
 ]
 
 

@@ -10,20 +10,30 @@ import pytest
 import fashion_errors as errors
 from fashion_contract import FASHION_MNIST_CLASSES
 from fashion_request import (
+    KSERVE_V1,
+    LIST,
+    OIP,
+    SINGLE,
     OptionLimits,
     RequestOptions,
     decode_base64,
+    is_oip_request,
     options_from_headers,
     parse_options,
     parse_request,
+    shape_answer,
 )
 from tests.handler.helpers import png_bytes
 
-LIMITS = OptionLimits(default_topk=5, default_steps=50, max_steps=200)
+LIMITS = OptionLimits(default_topk=5, default_steps=50, max_steps=200, max_images=16)
 MAX_BYTES = 1_000_000
 IMAGE = png_bytes()
 B64 = base64.b64encode(IMAGE).decode("ascii")
 DEFAULTS = RequestOptions(topk=5, target=None, invert="auto", steps=50)
+
+
+def oip_body(data: list) -> dict:
+    return {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [len(data)], "data": data}]}
 
 
 def parse(request: dict, header_options: dict | None = None):
@@ -52,26 +62,26 @@ def parse(request: dict, header_options: dict | None = None):
     ids=lambda r: ",".join(f"{k}:{type(v).__name__}" for k, v in r.items()),
 )
 def test_every_body_form_yields_the_image(request_dict):
-    image_bytes, options = parse(request_dict)
-    assert image_bytes == IMAGE
-    assert options == DEFAULTS
+    parsed = parse(request_dict)
+    assert parsed.images == [IMAGE] and parsed.form == SINGLE
+    assert parsed.options == DEFAULTS
 
 
 def test_form_fields_arrive_as_entries_and_are_parsed():
     # -F topk=3 -F target=Trouser ... -> one entry each beside the image.
-    _, options = parse(
+    options = parse(
         {"body": IMAGE, "topk": b"3", "target": b"Trouser", "invert": b"true", "steps": b"20"}
-    )
+    ).options
     assert options == RequestOptions(topk=3, target=1, invert="true", steps=20)
 
 
 def test_json_fields_are_options_and_form_fields_win():
-    _, options = parse({"body": {"data": B64, "topk": 2, "target": 7, "invert": False}})
+    options = parse({"body": {"data": B64, "topk": 2, "target": 7, "invert": False}}).options
     assert options == RequestOptions(topk=2, target=7, invert="false", steps=50)
-    _, options = parse({"body": {"data": B64, "topk": 2}, "topk": b"4"})
+    options = parse({"body": {"data": B64, "topk": 2}, "topk": b"4"}).options
     assert options.topk == 4
     kserve = {"instances": [{"data": B64, "target": "Bag", "topk": 3}], "topk": 1}
-    _, options = parse({"body": kserve})
+    options = parse({"body": kserve}).options
     assert (options.target, options.topk) == (8, 3)
 
 
@@ -79,7 +89,7 @@ def test_header_options_override_the_body():
     headers = {"X-Topk": "2", "x-target": "Bag", "X-Invert": "false", "Authorization": "Bearer k"}
     header_options = options_from_headers(headers)
     assert header_options == {"topk": "2", "target": "Bag", "invert": "false"}
-    _, options = parse({"body": {"data": B64, "topk": 4}}, header_options=header_options)
+    options = parse({"body": {"data": B64, "topk": 4}}, header_options=header_options).options
     assert options == RequestOptions(topk=2, target=8, invert="false", steps=50)
     with pytest.raises(errors.RequestError) as refused:
         parse({"body": IMAGE}, header_options=options_from_headers({"X-Steps": "0"}))
@@ -152,7 +162,9 @@ def test_unknown_target_message_lists_the_classes():
         ({"body": {"instances": {"data": B64}}}, 400, "InvalidJSON"),
         ({"body": {"instances": [42]}}, 400, "InvalidJSON"),
         ({"body": [1, 2, 3]}, 400, "InvalidJSON"),
-        ({"body": {"instances": [{"data": B64}, {"data": B64}]}}, 422, "TooManyInstances"),
+        ({"body": {"instances": [{"data": B64}] * 17}}, 422, "TooManyInstances"),
+        ({"body": {"data": [B64] * 17}}, 422, "TooManyInstances"),
+        ({"body": {"data": []}}, 400, "InvalidJSON"),
         ({"body": {"data": "not base64 at all!"}}, 400, "InvalidBase64"),
         ({"body": {"data": ""}}, 400, "EmptyRequest"),
         ({"body": b"\0" * (MAX_BYTES + 1)}, 413, "PayloadTooLarge"),
@@ -176,13 +188,89 @@ def test_base64_variants():
     assert decode_base64(urlsafe, MAX_BYTES) == b"\xfb\xff\xfe" * 10
 
 
+@pytest.mark.parametrize(
+    ("body", "form"),
+    [
+        ({"data": [B64, B64, B64]}, LIST),
+        ({"instances": [{"data": B64}, {"b64": B64}, B64]}, KSERVE_V1),
+        (
+            {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [3], "data": [B64] * 3}]},
+            OIP,
+        ),
+    ],
+    ids=["json-list", "kserve-v1", "oip"],
+)
+def test_several_images_in_one_request(body, form):
+    parsed = parse({"body": body})
+    assert parsed.images == [IMAGE] * 3 and parsed.form == form
+    assert parse({"body": json.dumps(body).encode()}).images == [IMAGE] * 3  # no Content-Type
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": [B64, "not base64!", B64]},
+        {"instances": [{"data": B64}, {"data": "not base64!"}, {"data": B64}]},
+        {"instances": [{"data": B64}, {"data": 7}, {"data": B64}]},
+        {
+            "inputs": [
+                {"name": "images", "datatype": "BYTES", "shape": [3], "data": [B64, "#", B64]}
+            ]
+        },
+    ],
+    ids=["json-list", "kserve-v1", "kserve-v1-not-a-string", "oip"],
+)
+def test_a_bad_image_among_several_is_refused_by_its_index(body):
+    with pytest.raises(errors.RequestError) as caught:
+        parse({"body": body})
+    assert caught.value.code == 400 and caught.value.index == 1
+    assert caught.value.message.startswith("Image at index 1 (of 3): ")
+    assert caught.value.to_body()["index"] == 1
+
+
+def test_oip_parameters_are_options_and_headers_still_win():
+    body = {
+        "parameters": {"topk": 3, "target": "Bag", "binary_data_output": True},
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "BYTES",
+                "shape": [1],
+                "data": [B64],
+                "parameters": {"topk": 2, "steps": 7},
+            }
+        ],
+    }
+    parsed = parse({"body": body})
+    assert parsed.options == RequestOptions(topk=2, target=8, invert="auto", steps=7)
+    assert parse({"body": body}, {"topk": "4"}).options.topk == 4
+
+
+def test_shape_answer_by_form():
+    answers = [{"Bag": 0.9}, {"Coat": 0.8}]
+    parsed = parse({"body": {"instances": [B64, B64]}})
+    assert shape_answer(parsed, answers, explain=False) == {"predictions": answers}
+    assert shape_answer(parsed, answers, explain=True) == {"explanations": answers}
+    assert shape_answer(parse({"body": {"data": [B64, B64]}}), answers, False) == answers
+    assert shape_answer(parse({"body": IMAGE}), answers[:1], False) == answers[0]
+
+
+def test_refused_oip_requests_are_recognized_for_their_error_shape():
+    oip_body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+    assert is_oip_request({"body": oip_body}, {})
+    assert is_oip_request({"body": json.dumps(oip_body).encode()}, {})
+    assert is_oip_request({"body": b"garbage"}, {"Inference-Header-Content-Length": "3"})
+    assert not is_oip_request({"body": {"data": "x"}}, {})
+    assert not is_oip_request({"body": b"\x89PNG"}, {})
+
+
 def test_method_and_sign_options_with_aliases_headers_and_defaults():
-    _, options = parse({"body": IMAGE})
+    options = parse({"body": IMAGE}).options
     assert (options.method, options.sign) == ("integrated_gradients", "positive")
-    _, options = parse({"body": {"data": B64, "method": "Input-X-Gradient", "sign": "all"}})
+    options = parse({"body": {"data": B64, "method": "Input-X-Gradient", "sign": "all"}}).options
     assert (options.method, options.sign) == ("input_x_gradient", "all")
     headers = options_from_headers({"X-Method": "ig", "X-Sign": "ALL"})
-    _, options = parse({"body": IMAGE, "method": b"occlusion"}, header_options=headers)
+    options = parse({"body": IMAGE, "method": b"occlusion"}, header_options=headers).options
     assert (options.method, options.sign) == ("integrated_gradients", "all")
 
 
