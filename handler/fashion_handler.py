@@ -43,7 +43,8 @@ from ts.torch_handler.base_handler import BaseHandler
 import fashion_errors as errors
 from fashion_contract import load_torchscript
 from fashion_explain import black_baseline, heatmap_base64, integrated_gradients, round_attributions
-from fashion_image import prepare_image, to_batch_tensor
+from fashion_image import prepare_image_with_facts, to_batch_tensor
+from fashion_metrics import EXPLANATION, PREDICTION, BatchOutcome, HandlerMetrics
 from fashion_predict import PROBABILITY_DECIMALS, inference_model, top_k_batch
 from fashion_request import (
     OptionLimits,
@@ -98,6 +99,10 @@ class FashionHandler(BaseHandler):
         )
         self.baseline = black_baseline(self.contract.mean, self.contract.std, self.input_size)
         self.baseline = self.baseline.to(self.device)
+        self.recorder = None
+        if self.settings.metrics and getattr(context, "metrics", None) is not None:
+            self.recorder = HandlerMetrics(context.metrics, self.contract, context.model_name)
+            self.recorder.record_model()
         self.initialized = True
         logger.info(
             "Loaded %s %s on %s (%s)",
@@ -111,6 +116,7 @@ class FashionHandler(BaseHandler):
         start = time.perf_counter()
         responses: list = [None] * len(data)
         prepared = self.parse_requests(data, context)
+        probabilities = None
         for idx, error in prepared.refused.items():
             context.set_response_status(error.code, error.phrase, idx)
             responses[idx] = error.to_body()
@@ -146,7 +152,29 @@ class FashionHandler(BaseHandler):
             metrics.add_time(
                 "HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms"
             )
+        if self.recorder is not None:
+            self.record_metrics(
+                time.perf_counter() - start, responses, prepared, probabilities, context
+            )
         return responses
+
+    def record_metrics(self, seconds, responses, prepared, probabilities, context) -> None:
+        """The batch's latency, answers, refusals and input statistics, to Prometheus."""
+        kinds = [
+            EXPLANATION if wants_explanation(context, idx) else PREDICTION
+            for idx in range(len(responses))
+        ]
+        self.recorder.record_batch(
+            BatchOutcome(
+                seconds,
+                kinds,
+                responses,
+                prepared.indices,
+                prepared.pixels,
+                prepared.facts,
+                probabilities,
+            )
+        )
 
     def parse_requests(self, data: list[dict], context) -> PreparedBatch:
         """Parse and decode each request, with options from its headers in `context`;
@@ -161,7 +189,7 @@ class FashionHandler(BaseHandler):
                     self.settings.max_image_bytes,
                     options_from_headers(context.get_all_request_header(idx) or {}),
                 )
-                pixels = prepare_image(
+                pixels, facts = prepare_image_with_facts(
                     image_bytes, self.input_size, options.invert, self.settings.max_image_pixels
                 )
             except errors.RequestError as error:
@@ -178,6 +206,7 @@ class FashionHandler(BaseHandler):
             prepared.indices.append(idx)
             prepared.pixels.append(pixels)
             prepared.options.append(options)
+            prepared.facts.append(facts)
         return prepared
 
     def inference(self, batch: torch.Tensor) -> torch.Tensor:

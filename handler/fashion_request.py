@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fashion_errors as errors
-from fashion_image import INVERT_MODES
+from fashion_image import INVERT_MODES, ImageFacts
 
 OPTION_KEYS = ("topk", "target", "invert", "steps")
 HEADER_PREFIX = "x-"  # X-Topk, X-Target, X-Invert, X-Steps: options for a raw-bytes upload
@@ -55,6 +55,7 @@ class PreparedBatch:
     pixels: list[np.ndarray] = field(default_factory=list)  # (H, W) uint8 each
     options: list[RequestOptions] = field(default_factory=list)
     refused: dict[int, errors.RequestError] = field(default_factory=dict)
+    facts: list[ImageFacts] = field(default_factory=list)  # per image, for the input metrics
 
 
 @dataclass(frozen=True)
