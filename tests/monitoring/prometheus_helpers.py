@@ -67,11 +67,13 @@ class Prometheus:
         }
 
     def wait_for(self, expr: str, expected, by: tuple[str, ...] = (), timeout_s: float = 30):
-        """Poll until values(expr, by) == expected; returns the last values either way."""
+        """Poll until values(expr, by) == expected (expected None: until any value); returns
+        the last values either way."""
         deadline = time.monotonic() + timeout_s
         while True:
             got = self.values(expr, by)
-            if got == expected or time.monotonic() > deadline:
+            done = bool(got) if expected is None else got == expected
+            if done or time.monotonic() > deadline:
                 return got
             time.sleep(0.5)
 
