@@ -51,6 +51,8 @@ def kserve_torchserve(tiny_export_dir, tmp_path_factory):
         TS_GRPC_INFERENCE_PORT=str(grpc_inference_port),
         TS_GRPC_MANAGEMENT_PORT=str(grpc_management_port),
         TS_SERVICE_ENVELOPE="kserve",  # what the runtime sets for protocolVersion v1
+        # The runtime mounts the storage at /mnt/models, where config.properties looks.
+        TS_METRICS_CONFIG=str(storage / "config" / "metrics.yaml"),
         OMP_NUM_THREADS="1",
     )
     torchserve = [str(Path(sys.executable).parent / "torchserve")]
