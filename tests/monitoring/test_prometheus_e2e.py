@@ -128,6 +128,11 @@ def test_batches_and_frontend_requests(monitored):
     assert prom.values(f'fashion_batch_requests_sum{{ModelName="{MODEL}"}}') == expected
     received = prom.values(f'ts_inference_requests_total{{model_name="{MODEL}"}}')
     assert received == expected
+    # The frontend's status counters, which FashionServeServerErrors divides.
+    statuses = {name: prom.values(f'sum({name}{{job="fashion-serve"}})') for name in
+                ("Requests2XX", "Requests4XX")}  # fmt: skip
+    assert statuses["Requests4XX"] == {(): BAD_IMAGES}
+    assert statuses["Requests2XX"][()] >= TOTAL - BAD_IMAGES
 
 
 def test_input_drift_signals(monitored):
