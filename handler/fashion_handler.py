@@ -1,7 +1,8 @@
 """TorchServe handler for the FashionMNIST CNN: predictions and integrated-gradients explanations.
 
 Thin on purpose: decoding lives in fashion_image, request parsing in fashion_request,
-top-k in fashion_predict, explanations in fashion_explain, settings in fashion_settings.
+top-k in fashion_predict, explanations in fashion_explain, settings in fashion_settings,
+Prometheus metrics in fashion_metrics (declared in monitoring/metrics.yaml).
 TorchServe's loader wants exactly one class in this module.
 handle() runs a batch as parse_requests -> inference -> top_k_answers or explain_rows:
 BaseHandler's preprocess/postprocess/explain_handle are left unused, because here each
@@ -158,23 +159,34 @@ class FashionHandler(BaseHandler):
             )
         return responses
 
-    def record_metrics(self, seconds, responses, prepared, probabilities, context) -> None:
-        """The batch's latency, answers, refusals and input statistics, to Prometheus."""
-        kinds = [
-            EXPLANATION if wants_explanation(context, idx) else PREDICTION
-            for idx in range(len(responses))
-        ]
-        self.recorder.record_batch(
-            BatchOutcome(
-                seconds,
-                kinds,
-                responses,
-                prepared.indices,
-                prepared.pixels,
-                prepared.facts,
-                probabilities,
+    def record_metrics(
+        self,
+        seconds: float,
+        responses: list,
+        prepared: PreparedBatch,
+        probabilities: torch.Tensor | None,
+        context,
+    ) -> None:
+        """The batch's latency, answers, refusals and inputs, to Prometheus (fashion_metrics).
+        A failure here is logged and never fails the batch: its answers are ready."""
+        try:
+            kinds = [
+                EXPLANATION if wants_explanation(context, idx) else PREDICTION
+                for idx in range(len(responses))
+            ]
+            self.recorder.record_batch(
+                BatchOutcome(
+                    seconds,
+                    kinds,
+                    responses,
+                    prepared.indices,
+                    prepared.pixels,
+                    prepared.facts,
+                    probabilities,
+                )
             )
-        )
+        except Exception:
+            logger.exception("Recording the metrics of a batch failed")
 
     def parse_requests(self, data: list[dict], context) -> PreparedBatch:
         """Parse and decode each request, with options from its headers in `context`;

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
 
 from fashion_contract import ModelContract
 from fashion_image import ImageFacts
@@ -31,6 +33,11 @@ from fashion_image import ImageFacts
 COUNTER = "counter"
 GAUGE = "gauge"
 HISTOGRAM = "histogram"
+_METRIC_TYPES = {
+    COUNTER: MetricTypes.COUNTER,
+    GAUGE: MetricTypes.GAUGE,
+    HISTOGRAM: MetricTypes.HISTOGRAM,
+}
 
 
 @dataclass(frozen=True)
@@ -140,16 +147,7 @@ class HandlerMetrics:
     """Records a batch's outcomes through TorchServe's metrics cache (context.metrics)."""
 
     def __init__(self, metrics, contract: ModelContract, model_name: str) -> None:
-        from ts.metrics.dimension import Dimension
-        from ts.metrics.metric_type_enum import MetricTypes
-
         self._metrics = metrics
-        self._dimension = Dimension
-        self._types = {
-            COUNTER: MetricTypes.COUNTER,
-            GAUGE: MetricTypes.GAUGE,
-            HISTOGRAM: MetricTypes.HISTOGRAM,
-        }
         self.contract = contract
         self.model_name = model_name
         self.class_labels = [label_value(name) for name in contract.class_names]
@@ -157,18 +155,16 @@ class HandlerMetrics:
 
     def _add(self, spec: MetricSpec, value: float, *label_values: str) -> None:
         dimensions = [
-            self._dimension(name, value_)
-            for name, value_ in zip(spec.labels, label_values, strict=True)
+            Dimension(name, label) for name, label in zip(spec.labels, label_values, strict=True)
         ]
-        # ModelName and Level given here, as TorchServe would add them: at load time the
-        # cache has no request ids and would otherwise label the line Level=Error.
-        dimensions += [self._dimension("ModelName", self.model_name)]
-        dimensions += [self._dimension("Level", "Model")]
+        # ModelName and Level given here, as TorchServe would add them: without request ids
+        # (at load, or in a test's context) the cache would label the line Level=Error.
+        dimensions += [Dimension("ModelName", self.model_name), Dimension("Level", "Model")]
         if spec.kind == COUNTER:
             self._metrics.add_counter(spec.name, value, None, dimensions)
         else:
             self._metrics.add_metric(
-                spec.name, value, spec.unit, None, dimensions, self._types[spec.kind]
+                spec.name, value, spec.unit, None, dimensions, _METRIC_TYPES[spec.kind]
             )
 
     def record_model(self) -> None:

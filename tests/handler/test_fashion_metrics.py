@@ -184,3 +184,16 @@ def test_contract_class_prior_round_trips_and_old_contracts_load():
 def test_training_writes_the_label_shares_as_the_prior():
     labels = torch.tensor([0, 0, 1, 9])
     assert class_prior(labels) == (0.5, 0.25, 0, 0, 0, 0, 0, 0, 0, 0.25)
+
+
+def test_a_failure_in_the_metrics_never_fails_the_batch(metered_handler, monkeypatch):
+    handler, context = metered_handler
+    handler.initialize(context)
+
+    def broken(outcome):
+        raise RuntimeError("a metrics bug")
+
+    monkeypatch.setattr(handler.recorder, "record_batch", broken)
+    set_requests(context, [{}])
+    (answer,) = handler.handle([{"body": png_bytes()}], context)
+    assert context.get_response_status(0)[0] == 200 and len(answer) == 5
