@@ -82,7 +82,8 @@ esac
 context=$(mktemp -d "${TMPDIR:-/tmp}/fashion-serve-context.XXXXXX")
 trap 'rm -rf "$context"' EXIT
 mkdir -p "${context}/docker" "${context}/scripts" "${context}/handler" "${context}/export" \
-    "${context}/wheelhouse"
+    "${context}/wheelhouse" "${context}/monitoring"
+cp "${repo_root}/monitoring/metrics.yaml" "${context}/monitoring/"
 cp "${repo_root}"/docker/{Dockerfile,requirements.txt,entrypoint.sh,healthcheck.py,config.properties,log4j2.xml} \
     "${context}/docker/"
 cp "${repo_root}/scripts/archive.sh" "${context}/scripts/"

@@ -44,6 +44,9 @@ class ModelContract:
     mean: tuple[float, ...]  # per channel, of pixels scaled to [0, 1]
     std: tuple[float, ...]
     test_accuracy: float | None = None
+    # Share of each class in the training labels, in class order; None in exports made
+    # before it was recorded (then taken as uniform). The class-share drift alert uses it.
+    class_prior: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         channels = self.input_shape[0]
@@ -51,10 +54,21 @@ class ModelContract:
             raise ValueError(f"mean/std need {channels} values, one per input channel")
         if any(s <= 0 for s in self.std):
             raise ValueError("std must be positive")
+        if self.class_prior is not None:
+            if len(self.class_prior) != self.num_classes:
+                raise ValueError(f"class_prior needs {self.num_classes} values, one per class")
+            if any(p < 0 for p in self.class_prior) or abs(sum(self.class_prior) - 1) > 1e-3:
+                raise ValueError("class_prior must be non-negative shares that sum to 1")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def prior(self) -> tuple[float, ...]:
+        """The training class shares; uniform when the export did not record them."""
+        if self.class_prior is not None:
+            return self.class_prior
+        return (1.0 / self.num_classes,) * self.num_classes
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -64,6 +78,8 @@ class ModelContract:
         fields = json.loads(text)
         for key in ("class_names", "input_shape", "mean", "std"):
             fields[key] = tuple(fields[key])
+        if fields.get("class_prior") is not None:
+            fields["class_prior"] = tuple(fields["class_prior"])
         return cls(**fields)
 
     def index_to_name(self) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 Thin on purpose: decoding lives in fashion_image, request parsing in fashion_request,
 Open Inference Protocol (KServe v2) bodies in fashion_oip, top-k in fashion_predict,
-explanations in fashion_explain, settings in fashion_settings.
+explanations in fashion_explain, settings in fashion_settings, Prometheus metrics in
+fashion_metrics (declared in monitoring/metrics.yaml).
 TorchServe's loader wants exactly one class in this module.
 handle() runs a batch as parse_requests -> inference -> top_k_answers or explain_rows:
 BaseHandler's preprocess/postprocess/explain_handle are left unused, because here each
@@ -63,7 +64,8 @@ from fashion_explain import (
     heatmap_base64,
     round_attributions,
 )
-from fashion_image import prepare_image, to_batch_tensor
+from fashion_image import prepare_image_with_facts, to_batch_tensor
+from fashion_metrics import EXPLANATION, PREDICTION, BatchOutcome, HandlerMetrics
 from fashion_predict import PROBABILITY_DECIMALS, inference_model, top_k_batch
 from fashion_request import (
     OIP,
@@ -129,6 +131,10 @@ class FashionHandler(BaseHandler):
         # scripts/archive.sh takes from the contract).
         version = self.manifest["model"].get("modelVersion") or self.contract.version
         self.model_version = str(version)
+        self.recorder = None
+        if self.settings.metrics and getattr(context, "metrics", None) is not None:
+            self.recorder = HandlerMetrics(context.metrics, self.contract, context.model_name)
+            self.recorder.record_model()
         self.initialized = True
         logger.info(
             "Loaded %s %s on %s (%s)",
@@ -144,6 +150,7 @@ class FashionHandler(BaseHandler):
         start = time.perf_counter()
         responses: list = [None] * len(data)
         prepared = self.parse_requests(data, context)
+        probabilities = None
         failed = dict(prepared.refused)
 
         row_answers: list = []
@@ -208,6 +215,11 @@ class FashionHandler(BaseHandler):
             metrics.add_time(
                 "HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms"
             )
+        if self.recorder is not None:
+            seconds = time.perf_counter() - start
+            self.record_metrics(
+                seconds, len(data), failed, prepared, row_answers, probabilities, context
+            )
         return responses
 
     def request_answer(
@@ -242,6 +254,38 @@ class FashionHandler(BaseHandler):
             )
         )
 
+    def record_metrics(
+        self,
+        seconds: float,
+        request_count: int,
+        failed: dict[int, errors.RequestError],
+        prepared: PreparedBatch,
+        row_answers: list,
+        probabilities: torch.Tensor | None,
+        context,
+    ) -> None:
+        """The batch's latency, answers, refusals and inputs, to Prometheus (fashion_metrics).
+        A failure here is logged and never fails the batch: its answers are ready."""
+        try:
+            kinds = [
+                EXPLANATION if wants_explanation(context, idx) else PREDICTION
+                for idx in range(request_count)
+            ]
+            self.recorder.record_batch(
+                BatchOutcome(
+                    seconds,
+                    kinds,
+                    [(error.code, error.kind) for error in failed.values()],
+                    row_answers,
+                    prepared.indices,
+                    prepared.pixels,
+                    prepared.facts,
+                    probabilities,
+                )
+            )
+        except Exception:
+            logger.exception("Recording the metrics of a batch failed")
+
     def parse_requests(self, data: list[dict], context) -> PreparedBatch:
         """Parse and decode each request, with options from its headers in `context`;
         a bad one is set aside with its error."""
@@ -257,17 +301,17 @@ class FashionHandler(BaseHandler):
                     options_from_headers(headers),
                     oip.binary_header_length(headers),
                 )
-                pixels = []
+                pixels, facts = [], []
                 for index, image_bytes in enumerate(parsed.images):
                     try:
-                        pixels.append(
-                            prepare_image(
-                                image_bytes,
-                                self.input_size,
-                                parsed.options.invert,
-                                self.settings.max_image_pixels,
-                            )
+                        image_pixels, image_facts = prepare_image_with_facts(
+                            image_bytes,
+                            self.input_size,
+                            parsed.options.invert,
+                            self.settings.max_image_pixels,
                         )
+                        pixels.append(image_pixels)
+                        facts.append(image_facts)
                     except errors.RequestError as error:
                         if len(parsed.images) > 1:
                             raise error.for_image(index, len(parsed.images)) from None
@@ -287,6 +331,7 @@ class FashionHandler(BaseHandler):
             prepared.indices.extend([idx] * len(pixels))
             prepared.pixels.extend(pixels)
             prepared.options.extend([parsed.options] * len(pixels))
+            prepared.facts.extend(facts)
         return prepared
 
     def inference(self, batch: torch.Tensor) -> torch.Tensor:

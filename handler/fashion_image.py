@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +23,8 @@ ACCEPTED_FORMATS = "PNG, JPEG, WebP, BMP, GIF (first frame) or TIFF"
 # inverted to light-on-black like FashionMNIST. See should_invert.
 AUTO_INVERT_BORDER_BRIGHTNESS = 0.5
 INVERT_MODES = ("auto", "true", "false")
+# decode_image leaves (format, width, height) as sent under this key of Image.info.
+SOURCE_INFO = "fashion_source"
 
 _EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -72,9 +75,13 @@ def decode_image(image_bytes: bytes, max_pixels: int, draft_size: tuple[int, int
             f"Send a complete {ACCEPTED_FORMATS} file."
         ) from exc
 
+    source_format = image.format
     if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
         image = ImageOps.exif_transpose(image)
-    return _to_luminance(image)
+    image = _to_luminance(image)
+    # Conversions and JPEG drafts lose the format and size as sent; the input metrics count them.
+    image.info[SOURCE_INFO] = (source_format or "", width, height)
+    return image
 
 
 def _to_luminance(image: Image.Image) -> Image.Image:
@@ -156,14 +163,36 @@ def should_invert(pixels: np.ndarray, invert: str) -> bool:
     return float(border_pixels(pixels).mean()) / 255.0 > AUTO_INVERT_BORDER_BRIGHTNESS
 
 
+@dataclass(frozen=True)
+class ImageFacts:
+    """What an accepted image looked like before it became the model's input (for metrics)."""
+
+    format: str  # Pillow's format name, e.g. "PNG"; "" when Pillow names none
+    width: int  # as sent (header size, before any rotation), pixels
+    height: int
+    auto_inverted: bool  # inverted by the "auto" rule (a light background), not on request
+
+
+def prepare_image_with_facts(
+    image_bytes: bytes, size: tuple[int, int], invert: str, max_pixels: int
+) -> tuple[np.ndarray, ImageFacts]:
+    """Image bytes -> the (H, W) uint8 image the model sees (before normalization), and
+    the facts about the input that the drift metrics count."""
+    image = decode_image(image_bytes, max_pixels, size)
+    pixels = fit_to_size(image, size)
+    inverted = should_invert(pixels, invert)
+    if inverted:
+        pixels = 255 - pixels
+    source_format, width, height = image.info[SOURCE_INFO]
+    facts = ImageFacts(source_format, width, height, auto_inverted=inverted and invert == "auto")
+    return pixels, facts
+
+
 def prepare_image(
     image_bytes: bytes, size: tuple[int, int], invert: str, max_pixels: int
 ) -> np.ndarray:
     """Image bytes -> the (H, W) uint8 image the model sees (before normalization)."""
-    pixels = fit_to_size(decode_image(image_bytes, max_pixels, size), size)
-    if should_invert(pixels, invert):
-        pixels = 255 - pixels
-    return pixels
+    return prepare_image_with_facts(image_bytes, size, invert, max_pixels)[0]
 
 
 def to_batch_tensor(

@@ -29,7 +29,7 @@ import numpy as np
 import fashion_errors as errors
 import fashion_oip as oip
 from fashion_explain import INTEGRATED_GRADIENTS, METHOD_ALIASES, METHODS, SIGNS
-from fashion_image import INVERT_MODES
+from fashion_image import INVERT_MODES, ImageFacts
 
 OPTION_KEYS = ("topk", "target", "invert", "steps", "method", "sign")
 HEADER_PREFIX = "x-"  # X-Topk, X-Target, X-Method, ...: options for a raw-bytes upload
@@ -80,6 +80,7 @@ class PreparedBatch:
     pixels: list[np.ndarray] = field(default_factory=list)  # (H, W) uint8 each
     options: list[RequestOptions] = field(default_factory=list)
     refused: dict[int, errors.RequestError] = field(default_factory=dict)
+    facts: list[ImageFacts] = field(default_factory=list)  # per image, for the input metrics
     requests: dict[int, ParsedRequest] = field(default_factory=dict)  # by batch index
 
     def rows_by_request(self) -> dict[int, list[int]]:

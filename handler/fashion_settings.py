@@ -27,9 +27,12 @@ class HandlerSettings:
     max_image_pixels: int = 36_000_000
     max_image_bytes: int = 16 * 1024 * 1024
     max_images_per_request: int = 16
+    metrics: bool = True  # the handler's Prometheus metrics (fashion_metrics); false: none
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
+            if isinstance(value, bool):
+                continue
             if value < 1:
                 raise ValueError(f"model-config.yaml handler.{name} must be >= 1, not {value}")
 
@@ -45,7 +48,17 @@ class HandlerSettings:
                 f"model-config.yaml handler: unknown key{plural} "
                 f"{', '.join(repr(key) for key in unknown)}; known keys: {', '.join(known)}"
             )
-        return cls(**{key: int(value) for key, value in section.items()})
+        return cls(**{key: _parse(key, value) for key, value in section.items()})
+
+
+def _parse(key: str, value) -> int | bool:
+    if isinstance(HandlerSettings.__dataclass_fields__[key].default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"model-config.yaml handler.{key} must be true or false, not {value!r}"
+            )
+        return value
+    return int(value)
 
 
 def main(argv: list[str]) -> int:

@@ -12,6 +12,7 @@
 #   GRPC_INFERENCE_PORT=7070 GRPC_MANAGEMENT_PORT=7071   (all bound to 127.0.0.1)
 #   TS_CONFIG=config.properties base config; the ports above replace its addresses
 #   LOG_CONFIG=log4j2.xml       log4j2 config (quiet: warnings, errors, lifecycle only)
+#   METRICS_CONFIG=monitoring/metrics.yaml   metrics the handler may publish (metrics_config)
 #   START_TIMEOUT=120           seconds to wait for a READY worker
 #   OMP_NUM_THREADS=1           torch threads per worker (1 per worker suits 2 cores)
 #   MODEL_LOG_LEVEL=info        worker log level in logs/model_log.log (warn: stderr only)
@@ -33,6 +34,7 @@ grpc_inference_port=${GRPC_INFERENCE_PORT:-7070}
 grpc_management_port=${GRPC_MANAGEMENT_PORT:-7071}
 ts_config=${TS_CONFIG:-${repo_root}/config.properties}
 log_config=${LOG_CONFIG:-${repo_root}/log4j2.xml}
+metrics_config=${METRICS_CONFIG:-${repo_root}/monitoring/metrics.yaml}
 start_timeout=${START_TIMEOUT:-120}
 venv=${VENV:-${repo_root}/.venv}
 
@@ -78,8 +80,8 @@ worker_status() {
 }
 
 write_run_config() {
-    # The base config with this run's addresses and ports (nothing else changes).
-    grep -Ev '^[[:space:]]*(inference_address|management_address|metrics_address|grpc_inference_address|grpc_management_address|grpc_inference_port|grpc_management_port|model_store|load_models)[[:space:]]*=' \
+    # The base config with this run's addresses, ports and metrics file (nothing else changes).
+    grep -Ev '^[[:space:]]*(inference_address|management_address|metrics_address|grpc_inference_address|grpc_management_address|grpc_inference_port|grpc_management_port|model_store|load_models|metrics_config)[[:space:]]*=' \
         "$ts_config" >"${run_dir}/config.properties"
     cat >>"${run_dir}/config.properties" <<EOF
 
@@ -91,6 +93,7 @@ grpc_inference_address=127.0.0.1
 grpc_management_address=127.0.0.1
 grpc_inference_port=${grpc_inference_port}
 grpc_management_port=${grpc_management_port}
+metrics_config=${metrics_config}
 EOF
     cat >"$endpoints_file" <<EOF
 {
@@ -111,6 +114,8 @@ start() {
     fi
     [[ -x "${venv}/bin/torchserve" ]] || fail "torchserve not in ${venv}: run scripts/setup.sh"
     [[ -f "$ts_config" ]] || fail "no config at ${ts_config}"
+    [[ -f "$metrics_config" ]] || fail "no metrics file at ${metrics_config}"
+    metrics_config=$(cd "$(dirname "$metrics_config")" && pwd)/$(basename "$metrics_config")
     [[ -d "$model_store" ]] || fail "no model store at ${model_store}: run scripts/archive.sh"
     model_store=$(cd "$model_store" && pwd)
     local mar=${models#*=}

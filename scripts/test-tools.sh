@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the system tools some tests use, where apt is usable without a password:
-# the real FashionMNIST, wrk, and buildah/podman for the container smoke test.
+# the real FashionMNIST, wrk, Prometheus (server and promtool: the monitoring tests), and
+# buildah/podman for the container smoke test.
 # Tests whose tools are missing skip and say why.
 set -euo pipefail
 
-packages=(dataset-fashion-mnist wrk buildah podman runc debootstrap)
+packages=(dataset-fashion-mnist wrk prometheus buildah podman runc debootstrap)
 command -v apt-get >/dev/null || { echo "test-tools: no apt-get; skipping ${packages[*]}"; exit 0; }
 sudo=()
 [[ $(id -u) -ne 0 ]] && sudo=(sudo -n)

@@ -162,6 +162,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def class_prior(labels: torch.Tensor, num_classes: int = len(FASHION_MNIST_CLASSES)) -> tuple:
+    """Each class's share of the training labels (the contract's class_prior)."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    return tuple(round(float(share), 6) for share in counts / counts.sum())
+
+
 def run_export(args: argparse.Namespace) -> None:
     model, state = load_checkpoint(args.checkpoint)
     metrics_path = args.checkpoint.parent / METRICS_FILE
@@ -176,6 +182,7 @@ def run_export(args: argparse.Namespace) -> None:
         mean=(state["mean"],),
         std=(state["std"],),
         test_accuracy=test_accuracy,
+        class_prior=class_prior(data.load("train", args.data_dir, args.download).labels),
     )
     test = data.load("test", args.data_dir, args.download)
     example_batch = normalize(test.images[:PARITY_BATCH], state["mean"], state["std"])

@@ -4,6 +4,7 @@
 #   docker/kserve/make-storage.sh [--export-dir DIR | --mar FILE] [--protocol v1|v2] OUT_DIR
 #     OUT_DIR/model-store/fashion-cnn.mar
 #     OUT_DIR/config/config.properties     (model_snapshot names the archive)
+#     OUT_DIR/config/metrics.yaml          (the handler's metrics, monitoring/metrics.yaml)
 #   --export-dir DIR  pack model.pt + index_to_name.json with scripts/archive.sh
 #                     (default artifacts/export)
 #   --mar FILE        use an archive made already (e.g. model_store/fashion-cnn.mar)
@@ -110,5 +111,7 @@ if protocol == "v2":
 print("\n".join(lines))
 print(f"model_snapshot={json.dumps(snapshot, separators=(',', ':'))}")
 PY
-printf 'make-storage: wrote %s/model-store/%s.mar and %s/config/config.properties (protocol %s)\n' \
+# The handler's metrics are declared here (config.properties: metrics_config).
+cp "${repo_root}/monitoring/metrics.yaml" "${out_dir}/config/metrics.yaml"
+printf 'make-storage: wrote %s/model-store/%s.mar and %s/config/{config.properties,metrics.yaml} (protocol %s)\n' \
     "$out_dir" "$model_name" "$out_dir" "$protocol"

@@ -150,9 +150,18 @@ def test_make_storage_builds_the_layout_the_stock_runtime_reads(tiny_export_dir,
         capture_output=True,
     )
     files = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
-    assert files == ["config/config.properties", "model-store/fashion-cnn.mar"]
+    assert files == [
+        "config/config.properties",
+        "config/metrics.yaml",
+        "model-store/fashion-cnn.mar",
+    ]
 
     properties = read_properties((out_dir / "config" / "config.properties").read_text())
+    # storageUri is mounted at /mnt/models: the metrics file declaring the handler's metrics.
+    assert properties["metrics_config"] == "/mnt/models/config/metrics.yaml"
+    assert (out_dir / "config" / "metrics.yaml").read_bytes() == (
+        REPO_ROOT / "monitoring" / "metrics.yaml"
+    ).read_bytes()
     assert properties["inference_address"] == "http://0.0.0.0:8085"
     assert properties["model_store"] == "/mnt/models/model-store"
     assert properties["service_envelope"] in {"kserve", "kservev2"}

@@ -75,6 +75,8 @@ def runtime_torchserve(export_dir: Path, work: Path, protocol: str) -> Iterator[
         TS_GRPC_MANAGEMENT_PORT=str(grpc_management_port),
         # What the runtime sets for protocolVersion v1 / v2.
         TS_SERVICE_ENVELOPE={"v1": "kserve", "v2": "kservev2"}[protocol],
+        # The runtime mounts the storage at /mnt/models, where config.properties looks.
+        TS_METRICS_CONFIG=str(storage / "config" / "metrics.yaml"),
         OMP_NUM_THREADS="1",
     )
     if protocol == "v2":

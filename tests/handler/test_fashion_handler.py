@@ -163,14 +163,14 @@ def test_decompression_bomb_in_a_batch_is_413_for_that_request_only(tiny_export_
 
 def test_an_unexpected_failure_fails_only_its_request(handler_and_context, monkeypatch):
     handler, context = handler_and_context
-    real_prepare = fashion_handler.prepare_image
+    real_prepare = fashion_handler.prepare_image_with_facts
 
     def flaky_prepare(image_bytes, *args):
         if image_bytes == b"boom":
             raise RuntimeError("a bug")
         return real_prepare(image_bytes, *args)
 
-    monkeypatch.setattr(fashion_handler, "prepare_image", flaky_prepare)
+    monkeypatch.setattr(fashion_handler, "prepare_image_with_facts", flaky_prepare)
     responses, statuses = run_batch(handler, context, [{"body": b"boom"}, {"body": png_bytes()}])
     assert statuses == [500, 200]
     assert responses[0]["type"] == "InternalError" and "a bug" not in responses[0]["message"]

@@ -132,6 +132,9 @@ def test_export_round_trips_the_contract_and_matches_eager(trained_dir, dataset_
     assert contract.input_shape == (1, 28, 28)
     assert contract.mean == (state["mean"],) and contract.std == (state["std"],)
     assert contract.version == "2.1" and contract.test_accuracy == metrics["test_accuracy"]
+    train_labels = data.read_split(dataset_dir, "train").labels
+    shares = torch.bincount(train_labels, minlength=10).double() / len(train_labels)
+    assert contract.class_prior == pytest.approx(shares.tolist(), abs=1e-6)
     index_to_name = json.loads((tmp_path / INDEX_TO_NAME_FILE).read_text())
     assert index_to_name == {str(i): name for i, name in enumerate(FASHION_MNIST_CLASSES)}
     batch = normalize(data.read_split(dataset_dir, "test").images[:32], state["mean"], state["std"])

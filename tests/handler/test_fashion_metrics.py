@@ -1,0 +1,217 @@
+"""The handler's metrics: declared where TorchServe looks, and what a batch records.
+
+The recorder runs against TorchServe's real metrics cache (loaded from
+monitoring/metrics.yaml, as a worker does); the lines it logs are what the frontend turns
+into Prometheus series (tests/monitoring/test_prometheus_e2e.py checks that end).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+import fashion_metrics as fm
+from fashion_contract import ModelContract
+from fashion_handler import FashionHandler
+from tests.conftest import REPO_ROOT, make_contract
+from tests.handler.helpers import encode, garment, make_context, png_bytes, set_requests
+from training.__main__ import class_prior
+
+METRICS_FILE = REPO_ROOT / "monitoring" / "metrics.yaml"
+LINE = re.compile(r"\[METRICS\](?P<name>[^.]+)\.[^:]*:(?P<value>[^|]+)\|#(?P<dims>[^|]*)\|")
+
+
+def test_every_metric_is_declared_with_the_dimensions_the_handler_sends():
+    assert fm.undeclared(yaml.safe_load(METRICS_FILE.read_text())) == []
+
+
+def test_a_metric_missing_from_the_file_is_reported():
+    config = yaml.safe_load(METRICS_FILE.read_text())
+    config["model_metrics"]["counter"] = [
+        entry for entry in config["model_metrics"]["counter"] if entry["name"] != fm.REFUSALS.name
+    ]
+    assert fm.undeclared(config) == [fm.REFUSALS.name]
+
+
+def test_names_follow_prometheus_conventions():
+    for spec in fm.METRICS:
+        assert re.fullmatch(r"fashion_[a-z0-9_]+", spec.name), spec.name
+        assert spec.name.endswith("_total") == (spec.kind == fm.COUNTER), spec.name
+        assert all(re.fullmatch(r"[a-z_]+", label) for label in spec.labels), spec
+    assert fm.LATENCY.name.endswith("_seconds")
+
+
+@pytest.mark.parametrize(
+    ("probability", "band"),
+    [(0.995, "0.99-1"), (0.99, "0.99-1"), (0.95, "0.90-0.99"), (0.7, "0.70-0.90"),
+     (0.6, "0.50-0.70"), (0.2, "0-0.50")],
+)  # fmt: skip
+def test_confidence_bands(probability, band):
+    assert fm.confidence_band(probability) == band
+    assert band in fm.BAND_NAMES
+
+
+def test_size_and_format_classes_are_bounded():
+    assert fm.size_class(28, 28, (28, 28)) == "exact"
+    assert fm.size_class(100, 40, (28, 28)) == "small"
+    assert fm.size_class(1024, 800, (28, 28)) == "medium"
+    assert fm.size_class(4000, 3000, (28, 28)) == "large"
+    assert fm.format_class("JPEG") == "jpeg" and fm.format_class("PCX") == "other"
+    assert fm.label_value("a,b:c|d") == "a_b_c_d"
+
+
+def metric_lines(caplog) -> list[tuple[str, float, dict]]:
+    lines = []
+    for record in caplog.records:
+        match = LINE.match(record.getMessage())
+        if match and match["name"].startswith("fashion_"):
+            dims = dict(d.split(":", 1) for d in match["dims"].split(","))
+            lines.append((match["name"], float(match["value"]), dims))
+    return lines
+
+
+def totals(lines, name: str, *labels: str) -> dict:
+    summed: Counter = Counter()
+    for line_name, value, dims in lines:
+        if line_name == name:
+            summed[tuple(dims[label] for label in labels)] += value
+    return dict(summed)
+
+
+@pytest.fixture
+def metered_handler(tiny_export_dir):
+    context = make_context(tiny_export_dir, {"handler": {"ig_steps": 4}})
+    cache = MetricsCacheYamlImpl(str(METRICS_FILE))
+    cache.initialize_cache()
+    cache.model_name = context.model_name
+    context.metrics = cache
+    handler = FashionHandler()
+    return handler, context
+
+
+def test_load_records_the_training_reference_and_zeroed_counters(metered_handler, caplog):
+    handler, context = metered_handler
+    with caplog.at_level(logging.INFO):
+        handler.initialize(context)
+    lines = metric_lines(caplog)
+    assert totals(lines, fm.WORKER_LOADS.name) == {(): 1}
+    prior = totals(lines, fm.CLASS_PRIOR.name, "class")
+    assert prior == {(name,): pytest.approx(0.1) for name in handler.contract.class_names}
+    assert totals(lines, fm.PIXEL_MEAN.name) == {(): pytest.approx(0.286)}
+    zeroed = totals(lines, fm.PREDICTIONS.name, "class", "confidence")
+    assert len(zeroed) == 10 * len(fm.BAND_NAMES) and set(zeroed.values()) == {0}
+    assert all(dims["ModelName"] == "fashion" and dims["Level"] == "Model" for *_, dims in lines)
+
+
+def test_a_batch_records_latency_answers_refusals_and_inputs(metered_handler, caplog):
+    handler, context = metered_handler
+    handler.initialize(context)
+    light = encode(garment(width=300, height=200, light_background=True).convert("RGB"), "JPEG")
+    requests = [{"body": png_bytes()}, {"body": b"not an image"}, {"body": light}]
+    requests.append({"body": png_bytes()})  # explained
+    set_requests(context, [{}, {}, {}, {"explain": "True"}])
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        responses = handler.handle(requests, context)
+    failed = [r for r in caplog.records if "update metric with name:fashion_" in r.getMessage()]
+    assert not failed
+    lines = metric_lines(caplog)
+
+    latency = [(v, d["kind"]) for name, v, d in lines if name == fm.LATENCY.name]
+    assert sorted(kind for _, kind in latency) == ["explanation"] + ["prediction"] * 3
+    assert len({v for v, _ in latency}) == 1 and 0 < latency[0][0] < 60  # seconds
+    assert totals(lines, fm.BATCH_REQUESTS.name) == {(): 4}
+    assert totals(lines, fm.REFUSALS.name, "code", "type") == {("400", "InvalidImage"): 1}
+
+    expected = Counter()
+    for answer in (responses[0], responses[2]):
+        top_class, top_probability = next(iter(answer.items()))
+        expected[top_class, fm.confidence_band(top_probability)] += 1
+    assert totals(lines, fm.PREDICTIONS.name, "class", "confidence") == dict(expected)
+
+    inputs = totals(lines, fm.INPUTS.name, "format", "size")
+    assert inputs == {("png", "small"): 2, ("jpeg", "medium"): 1}
+    assert totals(lines, fm.INVERTED.name) == {(): 1}
+    (brightness,) = totals(lines, fm.BRIGHTNESS_SUM.name).values()
+    assert 0 < brightness < 3
+    assert totals(lines, fm.EXPLANATION_STEPS.name) == {(): 4}
+    (delta,) = [v for name, v, _ in lines if name == fm.EXPLANATION_DELTA.name]
+    assert delta == pytest.approx(abs(responses[3]["delta"]))
+
+
+def test_methods_without_steps_or_delta_and_several_images_are_counted(metered_handler, caplog):
+    handler, context = metered_handler
+    handler.initialize(context)
+    several = {"data": [base64.b64encode(png_bytes()).decode()] * 3}
+    set_requests(context, [{"explain": "True", "X-Method": "saliency"}, {}])
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        responses = handler.handle([{"body": png_bytes()}, {"body": several}], context)
+    assert responses[0]["method"] == "saliency" and len(responses[1]) == 3
+    lines = metric_lines(caplog)
+    assert not [r for r in caplog.records if "Recording the metrics" in r.getMessage()]
+    assert sum(totals(lines, fm.PREDICTIONS.name, "class", "confidence").values()) == 3
+    assert totals(lines, fm.INPUTS.name, "format", "size") == {("png", "small"): 4}
+    assert fm.EXPLANATION_DELTA.name not in {name for name, *_ in lines}
+    assert fm.EXPLANATION_STEPS.name not in {name for name, *_ in lines}
+
+
+def test_brightness_is_the_mean_input_pixel(metered_handler, caplog):
+    handler, context = metered_handler
+    handler.initialize(context)
+    pixels = np.zeros((28, 28), dtype=np.uint8)
+    pixels[:14] = 255  # half white, on a black border at the bottom
+    set_requests(context, [{"X-Invert": "false"}])
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        handler.handle([{"body": encode(Image.fromarray(pixels), "PNG")}], context)
+    assert totals(metric_lines(caplog), fm.BRIGHTNESS_SUM.name) == {(): pytest.approx(0.5)}
+
+
+def test_metrics_false_records_nothing(tiny_export_dir, caplog):
+    context = make_context(tiny_export_dir, {"handler": {"metrics": False}})
+    context.metrics = MetricsCacheYamlImpl(str(METRICS_FILE))
+    handler = FashionHandler()
+    with caplog.at_level(logging.INFO):
+        handler.initialize(context)
+        set_requests(context, [{}])
+        handler.handle([{"body": png_bytes()}], context)
+    assert handler.recorder is None and metric_lines(caplog) == []
+
+
+def test_contract_class_prior_round_trips_and_old_contracts_load():
+    contract = make_contract(class_prior=(0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05))
+    assert ModelContract.from_json(contract.to_json()) == contract
+    old = json.loads(make_contract().to_json())
+    del old["class_prior"]  # an export from before the field existed
+    assert ModelContract.from_json(json.dumps(old)).prior() == (0.1,) * 10
+    with pytest.raises(ValueError, match="sum to 1"):
+        make_contract(class_prior=(0.5,) * 10)
+
+
+def test_training_writes_the_label_shares_as_the_prior():
+    labels = torch.tensor([0, 0, 1, 9])
+    assert class_prior(labels) == (0.5, 0.25, 0, 0, 0, 0, 0, 0, 0, 0.25)
+
+
+def test_a_failure_in_the_metrics_never_fails_the_batch(metered_handler, monkeypatch):
+    handler, context = metered_handler
+    handler.initialize(context)
+
+    def broken(outcome):
+        raise RuntimeError("a metrics bug")
+
+    monkeypatch.setattr(handler.recorder, "record_batch", broken)
+    set_requests(context, [{}])
+    (answer,) = handler.handle([{"body": png_bytes()}], context)
+    assert context.get_response_status(0)[0] == 200 and len(answer) == 5
