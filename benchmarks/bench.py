@@ -98,10 +98,11 @@ def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path,
         octet, json_type = "application/octet-stream", "application/json"
         predict, explain = server.predictions_url, server.explanations_url
         series = [("predict", "predictions", predict, args.image, octet, args.duration)]
-        if full:
+        if full or args.variant_explain:
             series.append(
                 ("explain", "explanations", explain, args.image, octet, args.explain_duration)
             )
+        if full:
             if not args.no_json_body:
                 title = "predictions, JSON base64 body (LitServe's input)"
                 series.append(("predict_json", title, predict, json_body, json_type, args.duration))
@@ -292,6 +293,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=[],
         choices=PARTS,
         help="parts to leave out",
+    )
+    parser.add_argument(
+        "--variant-explain",
+        action="store_true",
+        help="--variant runs load explanations too (e.g. a candidate handler's)",
     )
     parser.add_argument(
         "--no-json-body",

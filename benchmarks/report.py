@@ -111,6 +111,8 @@ def table(results: dict) -> str:
         rows.append((f"LitServe {name} (JSON base64)", run["predict"]))
     for name, run in results.get("variants", {}).items():
         rows.append((f"variant {name}", run["predict"]))
+        if "explain" in run:
+            rows.append((f"variant {name} explain", run["explain"]))
     if rows:
         lines += ["Served (wrk, 1 thread pinned to one core, loopback)", ""]
         lines += [

@@ -88,6 +88,14 @@ def test_markdown_holds_command_machine_tables_and_verdicts():
     assert "| ahead of LitServe (best config) at c1 | 300 vs 380 req/s | NO |" in text
 
 
+def test_variants_show_their_explanations_when_they_loaded_them():
+    run = results()
+    run["variants"] = {"before": {"predict": {"c1": point(290)}, "explain": {"c1": point(9.5)}}}
+    text = report.table(run)
+    assert "| variant before | 1 | 290.0 |" in text
+    assert "| variant before explain | 1 | 9.5 |" in text
+
+
 def test_report_renders_a_saved_run(tmp_path):
     saved = tmp_path / "bench.json"
     saved.write_text(json.dumps(results()))
