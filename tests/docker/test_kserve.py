@@ -201,6 +201,10 @@ def test_raw_deployments_roll_out_surge_first_with_none_unavailable(name):
     assert strategy["rollingUpdate"]["maxSurge"] >= 1
     # KServe splits traffic between revisions only in Serverless mode.
     assert "canaryTrafficPercent" not in predictor
+    # The old pod leaves the Service before TorchServe is told to stop.
+    pre_stop = predictor_container(load(name))["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and int(pre_stop[1]) > 0
+    assert int(pre_stop[1]) < predictor["terminationGracePeriodSeconds"]
 
 
 def test_canary_sends_a_share_of_traffic_in_serverless_mode():

@@ -62,6 +62,20 @@ def test_registration_from_outside_the_model_store_is_refused(torchserve_tiny, n
     assert [m["modelName"] for m in listed["models"]] == [server.model]
 
 
+def test_a_file_url_into_the_model_store_is_refused_too(torchserve_tiny):
+    """Only a bare archive name is looked up in the store; no URL passes allowed_urls."""
+    server = torchserve_tiny
+    url = f"file://{server.model_store}/{server.model}.mar"
+    response = requests.post(
+        f"{server.management_url}/models",
+        params={"url": url, "model_name": "evil"},
+        headers=server.management_headers,
+        timeout=60,
+    )
+    assert response.status_code == 404, response.text
+    assert "does not match any allowed URL" in response.json()["message"]
+
+
 def test_registration_and_unregistration_need_the_management_token(torchserve_tiny):
     server = torchserve_tiny
     base = server.management_url
