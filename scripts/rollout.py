@@ -280,7 +280,14 @@ def switch(
     while pending_requests(api.describe(old)) > 0 and time.monotonic() < deadline:
         time.sleep(POLL_S)
     time.sleep(drain_s)
-    api.unregister(old)
+    try:
+        api.unregister(old)
+    except RolloutError as error:
+        raise RolloutError(
+            f"{version} serves now, but {old} is still loaded: {error}. TorchServe stops "
+            "workers by running `kill -9 PID`, so it needs a kill program on its PATH "
+            f"(Debian: procps); then DELETE /models/{api.model}/{old} on the management API"
+        ) from None
     done_s = time.perf_counter() - started
     say(f"{version} is the default (after {default_s:.1f}s); {old} drained and unregistered")
     return {

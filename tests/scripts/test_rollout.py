@@ -149,3 +149,19 @@ def test_the_version_serving_is_refused_before_anything_happens(tmp_path):
     with pytest.raises(rollout.RolloutError, match="the one serving already"):
         rollout.switch(api, tmp_path, "fashion-cnn-1.0.mar", 0, 5, lambda _v: None)
     assert api.calls == []
+
+
+def test_an_old_version_that_cannot_be_unloaded_is_reported_with_the_fix(tmp_path):
+    """TorchServe runs `kill -9 PID` to stop workers; without a kill program it answers 500."""
+    make_mar(tmp_path / "fashion-cnn-2.0.mar", "2.0")
+    api = FakeApi("1.0")
+    api.store = tmp_path
+
+    def refuse(version):
+        raise rollout.RolloutError("unregistering 1.0: TorchServe answered 500")
+
+    api.unregister = refuse
+    moved = []
+    with pytest.raises(rollout.RolloutError, match=r"2\.0 serves now, but 1\.0 is still loaded"):
+        rollout.switch(api, tmp_path, "fashion-cnn-2.0.mar", 0, 5, moved.append)
+    assert moved == ["2.0"] and api.default == "2.0"  # the history still records the swap
