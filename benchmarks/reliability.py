@@ -13,6 +13,10 @@ Checks (each passes or fails; the exit status is 1 if any fails):
   reference request); the worker's RSS after is within 10 % of before (after a warm-up);
 - kill: SIGKILL the worker mid-load: TorchServe starts a new one; failed requests are
   counted and the time until predictions succeed again is measured;
+- update: under load at concurrency C the whole time, serve.sh update to a second version
+  (the served model with its last bias moved), then serve.sh rollback: every answer is a 200
+  from the old or the new version (X-Model-Version) with that version's body, and worker
+  memory is back to one model's worth after each swap (benchmarks/update.py);
 - restart: serve.sh stop + start: the model comes back with no manual step.
 Results go to --out as JSON.
 """
@@ -38,6 +42,7 @@ from benchmarks.servers import (
     temp_dir,
 )
 from benchmarks.traffic import check_load, predict_headers
+from benchmarks.update import check_update
 
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "reliability" / "reliability.json"
 CHECKS = {
@@ -45,6 +50,7 @@ CHECKS = {
     "corpus": check_corpus,
     "load": check_load,
     "kill": check_kill,
+    "update": check_update,
     "restart": check_restart,
 }
 
@@ -79,6 +85,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=float,
         default=12,
         help="seconds of load around each kill (default 12)",
+    )
+    parser.add_argument(
+        "--update-settle-s",
+        type=float,
+        default=5,
+        help="update check: seconds of load before the update, between it and the rollback, "
+        "and after (default 5)",
     )
     parser.add_argument(
         "--checks",

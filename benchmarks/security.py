@@ -1,5 +1,5 @@
 """Security checks: no call without the right token, no model registered from outside the
-store, every listening socket on loopback."""
+store (nor from it without the management token), every listening socket on loopback."""
 
 from __future__ import annotations
 
@@ -7,8 +7,20 @@ import ipaddress
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlencode
 
 from benchmarks.servers import MODEL_NAME, http_call
+
+# Registration is on (scripts/serve.sh update), from the model store only: TorchServe must
+# refuse each of these with the management token, before fetching or loading anything.
+REGISTER_REFUSED = {
+    "https URL": "https://example.com/fashion-cnn.mar",
+    "file URL outside the store": "file:///etc/passwd",
+    "file URL of an archive outside the store": "file:///tmp/evil/fashion-cnn.mar",
+    "relative path with ..": f"../{MODEL_NAME}.mar",
+    "archive name with ..": f"sub/../{MODEL_NAME}.mar",
+    "archive not in the store": "no-such-model.mar",
+}
 
 
 def listening_sockets(pids: list[int]) -> list[str]:
@@ -69,16 +81,29 @@ def check_security(server, image, reference, args) -> dict:
         status, _ = http_call(method, url, body, headers)
         refused[name] = status
     register = {}
-    for name, url in (
-        ("https URL", "https://example.com/fashion-cnn.mar"),
-        ("file URL outside the store", "file:///etc/passwd"),
-        ("archive name", "fashion-cnn.mar"),
-    ):
-        query = f"url={url}&model_name=evil&initial_workers=1"
+    # A file: URL is refused even into the store: only a bare archive name is looked up there.
+    into_store = {
+        "file URL of the store's own archive": f"file://{server.model_store}/{MODEL_NAME}.mar"
+    }
+    for name, url in {**REGISTER_REFUSED, **into_store}.items():
+        query = urlencode({"url": url, "model_name": "evil", "initial_workers": 1})
         status, _ = http_call(
             "POST", f"{management}/models?{query}", None, {"Authorization": f"Bearer {mgmt_token}"}
         )
         register[name] = status
+    # Registration and unregistration need the management token like the rest of the API.
+    store_name = f"url={MODEL_NAME}.mar&model_name=evil"
+    for name, (method, url, headers) in {
+        "register from the store, no token": ("POST", f"{management}/models?{store_name}", {}),
+        "register from the store, inference token": (
+            "POST", f"{management}/models?{store_name}", {"Authorization": f"Bearer {token}"},
+        ),
+        "unregister a version, no token": (
+            "DELETE", f"{management}/models/{MODEL_NAME}/{server.describe()[0]['modelVersion']}",
+            {},
+        ),
+    }.items():  # fmt: skip
+        refused[name] = http_call(method, url, None, headers)[0]
     models = json.loads(
         http_call("GET", f"{management}/models", None, {"Authorization": f"Bearer {mgmt_token}"})[1]
     )

@@ -157,6 +157,14 @@ class TorchServe:
         if alive:
             raise RuntimeError(f"processes still alive after serve.sh stop: {alive}")
 
+    def update(self, export_dir: Path) -> None:
+        """serve.sh update --export-dir: swap to the export's version without downtime."""
+        self._script("serve.sh", "update", "--export-dir", str(export_dir), timeout_s=600)
+
+    def rollback(self) -> None:
+        """serve.sh rollback: swap back to the version served before."""
+        self._script("serve.sh", "rollback", timeout_s=600)
+
     def __enter__(self) -> TorchServe:
         self.archive()
         self.start()

@@ -86,7 +86,7 @@ mkdir -p "${context}/docker" "${context}/scripts" "${context}/handler" "${contex
 cp "${repo_root}/monitoring/metrics.yaml" "${context}/monitoring/"
 cp "${repo_root}"/docker/{Dockerfile,requirements.txt,entrypoint.sh,healthcheck.py,config.properties,log4j2.xml} \
     "${context}/docker/"
-cp "${repo_root}/scripts/archive.sh" "${context}/scripts/"
+cp "${repo_root}/scripts/archive.sh" "${repo_root}/scripts/rollout.py" "${context}/scripts/"
 cp "${repo_root}"/handler/*.py "${repo_root}/handler/model-config.yaml" "${context}/handler/"
 if [[ -n "$export_dir" ]]; then
     cp "${export_dir}/model.pt" "${export_dir}/index_to_name.json" "${context}/export/"

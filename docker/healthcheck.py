@@ -4,7 +4,8 @@
     fashion-serve-healthcheck [--model fashion-cnn] [--port 8081]
 
 Asks the management API with the management token from TorchServe's key_file.json; if
-the token has expired it renews it with the key file's API token and asks again.
+the token has expired it renews it with the key file's API token and asks again. With
+TS_DISABLE_TOKEN_AUTHORIZATION=true (token auth off in TorchServe) it asks without a token.
 Standard library only: it runs inside the image without the project installed.
 """
 
@@ -58,8 +59,11 @@ def main() -> int:
     args = parser.parse_args()
     base = f"http://127.0.0.1:{args.port}"
 
+    token_auth_off = os.environ.get("TS_DISABLE_TOKEN_AUTHORIZATION", "").lower() == "true"
     try:
-        keys = read_keys(args.key_file)
+        # Token auth off (auth at the ingress, docker/kserve/inferenceservice-autoscale.yaml):
+        # TorchServe writes no key file and needs no token.
+        keys = {} if token_auth_off else read_keys(args.key_file)
     except (OSError, ValueError) as error:
         print(f"unhealthy: no readable key file at {args.key_file}: {error}")
         return 1

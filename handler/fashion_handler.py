@@ -83,6 +83,8 @@ from fashion_settings import HandlerSettings
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+# Every answer names the model version that made it (a rollout serves two versions at once).
+VERSION_HEADER = "X-Model-Version"
 
 
 def wants_explanation(context, idx: int) -> bool:
@@ -210,6 +212,7 @@ class FashionHandler(BaseHandler):
             responses[idx] = oip.error_body(error) if in_oip else error.to_body()
         for idx in range(len(data)):
             context.set_response_content_type(idx, JSON)
+            context.set_response_header(idx, VERSION_HEADER, self.contract.version)
         metrics = getattr(context, "metrics", None)
         if metrics is not None:
             metrics.add_time(

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Start, stop or inspect a local TorchServe serving the model store:
+# Start, stop or inspect a local TorchServe serving the model store, and swap its model:
 #   scripts/serve.sh start | stop | status
+#   scripts/serve.sh update --export-dir DIR   archive DIR as the next version (its contract's
+#                                              version) and swap to it without downtime
+#   scripts/serve.sh rollback                  swap back to the version served before
+# update and rollback run scripts/rollout.py (see its docstring for each step); the archives
+# are kept in the model store as <MODEL_NAME>-<version>.mar, RUN_DIR/versions.json records
+# which version serves, and `start` loads that one again after a stop.
 # Everything the server writes (logs, pid file, key_file.json with the tokens, unpacked
 # archives, worker sockets, the effective config) stays under one run directory.
 # Settings (environment variables):
 #   RUN_DIR=run                 run directory (created; one server per run directory)
 #   MODEL_STORE=model_store     folder holding the .mar files
 #   MODEL_NAME=fashion-cnn      model whose worker must be READY before `start` returns
-#   MODELS=<MODEL_NAME>=<MODEL_NAME>.mar   what to load (torchserve --models syntax)
+#   MODELS=<MODEL_NAME>=<MODEL_NAME>.mar   what to load (torchserve --models syntax; default:
+#                               the version RUN_DIR/versions.json names, else <MODEL_NAME>.mar)
+#   DRAIN_S=2                   update/rollback: wait after the old version's queue empties
 #   INFERENCE_PORT=8080 MANAGEMENT_PORT=8081 METRICS_PORT=8082
 #   GRPC_INFERENCE_PORT=7070 GRPC_MANAGEMENT_PORT=7071   (all bound to 127.0.0.1)
 #   TS_CONFIG=config.properties base config; the ports above replace its addresses
@@ -26,7 +34,7 @@ abspath() { mkdir -p "$1" && (cd "$1" && pwd); }
 run_dir=$(abspath "${RUN_DIR:-${repo_root}/run}")
 model_store=${MODEL_STORE:-${repo_root}/model_store}
 model_name=${MODEL_NAME:-fashion-cnn}
-models=${MODELS:-${model_name}=${model_name}.mar}
+models=${MODELS:-}
 inference_port=${INFERENCE_PORT:-8080}
 management_port=${MANAGEMENT_PORT:-8081}
 metrics_port=${METRICS_PORT:-8082}
@@ -45,6 +53,7 @@ pid_file=${tmp_dir}/.model_server.pid
 key_file=${run_dir}/key_file.json
 endpoints_file=${run_dir}/endpoints.json
 python=${venv}/bin/python
+rollout=("$python" "${repo_root}/scripts/rollout.py")
 
 say() { printf 'serve: %s\n' "$*"; }
 fail() { printf 'serve: %s\n' "$*" >&2; exit 1; }
@@ -118,6 +127,13 @@ start() {
     metrics_config=$(cd "$(dirname "$metrics_config")" && pwd)/$(basename "$metrics_config")
     [[ -d "$model_store" ]] || fail "no model store at ${model_store}: run scripts/archive.sh"
     model_store=$(cd "$model_store" && pwd)
+    if [[ -z "$models" ]]; then
+        # After an update, come back with the version that was serving, not the first one.
+        local serving
+        serving=$("${rollout[@]}" serving-mar --run-dir "$run_dir" --model-store "$model_store" \
+            --model "$model_name")
+        models=${model_name}=${serving:-${model_name}.mar}
+    fi
     local mar=${models#*=}
     [[ "$models" == *"://"* || -e "${model_store}/${mar}" ]] ||
         fail "no ${model_store}/${mar}: run scripts/archive.sh"
@@ -208,19 +224,48 @@ status() {
         return 3
     fi
     say "running (pid ${pid}, run dir ${run_dir})"
-    if states=$(worker_status 2>/dev/null); then
-        say "model ${model_name} workers: ${states:-none}"
-        [[ " $states " == *" READY "* ]] || return 1
-    else
+    if ! states=$(worker_status 2>/dev/null); then
         say "management API not answering for ${model_name}"
         return 1
     fi
+    say "model ${model_name} workers: ${states:-none}"
+    "${rollout[@]}" status --run-dir "$run_dir" --model-store "$model_store" --model "$model_name" |
+        sed 's/^rollout: /serve: /'
+    [[ " $states " == *" READY "* ]] || return 1
     "$python" "${repo_root}/scripts/client.py" endpoints --run-dir "$run_dir" | sed 's/^/serve: /'
+}
+
+swap() {
+    # update --export-dir DIR | rollback: the running server swaps versions (scripts/rollout.py).
+    local command=$1 export_dir="" staging
+    shift
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --export-dir) export_dir=${2:?--export-dir needs a directory}; shift ;;
+            *) fail "unknown option for ${command}: $1" ;;
+        esac
+        shift
+    done
+    server_pid >/dev/null || fail "not running in ${run_dir}: 'scripts/serve.sh start' first"
+    local args=(--run-dir "$run_dir" --model-store "$model_store" --model "$model_name"
+        --drain-s "${DRAIN_S:-2}" --timeout-s "$start_timeout")
+    if [[ "$command" == rollback ]]; then
+        "${rollout[@]}" rollback "${args[@]}"
+        return
+    fi
+    [[ -n "$export_dir" ]] || fail "usage: scripts/serve.sh update --export-dir DIR"
+    # Archived aside first: the store only ever holds whole archives, named by version.
+    staging=${run_dir}/staging
+    rm -rf "$staging"
+    MODEL_STORE="$staging" VENV="$venv" "${repo_root}/scripts/archive.sh" "$export_dir" "$model_name"
+    "${rollout[@]}" update --archive "${staging}/${model_name}.mar" "${args[@]}"
+    rm -rf "$staging"
 }
 
 case "${1:-}" in
 start) start ;;
 stop) stop ;;
 status) status ;;
-*) fail "usage: scripts/serve.sh start|stop|status (settings: see the header of $0)" ;;
+update | rollback) swap "$@" ;;
+*) fail "usage: scripts/serve.sh start|stop|status|update --export-dir DIR|rollback (settings: see the header of $0)" ;;
 esac

@@ -3,7 +3,7 @@
 The suite starts its own server through scripts/serve.sh (free loopback ports, private run
 directory) rather than the shared e2e fixture: it kills a worker and restarts the whole
 server, which must not disturb other tests. Its rules live in the suite; this test checks
-its verdict, and that each check really ran.
+its verdict, and that each check really ran (the update check swaps versions and back).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def report(tiny_export_dir, tmp_path_factory) -> dict:
         "--export-dir", str(tiny_export_dir),
         "--requests", str(REQUESTS), "--warmup", "100", "--concurrency", "32",
         "--kills", "1", "--kill-after-s", "2", "--kill-load-s", "10",
+        "--update-settle-s", "2",
         "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(
@@ -46,7 +47,7 @@ def report(tiny_export_dir, tmp_path_factory) -> dict:
 
 
 def test_every_check_passes_and_the_exit_status_says_so(report):
-    checks = ("security", "corpus", "load", "kill", "restart")
+    checks = ("security", "corpus", "load", "kill", "update", "restart")
     failed = {name: report[name] for name in checks if not report[name]["passed"]}
     assert not failed
     assert report["exit_status"] == 0
@@ -61,3 +62,8 @@ def test_each_check_did_its_work(report):
     assert report["restart"]["new_frontend_pid"] != report["restart"]["old_frontend_pid"]
     assert report["corpus"]["cases"] >= 25
     assert report["security"]["listening"]
+    update = report["update"]
+    assert update["failed"] == 0 and update["requests"] > 0
+    assert all(count > 0 for count in update["answers_by_version"].values())
+    assert update["update_to_new_version_serving_s"] is not None
+    assert update["rollback_to_old_version_serving_s"] is not None

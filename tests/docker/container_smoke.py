@@ -14,9 +14,10 @@ deleted at the end whether the run passed or not.
 
 Steps and what is measured: debootstrap, wheelhouse, image build (docker/build.sh with
 buildah), `podman run` to a READY model (the image's own healthcheck), a prediction and an
-explanation through the published port with the token from the container's key file,
-`podman stop` time and exit code (SIGTERM must stop it cleanly, well before the 10 s kill),
-and the peak disk used.
+explanation through the published port with the token from the container's key file, an
+update to a second version and a rollback inside the running container
+(`fashion-serve-rollout`, X-Model-Version of the answers), `podman stop` time and exit
+code (SIGTERM must stop it cleanly, well before the 10 s kill), and the peak disk used.
 """
 
 from __future__ import annotations
@@ -206,6 +207,19 @@ class Smoke:
         keys = run([*self.podman, "exec", CONTAINER, "cat", KEY_FILE], capture_output=True).stdout
         return json.loads(keys)["inference"]["key"]
 
+    def answered_by(self, body: bytes, token: str) -> str | None:
+        """X-Model-Version of a prediction's answer."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/predictions/{MODEL_NAME}",
+            data=body,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Authorization": f"Bearer {token}",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.headers.get("X-Model-Version")
+
     def post(self, path: str, body: bytes, token: str | None) -> tuple[int, dict | str]:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}{path}",
@@ -273,6 +287,42 @@ def check_serving(smoke: Smoke, sample: Path, expect: str | None) -> dict:
     return checks
 
 
+def check_update(smoke: Smoke, export_dir: Path, sample: Path) -> dict:
+    """The documented container update: archive on the host, put it in the store, swap with
+    fashion-serve-rollout inside the container, then roll back."""
+    from benchmarks.update import next_version_export  # torch: only for this step
+
+    image_bytes = sample.read_bytes()
+    token = smoke.inference_key()
+    old_version = smoke.answered_by(image_bytes, token)
+    new_version = next_version_export(export_dir, smoke.work / "export-next")
+    stage = smoke.work / "stage"
+    env = dict(os.environ, MODEL_STORE=str(stage))
+    run([str(REPO_ROOT / "scripts" / "archive.sh"), str(smoke.work / "export-next")], env=env)
+    mar = f"{MODEL_NAME}-{new_version}.mar"
+    store = "/home/model-server/model-store"
+    run([*smoke.podman, "cp", str(stage / f"{MODEL_NAME}.mar"), f"{CONTAINER}:{store}/{mar}"])
+    rollout = [*smoke.podman, "exec", CONTAINER, "fashion-serve-rollout"]
+    start = time.monotonic()
+    run([*rollout, "update", "--mar", mar])
+    smoke.timings["update_s"] = round(time.monotonic() - start, 1)
+    after_update = smoke.answered_by(image_bytes, token)
+    start = time.monotonic()
+    run([*rollout, "rollback"])
+    smoke.timings["rollback_s"] = round(time.monotonic() - start, 1)
+    after_rollback = smoke.answered_by(image_bytes, token)
+    versions = {
+        "before": old_version,
+        "after_update": after_update,
+        "after_rollback": after_rollback,
+    }
+    if (after_update, after_rollback) != (new_version, old_version):
+        raise AssertionError(
+            f"expected {old_version} -> {new_version} -> {old_version}: {versions}"
+        )
+    return {"versions": versions}
+
+
 def smoke_test(export_dir: Path, sample: Path, expect: str | None, port: int) -> dict:
     work_parent = Path(os.environ.get("SMOKE_WORKDIR", "/var/tmp"))
     reason = missing_requirements(work_parent)
@@ -289,6 +339,7 @@ def smoke_test(export_dir: Path, sample: Path, expect: str | None, port: int) ->
         report["image_gb"] = smoke.image_gb
         smoke.start()
         report.update(check_serving(smoke, sample, expect))
+        report.update(check_update(smoke, export_dir, sample))
         stop_s, exit_code = smoke.stop()
         report["stop_s"], report["stop_exit_code"] = stop_s, exit_code
         report["container_log_tail"] = smoke.logs()[-1500:]

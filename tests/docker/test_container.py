@@ -57,5 +57,7 @@ def test_image_builds_serves_and_stops_cleanly(model_and_expectation, tmp_path):
         pytest.skip(report["skipped"])
     assert report["passed"], f"{report.get('error')}\n{result.stdout[-3000:]}"
     assert report["no_token_status"] == 400
+    versions = report["versions"]  # an update and a rollback inside the running container
+    assert versions["after_update"] != versions["before"] == versions["after_rollback"]
     assert report["stop_exit_code"] != 137 and report["stop_s"] < 8
     assert not report["left_behind"]

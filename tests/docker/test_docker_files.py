@@ -4,6 +4,7 @@ rules its files keep (one torch pin, every requirement pinned)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -92,7 +93,8 @@ def test_build_stages_a_small_context_and_passes_build_args(fake_engine, tiny_ex
     context = set(Path(f"{log}.context").read_text().split())
     assert {
         "./docker/Dockerfile", "./docker/entrypoint.sh", "./docker/requirements.txt",
-        "./scripts/archive.sh", "./handler/fashion_handler.py", "./handler/model-config.yaml",
+        "./scripts/archive.sh", "./scripts/rollout.py",
+        "./handler/fashion_handler.py", "./handler/model-config.yaml",
         "./export/model.pt", "./export/index_to_name.json",
         "./wheelhouse/example-1.0-py3-none-any.whl",
     } <= context  # fmt: skip
@@ -186,7 +188,9 @@ def test_run_without_any_engine_says_what_to_do(tmp_path):
     assert "run: no docker daemon" in result.stderr and "CONTAINER_ENGINE" in result.stderr
 
 
-def run_entrypoint(tmp_path: Path, model_store: Path) -> subprocess.CompletedProcess:
+def run_entrypoint(
+    tmp_path: Path, model_store: Path, rollout: str = "no-such-rollout"
+) -> subprocess.CompletedProcess:
     """docker/entrypoint.sh with a stand-in `torchserve` that prints its arguments and cwd."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -200,6 +204,7 @@ def run_entrypoint(tmp_path: Path, model_store: Path) -> subprocess.CompletedPro
         TS_RUN_DIR=str(tmp_path / "run"),
         TMPDIR=str(tmp_path / "tmp"),
         LOG_LOCATION=str(tmp_path / "logs"),
+        ROLLOUT=rollout,
     )
     return subprocess.run(
         [str(DOCKER_DIR / "entrypoint.sh")], env=env, capture_output=True, text=True
@@ -225,3 +230,22 @@ def test_entrypoint_serves_the_store_from_the_run_dir(tmp_path):
     assert args[0] == "--foreground"
     assert args[args.index("--model-store") + 1] == str(store)
     assert args[args.index("--models") + 1] == "all"
+
+
+def test_entrypoint_serves_the_version_an_update_left_serving(tmp_path):
+    """After fashion-serve-rollout update, a restarted container loads that version only."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "fashion-cnn.mar").write_bytes(b"")
+    (store / "fashion-cnn-2.0.mar").write_bytes(b"")
+    (tmp_path / "run").mkdir()
+    history = [
+        {"version": "1.0", "mar": "fashion-cnn.mar"},
+        {"version": "2.0", "mar": "fashion-cnn-2.0.mar"},
+    ]
+    (tmp_path / "run" / "versions.json").write_text(json.dumps(history))
+    rollout = str(REPO_ROOT / "scripts" / "rollout.py")
+    result = run_entrypoint(tmp_path, store, rollout)
+    assert result.returncode == 0, result.stderr
+    args = result.stdout.splitlines()
+    assert args[args.index("--models") + 1] == "fashion-cnn=fashion-cnn-2.0.mar"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -66,10 +67,14 @@ def api(tmp_path):
     fake.server.shutdown()
 
 
-def healthcheck(api: FakeManagementApi) -> subprocess.CompletedProcess:
+def healthcheck(api: FakeManagementApi, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, str(HEALTHCHECK), "--port", str(api.port)]
     return subprocess.run(
-        [*command, "--key-file", str(api.key_file)], capture_output=True, text=True, timeout=30
+        [*command, "--key-file", str(api.key_file)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -96,6 +101,15 @@ def test_unhealthy_without_a_key_file(api):
     result = healthcheck(api)
     assert result.returncode == 1
     assert "no readable key file" in result.stdout
+
+
+def test_token_auth_off_needs_no_key_file(api):
+    """The scaled-out pods run TorchServe without token auth (authentication at the ingress)."""
+    api.key_file.unlink()
+    api.management_key = ""  # the fake now answers a request without a token
+    result = healthcheck(api, {"TS_DISABLE_TOKEN_AUTHORIZATION": "true"})
+    assert result.returncode == 0, result.stdout
+    assert "1 READY" in result.stdout
 
 
 def test_unhealthy_when_nothing_listens(api):

@@ -18,7 +18,19 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KSERVE_DIR = REPO_ROOT / "docker" / "kserve"
 SCHEMA_DIR = Path(__file__).parent / "kserve-schemas"
-CUSTOM_MANIFESTS = ("inferenceservice-cpu.yaml", "inferenceservice-gpu.yaml")
+CUSTOM_MANIFESTS = (
+    "inferenceservice-cpu.yaml",
+    "inferenceservice-gpu.yaml",
+    "inferenceservice-autoscale.yaml",
+    "inferenceservice-canary.yaml",
+)
+RAW_MANIFESTS = CUSTOM_MANIFESTS[:3]  # RawDeployment: rolling updates, an HPA
+CANARY_MANIFEST = "inferenceservice-canary.yaml"  # Serverless: traffic split by revision
+# Several pods, several TorchServe tokens: token auth off in the pod, auth at the ingress.
+INGRESS_AUTH_MANIFESTS = ("inferenceservice-autoscale.yaml", CANARY_MANIFEST)
+NETWORK_POLICY = "networkpolicy-ingress-only.yaml"
+AUTHORIZATION_POLICY = "authorizationpolicy-istio.yaml"
+KUBERNETES_VERSION = "1.33"  # the core kinds' schemas, from the kubernetes-validate package
 RUNTIME_MANIFEST = "inferenceservice-torchserve-runtime.yaml"
 RUNTIME_V2_MANIFEST = "inferenceservice-torchserve-runtime-v2.yaml"
 ALL_MANIFESTS = (*CUSTOM_MANIFESTS, RUNTIME_MANIFEST, RUNTIME_V2_MANIFEST)
@@ -219,3 +231,103 @@ def test_make_storage_v2_keeps_batching_and_sets_no_envelope(tiny_export_dir, tm
         model_config = yaml.safe_load(archive.read(manifest["model"]["configFile"]))
     repo_config = yaml.safe_load((REPO_ROOT / "handler" / "model-config.yaml").read_text())
     assert model_config["batchSize"] == entry["batchSize"] == repo_config["batchSize"] > 1
+
+
+def mode(manifest: dict) -> str:
+    return manifest["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+
+
+@pytest.mark.parametrize("name", RAW_MANIFESTS)
+def test_raw_deployments_roll_out_surge_first_with_none_unavailable(name):
+    """A new image or model: the new pod starts beside the old, and serves once READY."""
+    predictor = load(name)["spec"]["predictor"]
+    assert mode(load(name)) == "RawDeployment"
+    strategy = predictor["deploymentStrategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    assert strategy["rollingUpdate"]["maxSurge"] >= 1
+    # KServe splits traffic between revisions only in Serverless mode.
+    assert "canaryTrafficPercent" not in predictor
+    # The old pod leaves the Service before TorchServe is told to stop.
+    pre_stop = predictor_container(load(name))["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and int(pre_stop[1]) > 0
+    assert int(pre_stop[1]) < predictor["terminationGracePeriodSeconds"]
+
+
+def test_canary_sends_a_share_of_traffic_in_serverless_mode():
+    manifest = load(CANARY_MANIFEST)
+    predictor = manifest["spec"]["predictor"]
+    assert mode(manifest) == "Serverless"
+    assert 0 < predictor["canaryTrafficPercent"] < 100
+    assert "deploymentStrategy" not in predictor  # a Deployment's field: RawDeployment only
+    assert predictor["scaleMetric"] in {"concurrency", "rps"}  # Knative's autoscaler metrics
+
+
+def test_autoscaled_variant_scales_between_replicas_on_cpu():
+    predictor = load("inferenceservice-autoscale.yaml")["spec"]["predictor"]
+    assert 2 <= predictor["minReplicas"] < predictor["maxReplicas"]
+    assert predictor["scaleMetric"] == "cpu"  # what KServe's HPA in RawDeployment scales on
+    assert predictor["scaleMetricType"] == "Utilization"
+    assert 0 < predictor["scaleTarget"] <= 100
+    container = predictor_container(load("inferenceservice-autoscale.yaml"))
+    assert container["resources"]["requests"]["cpu"]  # utilization is relative to this
+
+
+@pytest.mark.parametrize("name", INGRESS_AUTH_MANIFESTS)
+def test_scaled_out_pods_leave_authentication_to_the_ingress(name):
+    """Token auth off, management on the pod's loopback, no registration, and the pods
+    carry the label the NetworkPolicy and the Istio AuthorizationPolicy select."""
+    predictor = load(name)["spec"]["predictor"]
+    env = {item["name"]: item["value"] for item in predictor_container(load(name))["env"]}
+    assert env["TS_DISABLE_TOKEN_AUTHORIZATION"] == "true"
+    assert env["TS_MANAGEMENT_ADDRESS"].startswith("http://127.0.0.1:")
+    assert env["TS_ENABLE_MODEL_API"] == "false"
+    network_selector = load(NETWORK_POLICY)["spec"]["podSelector"]["matchLabels"]
+    istio_selector = load(AUTHORIZATION_POLICY)["spec"]["selector"]["matchLabels"]
+    assert network_selector.items() <= predictor["labels"].items()
+    assert istio_selector.items() <= predictor["labels"].items()
+
+
+@pytest.mark.parametrize("name", [*CUSTOM_MANIFESTS[:2]])
+def test_single_replica_manifests_keep_token_auth_on(name):
+    env = {item["name"] for item in predictor_container(load(name))["env"]}
+    assert "TS_DISABLE_TOKEN_AUTHORIZATION" not in env
+    assert load(name)["spec"]["predictor"]["maxReplicas"] == 1
+
+
+def test_network_policy_is_a_valid_kubernetes_resource():
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    policy = load(NETWORK_POLICY)
+    kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    ports = sorted(port["port"] for rule in spec["ingress"] for port in rule["ports"])
+    image = image_paths_and_ports()
+    assert ports == sorted([int(image["inference_port"]), int(image["metrics_port"])])
+    assert all(rule["from"] for rule in spec["ingress"]), "a rule without `from` admits anyone"
+
+
+def test_strict_kubernetes_schema_catches_a_misspelt_field():
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    policy = load(NETWORK_POLICY)
+    policy["spec"]["podSelectr"] = policy["spec"].pop("podSelector")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
+
+
+def test_authorization_policy_matches_strict_istio_schema():
+    schema = strict(
+        json.loads((SCHEMA_DIR / "AuthorizationPolicy-istio-v1.schema.json").read_text())
+    )
+    policy = load(AUTHORIZATION_POLICY)
+    assert policy["apiVersion"] == "security.istio.io/v1"
+    assert policy["kind"] == "AuthorizationPolicy"
+    assert DNS_1123_LABEL.match(policy["metadata"]["name"])
+    # The CRD's schema covers spec (and status); apiVersion, kind and metadata are checked above.
+    jsonschema.validate({"spec": policy["spec"]}, schema)
+    assert policy["spec"]["action"] == "ALLOW"
+    inference_port = image_paths_and_ports()["inference_port"]
+    for rule in policy["spec"]["rules"]:
+        ports = {port for to in rule["to"] for port in to["operation"]["ports"]}
+        if inference_port in ports:  # inference only with a JWT the ingress verified
+            assert all(source["source"]["requestPrincipals"] for source in rule["from"])

@@ -1,11 +1,12 @@
-"""What config.properties promises: tokens required, no model registration, loopback only,
-Prometheus metrics, quiet logs."""
+"""What config.properties promises: tokens required, registration only from the model store
+and only with the management token, loopback only, Prometheus metrics, quiet logs."""
 
 from __future__ import annotations
 
 import pytest
 import requests
 
+from benchmarks.security import REGISTER_REFUSED
 from tests.e2e.e2e_helpers import SAMPLES_DIR, assert_prediction, post_raw
 
 pytestmark = pytest.mark.e2e
@@ -41,16 +42,51 @@ def test_management_needs_the_management_token(torchserve_tiny):
     assert response.json()[0]["modelName"] == server.model
 
 
-def test_model_registration_and_deletion_are_refused(torchserve_tiny):
-    """enable_model_api=false: even the management token cannot add or remove an archive."""
+@pytest.mark.parametrize("name", sorted(REGISTER_REFUSED))
+def test_registration_from_outside_the_model_store_is_refused(torchserve_tiny, name):
+    """enable_model_api=true (for serve.sh update), allowed_urls matches no URL: even the
+    management token registers nothing but an archive name from the model store."""
+    server = torchserve_tiny
+    params = {"url": REGISTER_REFUSED[name], "model_name": "evil", "initial_workers": 1}
+    response = requests.post(
+        f"{server.management_url}/models",
+        params=params,
+        headers=server.management_headers,
+        timeout=60,
+    )
+    assert response.status_code == 404, response.text
+    assert response.json()["type"] == "ModelNotFoundException", response.text
+    listed = requests.get(
+        f"{server.management_url}/models", headers=server.management_headers, timeout=10
+    ).json()
+    assert [m["modelName"] for m in listed["models"]] == [server.model]
+
+
+def test_a_file_url_into_the_model_store_is_refused_too(torchserve_tiny):
+    """Only a bare archive name is looked up in the store; no URL passes allowed_urls."""
+    server = torchserve_tiny
+    url = f"file://{server.model_store}/{server.model}.mar"
+    response = requests.post(
+        f"{server.management_url}/models",
+        params={"url": url, "model_name": "evil"},
+        headers=server.management_headers,
+        timeout=60,
+    )
+    assert response.status_code == 404, response.text
+    assert "does not match any allowed URL" in response.json()["message"]
+
+
+def test_registration_and_unregistration_need_the_management_token(torchserve_tiny):
     server = torchserve_tiny
     base = server.management_url
-    headers = server.management_headers
-    evil = {"url": "https://example.com/evil.mar"}
-    register = requests.post(f"{base}/models", params=evil, headers=headers, timeout=10)
-    assert register.status_code == 405, register.text
-    delete = requests.delete(f"{base}/models/{server.model}", headers=headers, timeout=10)
-    assert delete.status_code == 405, delete.text
+    register = {"url": f"{server.model}.mar", "model_name": "evil"}
+    version = server.describe()[0]["modelVersion"]
+    for headers in ({}, server.inference_headers):
+        response = requests.post(f"{base}/models", params=register, headers=headers, timeout=10)
+        assert response.status_code == 400, (headers, response.text)
+        for path in (f"/models/{server.model}", f"/models/{server.model}/{version}"):
+            response = requests.delete(base + path, headers=headers, timeout=10)
+            assert response.status_code == 400, (headers, path, response.text)
     assert server.workers(), "the model must still be served"
 
 

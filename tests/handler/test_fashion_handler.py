@@ -73,6 +73,9 @@ def test_mixed_batch_gets_per_request_statuses_and_answers(handler_and_context):
     assert statuses == [200, 400, 200, 422, 200, 422]
     assert context.get_response_status(1) == (400, "Bad Request")
     assert all(context.get_response_content_type(i) == "application/json" for i in range(6))
+    # Answers and refusals alike name the version that made them (a rollout serves two).
+    version = handler.contract.version
+    assert all(context.get_response_headers(i)["X-Model-Version"] == version for i in range(6))
 
     assert len(responses[0]) == 5 and len(responses[2]) == 2 and len(responses[4]) == 5
     for answer in (responses[0], responses[2], responses[4]):

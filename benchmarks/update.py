@@ -1,0 +1,184 @@
+"""The update check: swap the model version under load, then roll back, losing nothing.
+
+A second export is made from the served one: the same TorchScript with its last bias moved
+(so its answers differ from the first version's) and the next version in its contract.
+At concurrency C for the whole time: `serve.sh update --export-dir <second>`, a pause,
+`serve.sh rollback`, a pause. Every answer must be a 200 whose X-Model-Version is the old or
+the new version and whose body is that version's answer; the worker memory after each swap
+must be back to one model's worth (the replaced version's workers gone).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import torch
+
+from benchmarks.servers import TorchServe, http_call, rss_kib
+from benchmarks.traffic import Client, predict_headers, same_answer
+from fashion_contract import INDEX_TO_NAME_FILE, load_torchscript, save_torchscript
+
+VERSION_HEADER = "X-Model-Version"
+MODEL_FILE = "model.pt"
+BIAS_SHIFT = 2.0  # added to the first class's logit: the new version answers visibly otherwise
+RSS_LIMIT = 1.25  # worker memory after a swap, relative to before it
+
+
+def next_version_export(export_dir: Path, out_dir: Path) -> str:
+    """Write the served model again into out_dir as the next version (version + "-next"),
+    with its last bias shifted; returns that version."""
+    model, contract = load_torchscript(export_dir / MODEL_FILE)
+    last_bias = [t for name, t in model.named_parameters() if name.endswith("bias")][-1]
+    with torch.no_grad():
+        last_bias[0] += BIAS_SHIFT
+    new_contract = replace(contract, version=f"{contract.version}-next")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_torchscript(model, out_dir / MODEL_FILE, new_contract)
+    shutil.copyfile(export_dir / INDEX_TO_NAME_FILE, out_dir / INDEX_TO_NAME_FILE)
+    return new_contract.version
+
+
+@dataclass
+class Answer:
+    sent_s: float
+    done_s: float
+    status: int  # 0: connection error
+    version: str | None
+    body: bytes
+
+
+class VersionedClient(Client):
+    def post(self, path: str, body: bytes, headers: dict) -> tuple[int, str | None, bytes]:
+        if self.connection is None:
+            self.connection = http.client.HTTPConnection(self.host, self.port, self.timeout_s)
+        try:
+            self.connection.request("POST", path, body=body, headers=headers)
+            response = self.connection.getresponse()
+            return response.status, response.getheader(VERSION_HEADER), response.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+
+
+def load_until(server: TorchServe, image: bytes, concurrency: int, stop: threading.Event):
+    """Predictions from `concurrency` threads until `stop` is set; (answers, start time)."""
+    path = urlsplit(server.predictions_url).path
+    headers = predict_headers(server.inference_token)
+    answers: list[Answer] = []
+    lock = threading.Lock()
+    started = time.perf_counter()
+
+    def worker() -> None:
+        client = VersionedClient(server.inference_url)
+        while not stop.is_set():
+            sent = time.perf_counter() - started
+            try:
+                status, version, body = client.post(path, image, headers)
+            except (OSError, http.client.HTTPException):
+                status, version, body = 0, None, b""
+            answer = Answer(sent, time.perf_counter() - started, status, version, body)
+            with lock:
+                answers.append(answer)
+        client.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    return threads, answers, started
+
+
+def worker_memory(server: TorchServe) -> dict:
+    pids = server.ready_worker_pids()
+    return {"pids": pids, "rss_kib": sum(rss_kib(pid) for pid in pids)}
+
+
+def first_answer_from(answers: list[Answer], version: str, after_s: float) -> float | None:
+    """Seconds from `after_s` until the first answer from `version` sent after it."""
+    times = [a.done_s for a in answers if a.version == version and a.sent_s >= after_s]
+    return round(min(times) - after_s, 2) if times else None
+
+
+def check_update(server, image, reference, args) -> dict:
+    old_version = server.describe()[0]["modelVersion"]
+    new_export = server.run_dir / "update-export"
+    new_version = next_version_export(server.export_dir, new_export)
+    memory = {"before": worker_memory(server)}
+
+    stop = threading.Event()
+    threads, answers, started = load_until(server, image, args.concurrency, stop)
+    time.sleep(args.update_settle_s)
+    update_at = time.perf_counter() - started
+    server.update(new_export)
+    update_s = time.perf_counter() - started - update_at
+    memory["after_update"] = worker_memory(server)
+    status, body = http_call(
+        "POST",
+        f"{server.predictions_url}/{new_version}",
+        image,
+        predict_headers(server.inference_token),
+    )
+    references = {old_version: reference, new_version: json.loads(body) if status == 200 else {}}
+    time.sleep(args.update_settle_s)
+    rollback_at = time.perf_counter() - started
+    server.rollback()
+    rollback_s = time.perf_counter() - started - rollback_at
+    memory["after_rollback"] = worker_memory(server)
+    time.sleep(args.update_settle_s)
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+    def valid(answer: Answer) -> bool:
+        return (
+            answer.status == 200
+            and answer.version in references
+            and same_answer(answer.body, references[answer.version])
+        )
+
+    failed = [a for a in answers if not valid(a)]
+    by_version = {v: sum(a.version == v for a in answers) for v in references}
+    one_model = memory["before"]["rss_kib"]
+    memory_back = all(
+        memory[key]["rss_kib"] <= RSS_LIMIT * one_model
+        and len(memory[key]["pids"]) == len(memory["before"]["pids"])
+        for key in ("after_update", "after_rollback")
+    )
+    replaced_gone = not set(memory["before"]["pids"]) & set(memory["after_update"]["pids"])
+    return {
+        "passed": not failed
+        and all(by_version.values())
+        and references[new_version] != reference
+        and memory_back
+        and replaced_gone,
+        "concurrency": args.concurrency,
+        "old_version": old_version,
+        "new_version": new_version,
+        "requests": len(answers),
+        "failed": len(failed),
+        "failed_examples": [
+            {
+                "status": a.status,
+                "version": a.version,
+                "body": a.body[:200].decode(errors="replace"),
+            }
+            for a in failed[:5]
+        ],
+        "answers_by_version": by_version,
+        "update_command_s": round(update_s, 2),
+        "update_to_new_version_serving_s": first_answer_from(answers, new_version, update_at),
+        "rollback_command_s": round(rollback_s, 2),
+        "rollback_to_old_version_serving_s": first_answer_from(
+            [a for a in answers if a.sent_s >= rollback_at], old_version, rollback_at
+        ),
+        "worker_memory_kib": {key: value["rss_kib"] for key, value in memory.items()},
+        "worker_pids": {key: value["pids"] for key, value in memory.items()},
+        "memory_back_to_one_model": memory_back,
+        "requests_per_s": round(len(answers) / max(a.done_s for a in answers), 1) if answers else 0,
+    }
