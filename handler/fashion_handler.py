@@ -135,7 +135,9 @@ class FashionHandler(BaseHandler):
         self.model_version = str(version)
         self.recorder = None
         if self.settings.metrics and getattr(context, "metrics", None) is not None:
-            self.recorder = HandlerMetrics(context.metrics, self.contract, context.model_name)
+            self.recorder = HandlerMetrics(
+                context.metrics, self.contract, context.model_name, self.model_version
+            )
             self.recorder.record_model()
         self.initialized = True
         logger.info(

@@ -48,7 +48,8 @@ class MetricSpec:
     labels: tuple[str, ...]  # our own; TorchServe appends ModelName, Level (and Hostname)
 
 
-LATENCY = MetricSpec("fashion_handler_latency_seconds", HISTOGRAM, "seconds", ("kind",))
+# version: which model version answered (bounded: the few versions an update keeps loaded).
+LATENCY = MetricSpec("fashion_handler_latency_seconds", HISTOGRAM, "seconds", ("kind", "version"))
 BATCH_REQUESTS = MetricSpec("fashion_batch_requests", HISTOGRAM, "requests", ())
 PREDICTIONS = MetricSpec("fashion_predictions_total", COUNTER, "count", ("class", "confidence"))
 REFUSALS = MetricSpec("fashion_refusals_total", COUNTER, "count", ("code", "type"))
@@ -142,10 +143,13 @@ class BatchOutcome:
 class HandlerMetrics:
     """Records a batch's outcomes through TorchServe's metrics cache (context.metrics)."""
 
-    def __init__(self, metrics, contract: ModelContract, model_name: str) -> None:
+    def __init__(
+        self, metrics, contract: ModelContract, model_name: str, model_version: str = ""
+    ) -> None:
         self._metrics = metrics
         self.contract = contract
         self.model_name = model_name
+        self.model_version = label_value(model_version)
         self.class_labels = [label_value(name) for name in contract.class_names]
         self.input_size = tuple(contract.input_shape[1:])
 
@@ -179,7 +183,7 @@ class HandlerMetrics:
     def record_batch(self, outcome: BatchOutcome) -> None:
         self._add(BATCH_REQUESTS, len(outcome.kinds))
         for kind in outcome.kinds:
-            self._add(LATENCY, outcome.seconds, kind)
+            self._add(LATENCY, outcome.seconds, kind, self.model_version)
 
         refusals = Counter((str(code), label_value(kind)) for code, kind in outcome.refusals)
         for (code, kind), count in refusals.items():

@@ -66,6 +66,7 @@ def send_traffic(server: TorchServe) -> dict:
             response = post_raw(server.predictions_url, headers, images[name])
             assert response.status_code == 200, response.text[:300]
             sent["predictions"].append((name, response.json()))
+            sent["version"] = response.headers["X-Model-Version"]
     for _ in range(EXPLANATIONS):
         response = post_raw(server.explanations_url, {**headers, "X-Steps": str(STEPS)},
                             images["sneaker"])  # fmt: skip
@@ -95,6 +96,9 @@ def test_latency_histograms_count_every_request_by_kind(monitored):
     assert buckets == expected
     seconds = prom.values(f'fashion_handler_latency_seconds_sum{{ModelName="{MODEL}"}}', ("kind",))
     assert 0 < seconds[("prediction",)] < 60 and 0 < seconds[("explanation",)] < 60
+    # Which version answered: the archive's (scripts/archive.sh takes it from the contract).
+    by_version = prom.values(f"sum by (version) ({expr})", ("version",))
+    assert by_version == {(monitored[2]["version"],): TOTAL}
 
 
 def test_predictions_by_class_and_confidence_band(monitored):
