@@ -41,11 +41,10 @@ from benchmarks.inprocess import Pipeline, in_process, prepare
 from benchmarks.load import LoadSettings, load_points
 from benchmarks.report import check_targets, markdown, table
 from benchmarks.servers import (
-    DEFAULT_EXPORT_DIR,
-    DEFAULT_IMAGE,
     REPO_ROOT,
     LitServe,
     TorchServe,
+    command_line,
     config_with,
     handler_dir_with,
     model_config,
@@ -196,21 +195,7 @@ def profile(args, batch_size: int) -> None:
 
 # --- main -----------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--export-dir",
-        type=Path,
-        default=DEFAULT_EXPORT_DIR,
-        help="model.pt + index_to_name.json (default artifacts/export)",
-    )
-    parser.add_argument(
-        "--image",
-        type=Path,
-        default=DEFAULT_IMAGE,
-        help="the PNG every request sends (default samples/ankle_boot.png)",
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results")
     parser.add_argument(
         "--markdown", type=Path, default=None, help="also write the tables as Markdown here"

@@ -34,10 +34,9 @@ from benchmarks.faults import check_kill, check_restart
 from benchmarks.hostile import check_corpus
 from benchmarks.security import check_security
 from benchmarks.servers import (
-    DEFAULT_EXPORT_DIR,
-    DEFAULT_IMAGE,
     REPO_ROOT,
     TorchServe,
+    command_line,
     http_call,
     temp_dir,
 )
@@ -56,16 +55,7 @@ CHECKS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--export-dir",
-        type=Path,
-        default=DEFAULT_EXPORT_DIR,
-        help="model.pt + index_to_name.json (default artifacts/export)",
-    )
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="a good request's PNG")
+    parser = command_line(__doc__)
     parser.add_argument(
         "--requests", type=int, default=10_000, help="predictions in the load check (default 10000)"
     )

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -32,6 +33,27 @@ SCRIPTS_DIR = REPO_ROOT / "scripts"
 MODEL_NAME = DEFAULT_MODEL_NAME
 DEFAULT_EXPORT_DIR = REPO_ROOT / "artifacts" / "export"
 DEFAULT_IMAGE = REPO_ROOT / "samples" / "ankle_boot.png"  # the request both scripts send
+
+
+def command_line(doc: str) -> argparse.ArgumentParser:
+    """A parser for a benchmark command: its docstring's first paragraph as the description,
+    and the served model and request image every command takes."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--export-dir",
+        type=Path,
+        default=DEFAULT_EXPORT_DIR,
+        help="model.pt + index_to_name.json (default artifacts/export)",
+    )
+    parser.add_argument(
+        "--image",
+        type=Path,
+        default=DEFAULT_IMAGE,
+        help="the PNG a good request sends (default samples/ankle_boot.png)",
+    )
+    return parser
 
 
 def free_ports(count: int) -> list[int]:
