@@ -168,7 +168,8 @@ fi
 say "installing torch ${version}"
 "${pip[@]}" install -q "${torch_args[@]}" ||
     fail "could not install torch ${version}: check the network or set TORCH_SPEC / TORCH_INDEX_URL"
-installed=$("${venv}/bin/python" -c 'import torch; print(torch.__version__, torch.version.cuda or "")')
+# -W ignore: torch warns that NumPy is missing, which comes with the project next.
+installed=$("${venv}/bin/python" -W ignore -c 'import torch; print(torch.__version__, torch.version.cuda or "")')
 read -r installed_version installed_cuda <<<"$installed"
 installed_build="CPU build"
 [[ -n "$installed_cuda" ]] && installed_build="CUDA ${installed_cuda} build (runs on a CPU too)"
