@@ -11,13 +11,14 @@
 # Settings (environment variables):
 #   CONTAINER_ENGINE   docker, podman or buildah, with global options (default: docker if
 #                      its daemon answers, else podman, else buildah)
-#   TORCH_VERSION (default: the pin in docker/torch.txt)  TORCH_INDEX_URL (default per target)
+#   TORCH_VERSION (default: the pin in docker/torch.txt)
+#   TORCH_INDEX_URL (default: cpu: the CPU index in docker/torch.txt; gpu: PyTorch's cu128)
 #   MODEL_NAME=fashion-cnn
 set -euo pipefail
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 
 fail() { printf 'build: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 target=cpu
 tag=
@@ -43,7 +44,10 @@ done
 case "$target" in
     cpu)
         default_base=debian:bookworm-slim
-        default_index=https://download.pytorch.org/whl/cpu ;;
+        # PyTorch's CPU index, named beside the pin in docker/torch.txt.
+        index_line=$(grep -m1 -E '^--extra-index-url[= ]' "${repo_root}/docker/torch.txt") ||
+            fail "no '--extra-index-url URL' line in ${repo_root}/docker/torch.txt"
+        default_index=${index_line#--extra-index-url[= ]} ;;
     gpu)
         # The "base" flavour: CUDA's env vars and libcudart only; the torch wheel brings
         # the CUDA libraries it was built with.

@@ -132,7 +132,10 @@ class Smoke:
         self.timed(
             "wheelhouse_s",
             [
-                sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse),
+                # torch.txt names PyTorch's CPU index: where it cannot be reached, one retry
+                # per package instead of five with back-off sleeps (minutes over 35 wheels).
+                sys.executable, "-m", "pip", "download", "-q", "--retries", "1",
+                "-d", str(wheelhouse),
                 "-r", str(REPO_ROOT / "docker" / "torch.txt"),
                 "-r", str(REPO_ROOT / "docker" / "requirements.txt"),
             ],

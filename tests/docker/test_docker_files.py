@@ -25,6 +25,13 @@ def pinned_torch_version() -> str:
     return pin.removeprefix("torch==")
 
 
+def pinned_cpu_index() -> str:
+    """PyTorch's CPU index, named beside the pin in docker/torch.txt."""
+    lines = (DOCKER_DIR / "torch.txt").read_text().splitlines()
+    (line,) = [line for line in lines if line.startswith("--extra-index-url")]
+    return line.split(maxsplit=1)[1]
+
+
 def test_the_torch_pin_is_typed_only_in_docker_torch_txt():
     # Whatever installs or builds torch must read docker/torch.txt, not carry its own copy.
     candidates = [
@@ -36,6 +43,19 @@ def test_the_torch_pin_is_typed_only_in_docker_torch_txt():
     version = re.escape(pinned_torch_version())
     typed = re.compile(rf"torch==\s*{version}|TORCH_VERSION\s*[=:-]+\s*{version}")
     copies = [str(path) for path in readers if typed.search(path.read_text())]
+    assert copies == []
+
+
+def test_the_cpu_index_is_typed_only_in_docker_torch_txt():
+    # setup.sh and build.sh take PyTorch's CPU index from beside the pin, as pip does with -r.
+    assert re.fullmatch(r"https://\S+/whl/cpu/?", pinned_cpu_index())
+    readers = [
+        path
+        for path in [*REPO_ROOT.glob("scripts/*"), *DOCKER_DIR.rglob("*"),
+                     *REPO_ROOT.glob("tests/**/*.py")]
+        if path.is_file() and path.name != "torch.txt"
+    ]  # fmt: skip
+    copies = [str(path) for path in readers if pinned_cpu_index() in path.read_text()]
     assert copies == []
 
 
@@ -88,7 +108,7 @@ def test_build_stages_a_small_context_and_passes_build_args(fake_engine, tiny_ex
     assert args[0] == "build"
     assert args[args.index("--tag") + 1] == "fashion-serve:cpu"
     assert "BASE_IMAGE=debian:bookworm-slim" in args
-    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in args
+    assert f"TORCH_INDEX_URL={pinned_cpu_index()}" in args
     assert f"TORCH_VERSION={pinned_torch_version()}" in args
     context = set(Path(f"{log}.context").read_text().split())
     assert {
