@@ -136,7 +136,11 @@ class FashionHandler(BaseHandler):
         self.recorder = None
         if self.settings.metrics and getattr(context, "metrics", None) is not None:
             self.recorder = HandlerMetrics(
-                context.metrics, self.contract, context.model_name, self.model_version
+                context.metrics,
+                self.contract,
+                context.model_name,
+                self.model_version,
+                int(properties.get("batch_size") or 1),
             )
             self.recorder.record_model()
         self.initialized = True

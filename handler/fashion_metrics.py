@@ -18,6 +18,7 @@ to divide by a count.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,8 +49,14 @@ class MetricSpec:
     labels: tuple[str, ...]  # our own; TorchServe appends ModelName, Level (and Hostname)
 
 
+# TorchServe turns every observation into a log line that its frontend parses, which costs
+# measurable throughput at one line per request (docs/monitoring.md#cost). So the latency
+# histogram takes one observation per batch and kind (every request of a batch waits the
+# same handle() call), requests are counted, and counters are summed between flushes.
+LATENCY = MetricSpec("fashion_handler_latency_seconds", HISTOGRAM, "seconds", ("kind",))
 # version: which model version answered (bounded: the few versions an update keeps loaded).
-LATENCY = MetricSpec("fashion_handler_latency_seconds", HISTOGRAM, "seconds", ("kind", "version"))
+REQUESTS = MetricSpec("fashion_requests_total", COUNTER, "count", ("kind", "version"))
+FLUSH_INTERVAL_S = 1.0
 BATCH_REQUESTS = MetricSpec("fashion_batch_requests", HISTOGRAM, "requests", ())
 PREDICTIONS = MetricSpec("fashion_predictions_total", COUNTER, "count", ("class", "confidence"))
 REFUSALS = MetricSpec("fashion_refusals_total", COUNTER, "count", ("code", "type"))
@@ -64,6 +71,7 @@ PIXEL_MEAN = MetricSpec("fashion_training_pixel_mean", GAUGE, "ratio", ())
 
 METRICS = (
     LATENCY,
+    REQUESTS,
     BATCH_REQUESTS,
     PREDICTIONS,
     REFUSALS,
@@ -144,9 +152,17 @@ class HandlerMetrics:
     """Records a batch's outcomes through TorchServe's metrics cache (context.metrics)."""
 
     def __init__(
-        self, metrics, contract: ModelContract, model_name: str, model_version: str = ""
+        self,
+        metrics,
+        contract: ModelContract,
+        model_name: str,
+        model_version: str = "",
+        batch_size: int = 1,
     ) -> None:
         self._metrics = metrics
+        self.batch_size = batch_size
+        self._pending: Counter = Counter()  # (counter spec, label values) -> sum not yet sent
+        self._flushed_at = time.monotonic()
         self.contract = contract
         self.model_name = model_name
         self.model_version = label_value(model_version)
@@ -180,18 +196,36 @@ class HandlerMetrics:
         for spec in (INVERTED, BRIGHTNESS_SUM, EXPLANATION_STEPS):
             self._add(spec, 0)
 
+    def _count(self, spec: MetricSpec, value: float, *label_values: str) -> None:
+        """A counter increment, sent with the next flush."""
+        self._pending[spec, label_values] += value
+
+    def flush(self) -> None:
+        """Send the summed counter increments: one line per counter and label set."""
+        for (spec, label_values), value in self._pending.items():
+            self._add(spec, value, *label_values)
+        self._pending.clear()
+        self._flushed_at = time.monotonic()
+
     def record_batch(self, outcome: BatchOutcome) -> None:
+        """Histograms now; counters summed, and sent after a batch that was not full (a
+        quiet server: every batch, so counts are exact at once) or every FLUSH_INTERVAL_S
+        under load."""
         self._add(BATCH_REQUESTS, len(outcome.kinds))
-        for kind in outcome.kinds:
-            self._add(LATENCY, outcome.seconds, kind, self.model_version)
+        for kind, count in Counter(outcome.kinds).items():
+            self._add(LATENCY, outcome.seconds, kind)
+            self._count(REQUESTS, count, kind, self.model_version)
 
         refusals = Counter((str(code), label_value(kind)) for code, kind in outcome.refusals)
         for (code, kind), count in refusals.items():
-            self._add(REFUSALS, count, code, kind)
+            self._count(REFUSALS, count, code, kind)
 
         if outcome.indices:
             self._record_inputs(outcome)
             self._record_answers(outcome)
+        full = len(outcome.kinds) >= self.batch_size
+        if not full or time.monotonic() - self._flushed_at >= FLUSH_INTERVAL_S:
+            self.flush()
 
     def _record_inputs(self, outcome: BatchOutcome) -> None:
         inputs = Counter(
@@ -199,14 +233,14 @@ class HandlerMetrics:
             for f in outcome.facts
         )
         for (image_format, size), count in inputs.items():
-            self._add(INPUTS, count, image_format, size)
+            self._count(INPUTS, count, image_format, size)
         inverted = sum(f.auto_inverted for f in outcome.facts)
         if inverted:
-            self._add(INVERTED, inverted)
+            self._count(INVERTED, inverted)
         # Mean pixel of the model's input (after any inversion), 0..1, summed over images.
         pixel_count = outcome.pixels[0].size
         brightness = sum(int(p.sum(dtype=np.int64)) for p in outcome.pixels) / (255 * pixel_count)
-        self._add(BRIGHTNESS_SUM, brightness)
+        self._count(BRIGHTNESS_SUM, brightness)
 
     def _record_answers(self, outcome: BatchOutcome) -> None:
         top_probability, top_class = outcome.probabilities.max(dim=1)
@@ -228,9 +262,9 @@ class HandlerMetrics:
                 continue
             predicted[self.class_labels[class_index], confidence_band(probability)] += 1
         for (label, band), count in predicted.items():
-            self._add(PREDICTIONS, count, label, band)
+            self._count(PREDICTIONS, count, label, band)
         if steps:
-            self._add(EXPLANATION_STEPS, steps)
+            self._count(EXPLANATION_STEPS, steps)
 
 
 def declared_model_metrics(metrics_yaml: dict) -> dict[str, tuple[str, tuple[str, ...]]]:

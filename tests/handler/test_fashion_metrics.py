@@ -128,8 +128,11 @@ def test_a_batch_records_latency_answers_refusals_and_inputs(metered_handler, ca
     lines = metric_lines(caplog)
 
     latency = [(v, d["kind"]) for name, v, d in lines if name == fm.LATENCY.name]
-    assert sorted(kind for _, kind in latency) == ["explanation"] + ["prediction"] * 3
+    assert sorted(kind for _, kind in latency) == ["explanation", "prediction"]  # one per batch
     assert len({v for v, _ in latency}) == 1 and 0 < latency[0][0] < 60  # seconds
+    requests = totals(lines, fm.REQUESTS.name, "kind", "version")
+    version = handler.model_version
+    assert requests == {("prediction", version): 3, ("explanation", version): 1}
     assert totals(lines, fm.BATCH_REQUESTS.name) == {(): 4}
     assert totals(lines, fm.REFUSALS.name, "code", "type") == {("400", "InvalidImage"): 1}
 
@@ -164,6 +167,29 @@ def test_methods_without_steps_or_delta_and_several_images_are_counted(metered_h
     assert totals(lines, fm.INPUTS.name, "format", "size") == {("png", "small"): 4}
     assert fm.EXPLANATION_DELTA.name not in {name for name, *_ in lines}
     assert fm.EXPLANATION_STEPS.name not in {name for name, *_ in lines}
+
+
+def test_under_load_counters_are_summed_and_sent_once_a_second(metered_handler, caplog):
+    """Full batches (a busy server): histograms at once, counters summed until the flush."""
+    handler, context = metered_handler
+    handler.initialize(context)
+    full = [{"body": png_bytes()}] * 8  # the context's batch size
+    handler.recorder.flush()  # the second starts now
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            set_requests(context, [{}] * 8)
+            handler.handle(full, context)
+        held = metric_lines(caplog)
+        handler.recorder.flush()
+    assert [name for name, *_ in held].count(fm.LATENCY.name) == 3
+    assert fm.REQUESTS.name not in {name for name, *_ in held}  # within the second
+    sent = metric_lines(caplog)[len(held) :]
+    assert totals(sent, fm.REQUESTS.name, "kind", "version") == {
+        ("prediction", handler.model_version): 24
+    }
+    assert sum(totals(sent, fm.PREDICTIONS.name, "class", "confidence").values()) == 24
+    assert [name for name, *_ in sent].count(fm.PREDICTIONS.name) <= 5  # one line a band
 
 
 def test_brightness_is_the_mean_input_pixel(metered_handler, caplog):
