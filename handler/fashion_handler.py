@@ -140,7 +140,6 @@ class FashionHandler(BaseHandler):
                 self.contract,
                 context.model_name,
                 self.model_version,
-                int(properties.get("batch_size") or 1),
             )
             self.recorder.record_model()
         self.initialized = True

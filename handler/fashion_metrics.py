@@ -18,6 +18,8 @@ to divide by a count.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -52,7 +54,7 @@ class MetricSpec:
 # TorchServe turns every observation into a log line that its frontend parses, which costs
 # measurable throughput at one line per request (docs/monitoring.md#cost). So the latency
 # histogram takes one observation per batch and kind (every request of a batch waits the
-# same handle() call), requests are counted, and counters are summed between flushes.
+# same handle() call), requests are counted, and counters are summed and sent once a second.
 LATENCY = MetricSpec("fashion_handler_latency_seconds", HISTOGRAM, "seconds", ("kind",))
 # version: which model version answered (bounded: the few versions an update keeps loaded).
 REQUESTS = MetricSpec("fashion_requests_total", COUNTER, "count", ("kind", "version"))
@@ -157,12 +159,14 @@ class HandlerMetrics:
         contract: ModelContract,
         model_name: str,
         model_version: str = "",
-        batch_size: int = 1,
     ) -> None:
         self._metrics = metrics
-        self.batch_size = batch_size
         self._pending: Counter = Counter()  # (counter spec, label values) -> sum not yet sent
+        self._lock = threading.Lock()
         self._flushed_at = time.monotonic()
+        # Counters go out once a second from this thread, whatever the traffic: a quiet
+        # server's counts arrive within a second, a busy one sends a few lines a second.
+        threading.Thread(target=self._flush_every_interval, daemon=True).start()
         self.contract = contract
         self.model_name = model_name
         self.model_version = label_value(model_version)
@@ -198,19 +202,28 @@ class HandlerMetrics:
 
     def _count(self, spec: MetricSpec, value: float, *label_values: str) -> None:
         """A counter increment, sent with the next flush."""
-        self._pending[spec, label_values] += value
+        with self._lock:
+            self._pending[spec, label_values] += value
 
     def flush(self) -> None:
         """Send the summed counter increments: one line per counter and label set."""
-        for (spec, label_values), value in self._pending.items():
+        with self._lock:
+            pending, self._pending = self._pending, Counter()
+            self._flushed_at = time.monotonic()
+        for (spec, label_values), value in pending.items():
             self._add(spec, value, *label_values)
-        self._pending.clear()
-        self._flushed_at = time.monotonic()
+
+    def _flush_every_interval(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL_S)
+            if self._pending and time.monotonic() - self._flushed_at >= FLUSH_INTERVAL_S:
+                try:
+                    self.flush()
+                except Exception:  # never let metrics take the worker down
+                    logging.getLogger(__name__).exception("Sending the handler's counters failed")
 
     def record_batch(self, outcome: BatchOutcome) -> None:
-        """Histograms now; counters summed, and sent after a batch that was not full (a
-        quiet server: every batch, so counts are exact at once) or every FLUSH_INTERVAL_S
-        under load."""
+        """Histograms now; counters summed and sent by the flushing thread."""
         self._add(BATCH_REQUESTS, len(outcome.kinds))
         for kind, count in Counter(outcome.kinds).items():
             self._add(LATENCY, outcome.seconds, kind)
@@ -223,9 +236,6 @@ class HandlerMetrics:
         if outcome.indices:
             self._record_inputs(outcome)
             self._record_answers(outcome)
-        full = len(outcome.kinds) >= self.batch_size
-        if not full or time.monotonic() - self._flushed_at >= FLUSH_INTERVAL_S:
-            self.flush()
 
     def _record_inputs(self, outcome: BatchOutcome) -> None:
         inputs = Counter(
