@@ -218,11 +218,6 @@ class FashionHandler(BaseHandler):
         for idx in range(len(data)):
             context.set_response_content_type(idx, JSON)
             context.set_response_header(idx, VERSION_HEADER, self.contract.version)
-        metrics = getattr(context, "metrics", None)
-        if metrics is not None:
-            metrics.add_time(
-                "HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms"
-            )
         if self.recorder is not None:
             seconds = time.perf_counter() - start
             self.record_metrics(

@@ -59,7 +59,8 @@ LATENCY = MetricSpec("fashion_handler_latency_seconds", HISTOGRAM, "seconds", ("
 # version: which model version answered (bounded: the few versions an update keeps loaded).
 REQUESTS = MetricSpec("fashion_requests_total", COUNTER, "count", ("kind", "version"))
 FLUSH_INTERVAL_S = 1.0
-BATCH_REQUESTS = MetricSpec("fashion_batch_requests", HISTOGRAM, "requests", ())
+# Batch fill is fashion_requests_total / fashion_batches_total: two counters, no line per batch.
+BATCHES = MetricSpec("fashion_batches_total", COUNTER, "count", ())
 PREDICTIONS = MetricSpec("fashion_predictions_total", COUNTER, "count", ("class", "confidence"))
 REFUSALS = MetricSpec("fashion_refusals_total", COUNTER, "count", ("code", "type"))
 INPUTS = MetricSpec("fashion_inputs_total", COUNTER, "count", ("format", "size"))
@@ -74,7 +75,7 @@ PIXEL_MEAN = MetricSpec("fashion_training_pixel_mean", GAUGE, "ratio", ())
 METRICS = (
     LATENCY,
     REQUESTS,
-    BATCH_REQUESTS,
+    BATCHES,
     PREDICTIONS,
     REFUSALS,
     INPUTS,
@@ -224,7 +225,7 @@ class HandlerMetrics:
 
     def record_batch(self, outcome: BatchOutcome) -> None:
         """Histograms now; counters summed and sent by the flushing thread."""
-        self._add(BATCH_REQUESTS, len(outcome.kinds))
+        self._count(BATCHES, 1)
         for kind, count in Counter(outcome.kinds).items():
             self._add(LATENCY, outcome.seconds, kind)
             self._count(REQUESTS, count, kind, self.model_version)

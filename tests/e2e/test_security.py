@@ -100,7 +100,7 @@ def test_metrics_are_prometheus_text_without_a_token(torchserve_tiny):
     assert f'model_name="{server.model}"' in response.text
     # The worker's per-batch gauges, parsed by the frontend from the worker's [METRICS] lines
     # (a sample appears only once the worker has sent one).
-    for gauge in ("PredictionTime", "HandlerTime"):
+    for gauge in ("PredictionTime",):
         assert f'{gauge}{{ModelName="{server.model}",Level="Model"' in response.text, gauge
 
 

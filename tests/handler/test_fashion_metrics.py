@@ -134,7 +134,7 @@ def test_a_batch_records_latency_answers_refusals_and_inputs(metered_handler, ca
     requests = totals(lines, fm.REQUESTS.name, "kind", "version")
     version = handler.model_version
     assert requests == {("prediction", version): 3, ("explanation", version): 1}
-    assert totals(lines, fm.BATCH_REQUESTS.name) == {(): 4}
+    assert totals(lines, fm.BATCHES.name) == {(): 1}
     assert totals(lines, fm.REFUSALS.name, "code", "type") == {("400", "InvalidImage"): 1}
 
     expected = Counter()

@@ -65,7 +65,7 @@ def test_the_panels_cover_what_operators_need():
         "fashion:inputs_auto_inverted:ratio1h",
         "fashion:input_brightness:mean1h",
         'kind="explanation"',
-        "fashion_batch_requests_sum",
+        "fashion_batches_total",
         'up{job="fashion-serve"}',
     ):
         assert needed in exprs, needed

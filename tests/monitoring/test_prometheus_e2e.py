@@ -131,8 +131,7 @@ def test_refusals_by_code_and_type(monitored):
 def test_batches_and_frontend_requests(monitored):
     _, prom, _ = monitored
     expected = {(): TOTAL}
-    assert prom.wait_for(f'fashion_batch_requests_count{{ModelName="{MODEL}"}}', expected)
-    assert prom.values(f'fashion_batch_requests_sum{{ModelName="{MODEL}"}}') == expected
+    assert prom.wait_for(f'fashion_batches_total{{ModelName="{MODEL}"}}', expected) == expected
     received = prom.values(f'ts_inference_requests_total{{model_name="{MODEL}"}}')
     assert received == expected
     # The frontend's status counters, which FashionServeServerErrors divides.
