@@ -142,7 +142,7 @@ def run(args) -> dict:
 def markdown(results: dict) -> str:
     batch = results["served_batch_size"]
     lines = [
-        f"| setting | ms/image, batch 1 | ms/image, batch {batch} | |delta| median / p95 "
+        f"| setting | ms/image, batch 1 | ms/image, batch {batch} | \\|delta\\| median / p95 "
         f"| distance from {results['reference_steps']} steps, median / p95 |",
         "|---|---:|---:|---:|---:|",
     ]

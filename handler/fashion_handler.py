@@ -30,7 +30,7 @@ Responses (one per image: a list for a `data` list, {"predictions": [...]} for s
 KServe instances; an OIP response with typed output tensors, see fashion_oip):
     prediction   {"<class name>": probability, ...}   top-k, highest first
     explanation  {"method", "target", "target_name", "probability", "steps", "delta",
-                  "attributions": 28x28 floats, "heatmap_png": base64 PNG, 452x224:
+                  "attributions": 28x28 floats, "heatmap_png": base64 PNG, 340x168:
                   the input beside the attributions over it}
     refusal      {"code": 400|413|422, "type": "...", "message": "..."} with that HTTP status,
                  for that request only (context.set_response_status per index); an

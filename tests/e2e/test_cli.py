@@ -67,7 +67,7 @@ def test_client_explain_with_a_cheaper_method(torchserve_tiny, tmp_path):
     done = run(command, torchserve_tiny.run_dir)
     assert done.returncode == 0, done.stderr
     assert "method: occlusion" in done.stdout
-    assert Image.open(tmp_path / "trouser.heatmap.png").size == (452, 224)
+    assert Image.open(tmp_path / "trouser.heatmap.png").size == (340, 168)
 
 
 def test_client_reports_a_refused_file_and_exits_1(torchserve_tiny):

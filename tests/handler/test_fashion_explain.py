@@ -12,6 +12,7 @@ from PIL import Image
 
 from fashion_contract import load_torchscript
 from fashion_explain import (
+    HEATMAP_SCALE,
     METHODS,
     attribute,
     black_baseline,
@@ -23,7 +24,7 @@ from fashion_explain import (
     round_attributions,
 )
 
-PANEL = 224  # one 28x28 panel, 8x larger
+PANEL = 28 * HEATMAP_SCALE  # one 28x28 panel, enlarged
 HEATMAP_SIZE = (2 * PANEL + 4, PANEL)  # input, gap, overlay
 
 
@@ -145,7 +146,7 @@ def test_round_attributions_is_json_ready():
 
 def overlay_pixel(image: Image.Image, row: int, column: int) -> tuple:
     """The overlay panel's pixel at the centre of input pixel (row, column)."""
-    return image.getpixel((PANEL + 4 + column * 8 + 4, row * 8 + 4))
+    return image.getpixel((PANEL + 4 + column * HEATMAP_SCALE + 3, row * HEATMAP_SCALE + 3))
 
 
 def test_heatmap_shows_the_input_beside_the_evidence_for_the_target():

@@ -142,7 +142,7 @@ def test_explanations_use_each_requests_own_target(handler_and_context):
         assert np.asarray(answer["attributions"]).shape == (28, 28)
         assert isinstance(answer["delta"], float)
         heatmap = Image.open(io.BytesIO(base64.b64decode(answer["heatmap_png"])))
-        assert heatmap.format == "PNG" and heatmap.size == (452, 224)
+        assert heatmap.format == "PNG" and heatmap.size == (340, 168)
         json.dumps(answer)
     # Different targets, different attributions.
     assert first["attributions"] != second["attributions"]
