@@ -38,8 +38,10 @@ def make_storage(export_dir: Path, storage: Path, protocol: str) -> None:
 
 
 def move_to_loopback(config: Path, port: int, metrics_port: int, grpc_ports: list[int]) -> None:
-    """The v2 layout ignores TS_* variables, so its ports are moved in the file itself."""
+    """The v2 layout ignores TS_* variables, so its ports, and the metrics file the runtime
+    would find under /mnt/models, are moved in the file itself."""
     moved = {
+        "metrics_config": str(config.parent / "metrics.yaml"),
         "inference_address": f"http://127.0.0.1:{port}",
         "management_address": f"http://127.0.0.1:{port}",
         "metrics_address": f"http://127.0.0.1:{metrics_port}",
