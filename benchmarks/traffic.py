@@ -27,12 +27,17 @@ class Client:
 
     def request(self, method: str, path: str, body: bytes | None = None, headers=None):
         """(status, body); raises OSError / http.client errors when the connection fails."""
+        status, _, answer = self.exchange(method, path, body, headers)
+        return status, answer
+
+    def exchange(self, method: str, path: str, body: bytes | None = None, headers=None):
+        """(status, response headers, body); raises like request()."""
         if self.connection is None:
             self.connection = http.client.HTTPConnection(self.host, self.port, self.timeout_s)
         try:
             self.connection.request(method, path, body=body, headers=headers or {})
             response = self.connection.getresponse()
-            return response.status, response.read()
+            return response.status, response.headers, response.read()
         except (OSError, http.client.HTTPException):
             self.close()
             raise

@@ -54,19 +54,6 @@ class Answer:
     body: bytes
 
 
-class VersionedClient(Client):
-    def post(self, path: str, body: bytes, headers: dict) -> tuple[int, str | None, bytes]:
-        if self.connection is None:
-            self.connection = http.client.HTTPConnection(self.host, self.port, self.timeout_s)
-        try:
-            self.connection.request("POST", path, body=body, headers=headers)
-            response = self.connection.getresponse()
-            return response.status, response.getheader(VERSION_HEADER), response.read()
-        except (OSError, http.client.HTTPException):
-            self.close()
-            raise
-
-
 def load_until(server: TorchServe, image: bytes, concurrency: int, stop: threading.Event):
     """Predictions from `concurrency` threads until `stop` is set; (answers, start time)."""
     path = urlsplit(server.predictions_url).path
@@ -76,11 +63,12 @@ def load_until(server: TorchServe, image: bytes, concurrency: int, stop: threadi
     started = time.perf_counter()
 
     def worker() -> None:
-        client = VersionedClient(server.inference_url)
+        client = Client(server.inference_url)
         while not stop.is_set():
             sent = time.perf_counter() - started
             try:
-                status, version, body = client.post(path, image, headers)
+                status, response_headers, body = client.exchange("POST", path, image, headers)
+                version = response_headers.get(VERSION_HEADER)
             except (OSError, http.client.HTTPException):
                 status, version, body = 0, None, b""
             answer = Answer(sent, time.perf_counter() - started, status, version, body)
