@@ -157,6 +157,7 @@ class FashionHandler(BaseHandler):
         start = time.perf_counter()
         responses: list = [None] * len(data)
         prepared = self.parse_requests(data, context)
+        explain = [wants_explanation(context, idx) for idx in range(len(data))]
         probabilities = None
         failed = dict(prepared.refused)
 
@@ -166,7 +167,6 @@ class FashionHandler(BaseHandler):
                 prepared.pixels, self.contract.mean, self.contract.std, self.device
             )
             probabilities = self.inference(batch)
-            explain = {idx: wants_explanation(context, idx) for idx in prepared.requests}
             rows_to_explain = [row for row, idx in enumerate(prepared.indices) if explain[idx]]
             rows_to_predict = [row for row, idx in enumerate(prepared.indices) if not explain[idx]]
             row_answers = [None] * len(prepared.indices)
@@ -217,12 +217,10 @@ class FashionHandler(BaseHandler):
             responses[idx] = oip.error_body(error) if in_oip else error.to_body()
         for idx in range(len(data)):
             context.set_response_content_type(idx, JSON)
-            context.set_response_header(idx, VERSION_HEADER, self.contract.version)
+            context.set_response_header(idx, VERSION_HEADER, self.model_version)
         if self.recorder is not None:
             seconds = time.perf_counter() - start
-            self.record_metrics(
-                seconds, len(data), failed, prepared, row_answers, probabilities, context
-            )
+            self.record_metrics(seconds, explain, failed, prepared, row_answers, probabilities)
         return responses
 
     def request_answer(
@@ -260,20 +258,16 @@ class FashionHandler(BaseHandler):
     def record_metrics(
         self,
         seconds: float,
-        request_count: int,
+        explain: list[bool],
         failed: dict[int, errors.RequestError],
         prepared: PreparedBatch,
         row_answers: list,
         probabilities: torch.Tensor | None,
-        context,
     ) -> None:
         """The batch's latency, answers, refusals and inputs, to Prometheus (fashion_metrics).
         A failure here is logged and never fails the batch: its answers are ready."""
         try:
-            kinds = [
-                EXPLANATION if wants_explanation(context, idx) else PREDICTION
-                for idx in range(request_count)
-            ]
+            kinds = [EXPLANATION if explained else PREDICTION for explained in explain]
             self.recorder.record_batch(
                 BatchOutcome(
                     seconds,
