@@ -22,6 +22,7 @@ from training import data
 from training.evaluate import EVALUATION_FILE, METRICS_FILE, evaluate_checkpoint, write_metrics
 from training.export import MODEL_FILE, ParityError, export_model
 from training.train import (
+    PRECISIONS,
     TrainConfig,
     default_threads,
     load_checkpoint,
@@ -79,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS.ema_decay,
         help="moving average of the weights, kept and exported (0: off)",
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULTS.precision,
+        help="autocast dtype; auto: bf16 on CUDA, the faster of bf16 and fp32 on a CPU with "
+        "native bf16, else fp32",
+    )
     p.add_argument("--val-size", type=int, default=DEFAULTS.val_size, help="held-out images")
     p.add_argument("--train-subset", type=int, help="use only the first N training images")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
@@ -117,6 +125,7 @@ def run_train(args: argparse.Namespace) -> None:
         weight_decay=args.weight_decay,
         erase_probability=args.erase_probability,
         ema_decay=args.ema_decay,
+        precision=args.precision,
         val_size=args.val_size,
         seed=args.seed,
         train_subset=args.train_subset,

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 MAX_SHIFT_PX = 2
 ERASE_AREA = (0.02, 0.2)  # random erasing: share of the image a rectangle covers
 ERASE_ASPECT = (0.3, 3.3)  # its height / width
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", *AUTOCAST_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     erase_probability: float = 0.0  # random erasing per image (0: off)
     ema_decay: float = 0.0  # exponential moving average of the weights per step (0: off)
+    precision: str = "auto"  # one of PRECISIONS: see autocast_dtype
     val_size: int = 5000
     seed: int = 0
     train_subset: int | None = None  # use only the first N training images (quick runs)
@@ -53,6 +56,69 @@ def pick_device(name: str = "auto") -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes in bf16 natively (AVX512-BF16 or AMX), where oneDNN's bf16
+    convolutions beat fp32 ones; without it they are emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(
+    precision: str, device: torch.device, model: torch.nn.Module, batch_size: int
+) -> torch.dtype | None:
+    """The dtype autocast computes in, or None for plain fp32.
+
+    auto: bf16 on CUDA where supported (fp16 with a gradient scaler where not); on a CPU with
+    native bf16, whichever of bf16 and fp32 trains `model` faster (bf16 took half the time
+    per step on one 2-core VM and more on another: docs/training.md); fp32 elsewhere.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision != "auto":
+        return AUTOCAST_DTYPES[precision]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type != "cpu" or not cpu_has_native_bf16():
+        return None
+    seconds = {dtype: step_seconds(model, batch_size, dtype) for dtype in (None, torch.bfloat16)}
+    log.info("seconds per step: fp32 %.3f, bf16 %.3f", seconds[None], seconds[torch.bfloat16])
+    return min(seconds, key=seconds.get)
+
+
+def step_seconds(
+    model: torch.nn.Module, batch_size: int, amp_dtype: torch.dtype | None, steps: int = 3
+) -> float:
+    """Median seconds of a training step of a copy of `model` on random CPU data, after a
+    warm-up step; the model and the random number generators are left as they were."""
+    model = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    config = model.config
+    shape = (batch_size, config.in_channels, config.image_size, config.image_size)
+    x = torch.randn(shape, generator=generator)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, config.num_classes, (batch_size,), generator=generator)
+    times = []
+    enabled = amp_dtype is not None
+    with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator
+        for _ in range(steps + 1):
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=amp_dtype or torch.float32, enabled=enabled):
+                loss = F.cross_entropy(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            times.append(time.perf_counter() - started)
+    return sorted(times[1:])[steps // 2]
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    return next(name for name, dtype in AUTOCAST_DTYPES.items() if dtype == amp_dtype)
 
 
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -144,8 +210,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype
-    use_amp: bool
+    amp_dtype: torch.dtype | None  # autocast's, or None for fp32
     generator: torch.Generator  # batch order and augmentation
     steps_per_epoch: int
     epoch: int = 0  # the last one finished
@@ -196,9 +261,11 @@ def build_run(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.max_lr, total_steps=config.epochs * steps_per_epoch
     )
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = autocast_dtype(config.precision, device, model, config.batch_size)
+    log.info("precision: %s", precision_name(amp_dtype))
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=device.type == "cuda" and amp_dtype == torch.float16
+    )
     ema = None
     if config.ema_decay:
         ema = torch.optim.swa_utils.AveragedModel(
@@ -206,9 +273,7 @@ def build_run(
             multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
             use_buffers=True,  # batch norm statistics are averaged too
         )
-    return Run(
-        model, ema, optimizer, scheduler, scaler, amp_dtype, use_amp, generator, steps_per_epoch
-    )
+    return Run(model, ema, optimizer, scheduler, scaler, amp_dtype, generator, steps_per_epoch)
 
 
 def served_model(run: Run) -> torch.nn.Module:
@@ -229,6 +294,8 @@ def resume_run(run: Run, checkpoint_path: Path, out_dir: Path, device: torch.dev
     torch.set_rng_state(state["torch_rng_state"])
     run.epoch, run.history = state["epoch"], state["history"]
     run.train_seconds = state["train_seconds"]
+    # The precision the run started in, whatever auto would pick on this machine today.
+    run.amp_dtype = AUTOCAST_DTYPES[state.get("precision", "fp32")]
     best_path = out_dir / "best.pt"
     run.best = torch.load(best_path, weights_only=False) if best_path.exists() else None
     log.info("resumed from %s at epoch %d", checkpoint_path, run.epoch + 1)
@@ -252,7 +319,8 @@ def train_one_epoch(
         x = x.to(device)
         x = x.contiguous(memory_format=torch.channels_last)
         y = splits.y_train[batch_idx].to(device)
-        with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+        amp = run.amp_dtype is not None
+        with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=amp):
             logits = run.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
         run.optimizer.zero_grad(set_to_none=True)
@@ -286,6 +354,7 @@ def save_checkpoint(run: Run, config: TrainConfig, splits: Splits, out_dir: Path
         train_seconds=run.train_seconds,
         mean=splits.mean,
         std=splits.std,
+        precision=precision_name(run.amp_dtype),
     )
     if run.ema is not None:  # resuming needs both the trained weights and their average
         state.update(train_model_state=run.model.state_dict(), ema_state=run.ema.state_dict())

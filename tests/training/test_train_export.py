@@ -32,6 +32,7 @@ def test_training_writes_checkpoint_metrics_and_plots(trained_dir):
     assert metrics["epochs"] == 2
     assert set(metrics["per_class_accuracy"]) == set(FASHION_MNIST_CLASSES)
     assert metrics["train_seconds"] > 0
+    assert metrics["precision"] in ("fp32", "bf16")  # auto, on a CPU
     # the synthetic classes are a bright band at the label's height: easy to learn
     assert metrics["test_accuracy"] > 0.5
     for name in ("best.pt", "last.pt", "confusion_matrix.png", "learning_curves.png"):
@@ -43,8 +44,12 @@ def test_training_writes_checkpoint_metrics_and_plots(trained_dir):
 
 @pytest.mark.parametrize(
     "recipe",
-    [[], ["--ema-decay", "0.9", "--erase-probability", "0.5"]],
-    ids=["plain", "ema+erasing"],
+    [
+        ["--precision", "fp32"],
+        ["--precision", "fp32", "--ema-decay", "0.9", "--erase-probability", "0.5"],
+        ["--precision", "bf16"],
+    ],
+    ids=["plain", "ema+erasing", "bf16"],
 )
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     dataset_dir, tmp_path, monkeypatch, recipe
@@ -69,7 +74,10 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
         run(tmp_path / "split")
     monkeypatch.setattr(train_module, "evaluate", real_evaluate)
     assert torch.load(tmp_path / "split" / "last.pt", weights_only=False)["epoch"] == 1
-    assert run(tmp_path / "split", "--resume", str(tmp_path / "split" / "last.pt")) == 0
+    # Asked for another precision (as auto might pick on a busier day), the resumed part
+    # keeps the one the run started in.
+    resume = ["--resume", str(tmp_path / "split" / "last.pt"), "--precision", "fp16"]
+    assert run(tmp_path / "split", *resume) == 0
 
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
     resumed = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
@@ -77,6 +85,38 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     for key in ("model_state", "train_model_state"):
         for name, tensor in whole.get(key, {}).items():
             assert torch.equal(tensor, resumed[key][name]), (key, name)
+
+
+def test_explicit_precision_is_taken_as_given():
+    cpu = torch.device("cpu")
+    model = FashionCNN()
+    assert train_module.autocast_dtype("fp32", cpu, model, 8) is None
+    assert train_module.autocast_dtype("bf16", cpu, model, 8) is torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train_module.autocast_dtype("fp8", cpu, model, 8)
+
+
+@pytest.mark.parametrize(
+    ("native_bf16", "bf16_step_s", "expected"),
+    [(False, 0.01, None), (True, 0.01, torch.bfloat16), (True, 0.03, None)],
+)
+def test_auto_precision_on_a_cpu_takes_the_faster_one(
+    monkeypatch, native_bf16, bf16_step_s, expected
+):
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native_bf16)
+    step_s = {None: 0.02, torch.bfloat16: bf16_step_s}
+    monkeypatch.setattr(train_module, "step_seconds", lambda model, size, dtype: step_s[dtype])
+    dtype = train_module.autocast_dtype("auto", torch.device("cpu"), FashionCNN(), 8)
+    assert dtype is expected
+
+
+def test_step_timing_leaves_the_model_and_random_state_alone():
+    model = FashionCNN().to(memory_format=torch.channels_last)
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert train_module.step_seconds(model, 16, torch.bfloat16) > 0
+    assert all(torch.equal(weights[name], t) for name, t in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_evaluate_writes_its_own_file_and_keeps_the_training_metrics(
