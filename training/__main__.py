@@ -1,6 +1,6 @@
 """Command line for the training stage.
 
-python -m training train --out artifacts/train          # full recipe, ~10 epochs
+python -m training train --out artifacts/train          # full recipe, 25 epochs
 python -m training train --epochs 2 --out artifacts/train  # short recipe
 python -m training evaluate --checkpoint artifacts/train/best.pt  # writes evaluation.json
 python -m training export --checkpoint artifacts/train/best.pt --out artifacts/export

@@ -33,12 +33,12 @@ PRECISIONS = ("auto", *AUTOCAST_DTYPES)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 25
     batch_size: int = 128
     max_lr: float = 3e-3
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
-    erase_probability: float = 0.0  # random erasing per image (0: off)
+    erase_probability: float = 0.5  # random erasing per image (0: off)
     ema_decay: float = 0.0  # exponential moving average of the weights per step (0: off)
     precision: str = "auto"  # one of PRECISIONS: see autocast_dtype
     val_size: int = 5000
