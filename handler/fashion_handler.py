@@ -171,8 +171,11 @@ class FashionHandler(BaseHandler):
             rows_to_predict = [row for row, idx in enumerate(prepared.indices) if not explain[idx]]
             row_answers = [None] * len(prepared.indices)
             if rows_to_predict:
+                # Most batches are predictions only: then no copy of the probabilities.
+                everyone = len(rows_to_predict) == len(prepared.indices)
                 answers = self.top_k_answers(
-                    probabilities[rows_to_predict], [prepared.options[r] for r in rows_to_predict]
+                    probabilities if everyone else probabilities[rows_to_predict],
+                    [prepared.options[r] for r in rows_to_predict],
                 )
                 for row, answer in zip(rows_to_predict, answers, strict=True):
                     row_answers[row] = answer
@@ -191,12 +194,9 @@ class FashionHandler(BaseHandler):
                     continue
                 try:
                     responses[idx] = self.request_answer(
-                        prepared.requests[idx],
-                        answers,
-                        probabilities[rows],
-                        explain[idx],
+                        prepared.requests[idx], answers, probabilities, rows, explain[idx],
                         batch_fill,
-                    )
+                    )  # fmt: skip
                 except errors.RequestError as refused:
                     failed[idx] = refused
             logger.debug(
@@ -228,17 +228,22 @@ class FashionHandler(BaseHandler):
         parsed: ParsedRequest,
         answers: list[dict],
         probabilities: torch.Tensor,
+        rows: list[int],
         explain: bool,
         batch_fill: dict,
     ):
-        """One request's response from its images' answers (in image order)."""
+        """One request's response from its images' answers (in image order); `rows` are its
+        images' rows of the batch's `probabilities`."""
         if parsed.form != OIP:
             return shape_answer(parsed, answers, explain)
         if explain:
             outputs = oip.explanation_outputs(answers)
         else:
-            rows = [[round(p, PROBABILITY_DECIMALS) for p in row] for row in probabilities.tolist()]
-            outputs = oip.prediction_outputs(rows, [list(answer) for answer in answers])
+            table = [
+                [round(p, PROBABILITY_DECIMALS) for p in row]
+                for row in probabilities[rows].tolist()
+            ]
+            outputs = oip.prediction_outputs(table, [list(answer) for answer in answers])
         return oip.infer_response(
             parsed.oip, self.model_name, self.model_version, outputs, batch_fill
         )
