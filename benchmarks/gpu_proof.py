@@ -289,13 +289,19 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = summarize(env, parity, speed, training, device)
     summary["seconds_total"] = round(time.perf_counter() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
+    return finish(summary, args.out / SUMMARY_FILE)
+
+
+def finish(summary: dict, path: Path) -> int:
+    """Write the summary to `path` as JSON and print it; 0 if every check passed, else 1
+    (the failed ones logged)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(summary, indent=2)
-    (args.out / SUMMARY_FILE).write_text(text + "\n")
+    path.write_text(text + "\n")
     print(text)
     failed = [name for name, passed in summary["checks"].items() if not passed]
     log.info("%s; wrote %s", f"FAILED: {', '.join(failed)}" if failed else "all checks passed",
-             args.out / SUMMARY_FILE)  # fmt: skip
+             path)  # fmt: skip
     return 1 if failed else 0
 
 

@@ -38,6 +38,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from benchmarks.gpu_proof import finish
 from benchmarks.servers import REPO_ROOT, TorchServe, http_call
 from benchmarks.traffic import count_statuses, predict_headers, run_load
 
@@ -259,14 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = prove(args, Path(work))
     summary["seconds_total"] = round(time.perf_counter() - started, 1)
     summary["passed"] = all(summary["checks"].values())
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(summary, indent=2)
-    (args.out / SUMMARY_FILE).write_text(text + "\n")
-    print(text)
-    failed = [name for name, passed in summary["checks"].items() if not passed]
-    log.info("%s; wrote %s", f"FAILED: {', '.join(failed)}" if failed else "all checks passed",
-             args.out / SUMMARY_FILE)  # fmt: skip
-    return 1 if failed else 0
+    return finish(summary, args.out / SUMMARY_FILE)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def evaluate_checkpoint(model: torch.nn.Module, state: dict, test: Split, out_di
         best_epoch=state["epoch"],
         best_val_accuracy=round(state["val_accuracy"], 4),
         train_seconds=round(state["train_seconds"], 1),
-        seconds_per_epoch=[round(row["seconds"], 1) for row in history],
+        seconds_per_epoch=[round(row["seconds"], 3) for row in history],
         precision=state.get("precision", "fp32"),  # older checkpoints trained in fp32 on CPUs
         confusion_matrix=matrix.tolist(),
     )
