@@ -38,6 +38,8 @@ import time
 import zipfile
 from pathlib import Path
 
+import yaml
+
 from benchmarks.gpu_proof import finish
 from benchmarks.servers import REPO_ROOT, TorchServe, http_call
 from benchmarks.traffic import count_statuses, predict_headers, run_load
@@ -46,7 +48,6 @@ log = logging.getLogger("gpu_serve")
 SUMMARY_FILE = "gpu_serve.json"
 ARCHIVE = "serve.tar.xz"
 BAD_IMAGE = b"these bytes are not an image"
-MAX_IMAGE_PIXELS = 36_000_000  # handler/model-config.yaml's max_image_pixels
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,9 +119,11 @@ def cpu_answers(mar: Path, samples: dict[str, bytes], work: Path) -> dict[str, s
 
     with zipfile.ZipFile(mar) as archive:
         model_pt = Path(archive.extract("model.pt", work / "cpu-reference"))
+        settings = yaml.safe_load(archive.read("model-config.yaml"))["handler"]
     model, contract = load_torchscript(model_pt, map_location="cpu")
     size = tuple(contract.input_shape[1:])
-    pixels = [prepare_image(image, size, "auto", MAX_IMAGE_PIXELS) for image in samples.values()]
+    max_pixels = settings["max_image_pixels"]
+    pixels = [prepare_image(image, size, "auto", max_pixels) for image in samples.values()]
     with torch.inference_mode():
         top = model(to_batch_tensor(pixels, contract.mean, contract.std, "cpu")).argmax(1)
     return {name: contract.class_names[i] for name, i in zip(samples, top.tolist(), strict=True)}
