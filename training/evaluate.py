@@ -102,7 +102,7 @@ def evaluate_checkpoint(model: torch.nn.Module, state: dict, test: Split, out_di
         best_val_accuracy=round(state["val_accuracy"], 4),
         train_seconds=round(state["train_seconds"], 1),
         seconds_per_epoch=[round(row["seconds"], 3) for row in history],
-        precision=state.get("precision", "fp32"),  # older checkpoints trained in fp32 on CPUs
+        precision=state.get("precision"),  # None: a checkpoint from before it was recorded
         confusion_matrix=matrix.tolist(),
     )
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import logging
 import os
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ ERASE_AREA = (0.02, 0.2)  # random erasing: share of the image a rectangle cover
 ERASE_ASPECT = (0.3, 3.3)  # its height / width
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("auto", *AUTOCAST_DTYPES)
+BF16_MARGIN = 0.85  # auto takes bf16 on a CPU only if a step takes under 85 % of fp32's
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,8 @@ def autocast_dtype(
     """The dtype autocast computes in, or None for plain fp32.
 
     auto: bf16 on CUDA where supported (fp16 with a gradient scaler where not); on a CPU with
-    native bf16, whichever of bf16 and fp32 trains `model` faster (bf16 took half the time
-    per step on one 2-core VM and more on another: docs/training.md); fp32 elsewhere.
+    native bf16, bf16 if a probe finds its step clearly faster (BF16_MARGIN) than fp32's (1.7x
+    faster on one 2-core VM, slower on another: docs/training.md); fp32 elsewhere.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -85,9 +86,10 @@ def autocast_dtype(
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type != "cpu" or not cpu_has_native_bf16():
         return None
-    seconds = {dtype: step_seconds(model, batch_size, dtype) for dtype in (None, torch.bfloat16)}
-    log.info("seconds per step: fp32 %.3f, bf16 %.3f", seconds[None], seconds[torch.bfloat16])
-    return min(seconds, key=seconds.get)
+    fp32_s, bf16_s = (step_seconds(model, batch_size, dtype) for dtype in (None, torch.bfloat16))
+    log.info("seconds per step: fp32 %.3f, bf16 %.3f", fp32_s, bf16_s)
+    # A clear margin: where the two are close, timing noise would pick either from run to run.
+    return torch.bfloat16 if bf16_s < BF16_MARGIN * fp32_s else None
 
 
 def step_seconds(
@@ -263,9 +265,8 @@ def build_run(
     )
     amp_dtype = autocast_dtype(config.precision, device, model, config.batch_size)
     log.info("precision: %s", precision_name(amp_dtype))
-    scaler = torch.amp.GradScaler(
-        device.type, enabled=device.type == "cuda" and amp_dtype == torch.float16
-    )
+    # fp16 needs its loss scaled so that small gradients do not underflow; bf16 does not.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = None
     if config.ema_decay:
         ema = torch.optim.swa_utils.AveragedModel(
@@ -281,6 +282,20 @@ def served_model(run: Run) -> torch.nn.Module:
     return run.ema.module if run.ema is not None else run.model
 
 
+def resumed_precision(checkpoint_path: Path, asked: str) -> str:
+    """The precision a resumed run continues in: the one it started in (whatever auto would
+    pick on this machine today), or what is asked where the checkpoint does not say."""
+    started_in = torch.load(checkpoint_path, map_location="cpu", weights_only=False).get(
+        "precision"
+    )
+    if started_in is None:
+        return asked
+    if asked not in ("auto", started_in):
+        log.warning("--precision %s ignored: %s continues in %s, the precision it started in",
+                    asked, checkpoint_path, started_in)  # fmt: skip
+    return started_in
+
+
 def resume_run(run: Run, checkpoint_path: Path, out_dir: Path, device: torch.device) -> None:
     """Put run back where a last.pt checkpoint left it, random number generators included,
     so that the resumed run continues exactly as an uninterrupted one would."""
@@ -294,8 +309,8 @@ def resume_run(run: Run, checkpoint_path: Path, out_dir: Path, device: torch.dev
     torch.set_rng_state(state["torch_rng_state"])
     run.epoch, run.history = state["epoch"], state["history"]
     run.train_seconds = state["train_seconds"]
-    # The precision the run started in, whatever auto would pick on this machine today.
-    run.amp_dtype = AUTOCAST_DTYPES[state.get("precision", "fp32")]
+    if "scaler_state" in state:
+        run.scaler.load_state_dict(state["scaler_state"])
     best_path = out_dir / "best.pt"
     run.best = torch.load(best_path, weights_only=False) if best_path.exists() else None
     log.info("resumed from %s at epoch %d", checkpoint_path, run.epoch + 1)
@@ -355,6 +370,7 @@ def save_checkpoint(run: Run, config: TrainConfig, splits: Splits, out_dir: Path
         mean=splits.mean,
         std=splits.std,
         precision=precision_name(run.amp_dtype),
+        scaler_state=run.scaler.state_dict(),
     )
     if run.ema is not None:  # resuming needs both the trained weights and their average
         state.update(train_model_state=run.model.state_dict(), ema_state=run.ema.state_dict())
@@ -377,6 +393,8 @@ def train(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     splits = split_and_normalize(train_split, config, generator)
+    if resume:
+        config = replace(config, precision=resumed_precision(resume, config.precision))
     run = build_run(config, len(splits.y_train), device, generator)
     if resume:
         resume_run(run, resume, out_dir, device)

@@ -48,8 +48,9 @@ def test_training_writes_checkpoint_metrics_and_plots(trained_dir):
         ["--precision", "fp32"],
         ["--precision", "fp32", "--ema-decay", "0.9", "--erase-probability", "0.5"],
         ["--precision", "bf16"],
+        ["--precision", "fp16"],  # its loss scale is restored too
     ],
-    ids=["plain", "ema+erasing", "bf16"],
+    ids=["plain", "ema+erasing", "bf16", "fp16"],
 )
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     dataset_dir, tmp_path, monkeypatch, recipe
@@ -76,7 +77,8 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     assert torch.load(tmp_path / "split" / "last.pt", weights_only=False)["epoch"] == 1
     # Asked for another precision (as auto might pick on a busier day), the resumed part
     # keeps the one the run started in.
-    resume = ["--resume", str(tmp_path / "split" / "last.pt"), "--precision", "fp16"]
+    other = "bf16" if "fp16" in recipe else "fp16"
+    resume = ["--resume", str(tmp_path / "split" / "last.pt"), "--precision", other]
     assert run(tmp_path / "split", *resume) == 0
 
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
@@ -98,9 +100,10 @@ def test_explicit_precision_is_taken_as_given():
 
 @pytest.mark.parametrize(
     ("native_bf16", "bf16_step_s", "expected"),
-    [(False, 0.01, None), (True, 0.01, torch.bfloat16), (True, 0.03, None)],
+    [(False, 0.01, None), (True, 0.01, torch.bfloat16), (True, 0.018, None), (True, 0.03, None)],
+    ids=["no-native-bf16", "bf16-clearly-faster", "within-the-margin", "bf16-slower"],
 )
-def test_auto_precision_on_a_cpu_takes_the_faster_one(
+def test_auto_precision_on_a_cpu_takes_bf16_only_when_clearly_faster(
     monkeypatch, native_bf16, bf16_step_s, expected
 ):
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native_bf16)
@@ -108,6 +111,13 @@ def test_auto_precision_on_a_cpu_takes_the_faster_one(
     monkeypatch.setattr(train_module, "step_seconds", lambda model, size, dtype: step_s[dtype])
     dtype = train_module.autocast_dtype("auto", torch.device("cpu"), FashionCNN(), 8)
     assert dtype is expected
+
+
+def test_fp16_scales_its_loss(dataset_dir, tmp_path):
+    argv = ["train", "--data-dir", str(dataset_dir), "--out", str(tmp_path), "--epochs", "1"]
+    assert main([*argv, "--val-size", "100", "--threads", "1", "--precision", "fp16"]) == 0
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert last["precision"] == "fp16" and last["scaler_state"]["scale"] > 0
 
 
 def test_step_timing_leaves_the_model_and_random_state_alone():
