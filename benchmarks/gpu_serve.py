@@ -11,9 +11,10 @@ Python workers) on the GPU, through scripts/serve.sh, and measured.
    CPU, and that a bad image is refused with a 400 and leaves the workers up;
 3. load: predictions at --concurrency levels and explanations at --explain-concurrency
    levels, --seconds each, from keep-alive clients in threads (the GPU machine has no wrk):
-   req/s, p50 and p99 latency, statuses;
-4. one JSON summary, printed and written to OUT/gpu_serve.json; exit 0 only if every check
-   passed.
+   req/s, p50 and p99 latency, statuses. Python clients may be what limits the highest
+   concurrency on a fast GPU: the figures are a floor for the server;
+4. one JSON summary, printed and written to OUT/gpu_serve.json, and TorchServe's logs in
+   OUT/logs, also when a step fails; exit 0 only if every check passed.
 
 On the GPU machine, after `benchmarks/gpu_bundle.sh serve` here, carrying
 build/gpu-serve-bundle, from the repository root:
@@ -86,11 +87,12 @@ def unpack(bundle: Path, work: Path) -> Path:
 
 def stand_in_venv(work: Path) -> Path:
     """work/venv/bin with what scripts/serve.sh takes from a venv: python (this interpreter
-    with the bundle's packages on its path, inherited by the frontend and its workers),
-    torchserve and java."""
+    with the bundle's packages and handler/ on its path, which the frontend and its workers
+    inherit), torchserve and java."""
     bin_dir = work / "venv" / "bin"
     bin_dir.mkdir(parents=True)
-    bundled = f"{work / 'site'}:{work / 'packages'}"
+    # handler/ (absolute) for scripts/client.py, which serve.sh runs from anywhere
+    bundled = f"{work / 'site'}:{work / 'packages'}:{REPO_ROOT / 'handler'}"
     python = bin_dir / "python"
     python.write_text(
         "#!/bin/sh\n"
@@ -183,6 +185,16 @@ def load_point(server: TorchServe, image: bytes, url: str, concurrency: int, sec
     }
 
 
+def all_workers_ready(server: TorchServe, timeout_s: float = 120) -> list[dict]:
+    """The model's workers once every one is READY (serve.sh returns at the first)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        workers = server.workers()
+        if all(w.get("status") == "READY" for w in workers) or time.monotonic() > deadline:
+            return workers
+        time.sleep(1)
+
+
 def environment(device: str) -> dict:
     import torch
 
@@ -190,6 +202,9 @@ def environment(device: str) -> dict:
     if device == "cuda" and torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name(0)
         facts["gpus"] = torch.cuda.device_count()
+    # TorchServe counts GPUs with nvidia-smi, and reads CUDA_VISIBLE_DEVICES as numbers.
+    facts["nvidia_smi"] = shutil.which("nvidia-smi")
+    facts["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     facts["cpus"] = os.cpu_count()
     return facts
 
@@ -202,13 +217,13 @@ def prove(args, work: Path) -> dict:
     samples = {name: (args.samples_dir / name).read_bytes() for name in index}
     mar = next((args.bundle / "model_store").glob("*.mar"))
     expected = cpu_answers(mar, samples, work)
-    server = TorchServe(work / "run", export_dir=args.bundle, env={"VENV": venv},
-                        model=mar.stem)  # fmt: skip
+    env = {"VENV": venv, "JAVA_HOME": work / "java-runtime"}
+    server = TorchServe(work / "run", export_dir=args.bundle, env=env, model=mar.stem)
     server.model_store.mkdir(parents=True)
     shutil.copy(mar, server.model_store)
     start_s = server.start()
     try:
-        workers = server.workers()
+        workers = all_workers_ready(server)
         on_device = [bool(w.get("gpu")) == (args.device == "cuda") for w in workers]
         answers = answers_as_on_cpu(server, samples, expected)
         image = samples[next(iter(samples))]
@@ -258,9 +273,20 @@ def main(argv: list[str] | None = None) -> int:
                   "benchmarks/gpu_bundle.sh serve", args.bundle, built_for, this_python,
                   this_python)  # fmt: skip
         return 2
+    if args.device == "cuda" and shutil.which("nvidia-smi") is None:
+        log.warning("no nvidia-smi on PATH: TorchServe will count no GPU and run on the CPU")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-serve-") as work:
-        summary = prove(args, Path(work))
+        try:
+            summary = prove(args, Path(work))
+        except Exception as error:  # a device run is scarce: keep what tells why
+            log.exception("the served proof failed")
+            summary = {"environment": environment(args.device), "error": repr(error),
+                       "checks": {"served": False}}  # fmt: skip
+        finally:
+            logs = Path(work) / "run" / "logs"
+            if logs.is_dir():  # TorchServe's own logs, with the run's other outputs
+                shutil.copytree(logs, args.out / "logs", dirs_exist_ok=True)
     summary["seconds_total"] = round(time.perf_counter() - started, 1)
     summary["passed"] = all(summary["checks"].values())
     return finish(summary, args.out / SUMMARY_FILE)

@@ -93,6 +93,21 @@ def test_a_bundle_for_another_python_is_refused_with_the_fix(tmp_path):
     assert "packed for Python 3.2" in result.stderr and "GPU_PYTHON=" in result.stderr
 
 
+def test_a_failing_run_still_writes_its_summary(tmp_path):
+    bundle = tmp_path / "bundle"
+    (bundle / "model_store").mkdir(parents=True)
+    (bundle / ARCHIVE).write_bytes(b"not an xz archive")
+    (bundle / "python-version").write_text(f"{sys.version_info.major}.{sys.version_info.minor}\n")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "benchmarks.gpu_serve", "--device", "cpu",
+               "--bundle", str(bundle), "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["passed"] is False and "ReadError" in summary["error"]
+    assert summary["environment"]["device"] == "cpu"
+
+
 def test_a_missing_bundle_is_named_with_the_fix(tmp_path):
     command = [sys.executable, "-m", "benchmarks.gpu_serve", "--bundle", str(tmp_path)]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
