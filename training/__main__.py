@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default=DEFAULTS.precision,
-        help="autocast dtype; auto: bf16 on CUDA, the faster of bf16 and fp32 on a CPU with "
-        "native bf16, else fp32",
+        help="autocast dtype; auto: bf16 on CUDA, bf16 on a CPU with native bf16 where a probe "
+        "finds it clearly faster than fp32, else fp32",
     )
     p.add_argument("--val-size", type=int, default=DEFAULTS.val_size, help="held-out images")
     p.add_argument("--train-subset", type=int, help="use only the first N training images")

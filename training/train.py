@@ -106,17 +106,21 @@ def step_seconds(
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, config.num_classes, (batch_size,), generator=generator)
     times = []
-    enabled = amp_dtype is not None
     with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator
         for _ in range(steps + 1):
             started = time.perf_counter()
-            with torch.autocast("cpu", dtype=amp_dtype or torch.float32, enabled=enabled):
+            with autocast("cpu", amp_dtype):
                 loss = F.cross_entropy(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             times.append(time.perf_counter() - started)
     return sorted(times[1:])[steps // 2]
+
+
+def autocast(device_type: str, amp_dtype: torch.dtype | None):
+    """torch.autocast in amp_dtype, or a disabled one for plain fp32 (None)."""
+    return torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype))
 
 
 def precision_name(amp_dtype: torch.dtype | None) -> str:
@@ -282,24 +286,22 @@ def served_model(run: Run) -> torch.nn.Module:
     return run.ema.module if run.ema is not None else run.model
 
 
-def resumed_precision(checkpoint_path: Path, asked: str) -> str:
-    """The precision a resumed run continues in: the one it started in (whatever auto would
-    pick on this machine today), or what is asked where the checkpoint does not say."""
-    started_in = torch.load(checkpoint_path, map_location="cpu", weights_only=False).get(
-        "precision"
-    )
+def resumed_precision(state: dict, asked: str) -> str:
+    """The precision a resumed run continues in: the one its checkpoint `state` started in
+    (whatever auto would pick on this machine today), or what is asked where it does not say."""
+    started_in = state.get("precision")
     if started_in is None:
         return asked
     if asked not in ("auto", started_in):
-        log.warning("--precision %s ignored: %s continues in %s, the precision it started in",
-                    asked, checkpoint_path, started_in)  # fmt: skip
+        log.warning("--precision %s ignored: the run continues in %s, the precision it started in",
+                    asked, started_in)  # fmt: skip
     return started_in
 
 
-def resume_run(run: Run, checkpoint_path: Path, out_dir: Path, device: torch.device) -> None:
-    """Put run back where a last.pt checkpoint left it, random number generators included,
-    so that the resumed run continues exactly as an uninterrupted one would."""
-    state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+def resume_run(run: Run, state: dict, out_dir: Path) -> None:
+    """Put run back where a last.pt checkpoint (its loaded `state`) left it, random number
+    generators included, so that the resumed run continues exactly as an uninterrupted one
+    would."""
     run.model.load_state_dict(state.get("train_model_state", state["model_state"]))
     if run.ema is not None:
         run.ema.load_state_dict(state["ema_state"])
@@ -313,7 +315,6 @@ def resume_run(run: Run, checkpoint_path: Path, out_dir: Path, device: torch.dev
         run.scaler.load_state_dict(state["scaler_state"])
     best_path = out_dir / "best.pt"
     run.best = torch.load(best_path, weights_only=False) if best_path.exists() else None
-    log.info("resumed from %s at epoch %d", checkpoint_path, run.epoch + 1)
 
 
 def train_one_epoch(
@@ -334,8 +335,7 @@ def train_one_epoch(
         x = x.to(device)
         x = x.contiguous(memory_format=torch.channels_last)
         y = splits.y_train[batch_idx].to(device)
-        amp = run.amp_dtype is not None
-        with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=amp):
+        with autocast(device.type, run.amp_dtype):
             logits = run.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
         run.optimizer.zero_grad(set_to_none=True)
@@ -393,11 +393,13 @@ def train(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     splits = split_and_normalize(train_split, config, generator)
-    if resume:
-        config = replace(config, precision=resumed_precision(resume, config.precision))
+    state = torch.load(resume, map_location=device, weights_only=False) if resume else None
+    if state is not None:
+        config = replace(config, precision=resumed_precision(state, config.precision))
     run = build_run(config, len(splits.y_train), device, generator)
-    if resume:
-        resume_run(run, resume, out_dir, device)
+    if state is not None:
+        resume_run(run, state, out_dir)
+        log.info("resumed from %s at epoch %d", resume, run.epoch + 1)
 
     for epoch in range(run.epoch + 1, config.epochs + 1):
         started = time.perf_counter()
