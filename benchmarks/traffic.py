@@ -129,6 +129,15 @@ def run_load(
     return sorted(outcomes, key=lambda o: o.done_s)
 
 
+def latency_ms(outcomes: list[Outcome]) -> dict:
+    """p50 and p99 latency of the outcomes, in ms."""
+    latencies = sorted(o.done_s - o.sent_s for o in outcomes)
+    return {
+        "p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 2),
+    }
+
+
 def count_statuses(outcomes: list[Outcome]) -> dict:
     counts: dict[str, int] = {}
     for outcome in outcomes:
@@ -145,7 +154,6 @@ def check_load(server, image, reference, args) -> dict:
     outcomes = run_load(server, image, reference, args.concurrency, requests=args.requests)
     elapsed = time.perf_counter() - started
     rss_after = {pid: rss_kib(pid) for pid in worker_pids}
-    latencies = sorted(o.done_s - o.sent_s for o in outcomes)
     valid = sum(o.valid for o in outcomes)
     growth = {pid: (rss_after[pid] - rss_before[pid]) / rss_before[pid] for pid in worker_pids}
     return {
@@ -158,8 +166,7 @@ def check_load(server, image, reference, args) -> dict:
         "statuses": count_statuses(outcomes),
         "seconds": round(elapsed, 2),
         "requests_per_s": round(len(outcomes) / elapsed, 1),
-        "p50_ms": round(statistics.median(latencies) * 1000, 2),
-        "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 2),
+        **latency_ms(outcomes),
         "worker_pids": worker_pids,
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
