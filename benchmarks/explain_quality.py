@@ -2,6 +2,7 @@
 
     python -m benchmarks.explain_quality                          # samples + 256 test images
     python -m benchmarks.explain_quality --images 32 --reference-steps 100   # quicker
+    python -m benchmarks.explain_quality --served --markdown FILE   # + served req/s (~6 min more)
 
 Faithfulness, for integrated gradients: |convergence delta| (how far the attributions' sum
 is from f(input) - f(black)) and the relative L2 distance of the attribution map from a
@@ -12,12 +13,14 @@ the served batch size, for
 - "before": Captum's IntegratedGradients on the exported TorchScript as loaded, contiguous
   layout (how the handler explained before its gradient copy);
 - the handler's own `attribute` with its gradient copy, for each method and step count.
---markdown FILE writes the table for docs/performance.md.
+With --served, also explanations/s served by TorchServe (the repository's archive, config
+and model-config.yaml) for each of the handler's settings, chosen per request with the
+X-Method and X-Steps headers: wrk POSTs --image at each --concurrency, as benchmarks.bench
+loads it. --markdown FILE writes the table for docs/performance.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -28,13 +31,15 @@ import torch
 from captum.attr import IntegratedGradients
 
 from benchmarks.inprocess import initialized_handler
-from benchmarks.servers import DEFAULT_EXPORT_DIR, REPO_ROOT, model_config
+from benchmarks.load import LoadSettings, load_points
+from benchmarks.servers import REPO_ROOT, TorchServe, command_line, model_config, temp_dir
 from fashion_explain import INTEGRATED_GRADIENTS, METHODS, attribute
 from fashion_image import prepare_image, to_batch_tensor
 from training import data
 
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "bench" / "explain_quality.json"
 IG_STEPS = (16, 24, 32, 50)
+CONCURRENCIES = (1, 8, 32)
 
 
 def before(model, inputs, baseline, targets, steps):
@@ -54,7 +59,8 @@ def test_inputs(handler, count: int) -> torch.Tensor:
         prepare_image(path.read_bytes(), handler.input_size, "auto", 10**8)
         for path in sorted((REPO_ROOT / "samples").glob("*.png"))
     ]
-    pixels += [image.numpy() for image in data.load("test").images[:count]]
+    if count:
+        pixels += [image.numpy() for image in data.load("test").images[:count]]
     return to_batch_tensor(pixels, handler.contract.mean, handler.contract.std, handler.device)
 
 
@@ -116,17 +122,19 @@ def run(args) -> dict:
 
     reference, _ = chunked(handler_method(INTEGRATED_GRADIENTS, args.reference_steps), inputs,
                            targets, size=2)  # fmt: skip
+    # name: (explain function, the request headers that choose it from a served handler)
     settings = {f"before: integrated_gradients, {handler.limits.default_steps} steps": (
-        lambda x, t: before(handler.model, x, baseline, t, handler.limits.default_steps)
+        lambda x, t: before(handler.model, x, baseline, t, handler.limits.default_steps), None
     )}  # fmt: skip
     for steps in IG_STEPS:
-        settings[f"integrated_gradients, {steps} steps"] = handler_method(
-            INTEGRATED_GRADIENTS, steps
+        settings[f"integrated_gradients, {steps} steps"] = (
+            handler_method(INTEGRATED_GRADIENTS, steps),
+            {"X-Method": INTEGRATED_GRADIENTS, "X-Steps": str(steps)},
         )
     for method in METHODS[1:]:
-        settings[method] = handler_method(method, 0)
+        settings[method] = handler_method(method, 0), {"X-Method": method}
     rows = {}
-    for name, explain in settings.items():
+    for name, (explain, _) in settings.items():
         attributions, deltas = chunked(explain, inputs, targets)
         row = faithfulness(attributions, deltas, reference)
         for batch_size in (1, served_batch):
@@ -135,35 +143,76 @@ def run(args) -> dict:
             )
         rows[name] = row
         print(f"  {name}: {row}", flush=True)
+    if args.served:
+        served = served_rates(args, {name: headers for name, (_, headers) in settings.items()})
+        for name, rates in served.items():
+            rows[name]["served_requests_per_s"] = rates
     return {"images": len(inputs), "reference_steps": args.reference_steps,
             "served_batch_size": served_batch, "rows": rows}  # fmt: skip
 
 
+def served_rates(args, headers_by_name: dict) -> dict:
+    """{name: {"c1": req/s, ...}}: explanations served by TorchServe for each setting that
+    has request headers (the others are not the handler's)."""
+    rates = {}
+    settings = LoadSettings(args.warmup_s, args.warmup_max_s)  # as benchmarks.bench warms up
+    with TorchServe(temp_dir("explain-quality-") / "run", args.export_dir) as server:
+        processes = {"frontend": [server.frontend_pid()], "workers": server.ready_worker_pids()}
+        for name, headers in headers_by_name.items():
+            if headers is None:
+                continue
+            print(f"  served {name}:", flush=True)
+            points, _ = load_points(
+                server.explanations_url, args.image, server.inference_token,
+                "application/octet-stream", args.concurrency, args.served_seconds, settings,
+                processes, headers,
+            )  # fmt: skip
+            bad = {point: stats["non_2xx"] for point, stats in points.items() if stats["non_2xx"]}
+            if bad:
+                raise RuntimeError(f"{name}: non-2xx answers at {bad}")
+            rates[name] = {point: stats["requests_per_s"] for point, stats in points.items()}
+    return rates
+
+
 def markdown(results: dict) -> str:
     batch = results["served_batch_size"]
+    points = next(
+        (list(row["served_requests_per_s"]) for row in results["rows"].values()
+         if "served_requests_per_s" in row), [],
+    )  # fmt: skip
+    served_header = "".join(f" served/s {point} |" for point in points)
     lines = [
-        f"| setting | ms/image, batch 1 | ms/image, batch {batch} | \\|delta\\| median / p95 "
+        f"| setting | ms/image, batch 1 | ms/image, batch {batch} |{served_header} "
+        f"\\|delta\\| median / p95 "
         f"| distance from {results['reference_steps']} steps, median / p95 |",
-        "|---|---:|---:|---:|---:|",
+        "|---|---:|---:|" + "---:|" * len(points) + "---:|---:|",
     ]
     for name, row in results["rows"].items():
         delta, distance = "", ""  # the other methods measure something else than IG's reference
         if "delta_median" in row:
             delta = f"{row['delta_median']:.4f} / {row['delta_p95']:.4f}"
             distance = f"{row['relative_l2_median']:.3f} / {row['relative_l2_p95']:.3f}"
-        batch_1, served = row["ms_per_image_batch_1"], row[f"ms_per_image_batch_{batch}"]
-        lines.append(f"| {name} | {batch_1:.1f} | {served:.1f} | {delta} | {distance} |")
+        batch_1, batched = row["ms_per_image_batch_1"], row[f"ms_per_image_batch_{batch}"]
+        rates = row.get("served_requests_per_s", {})
+        served = "".join(f" {rates[point]:.1f} |" if point in rates else " |" for point in points)
+        lines.append(f"| {name} | {batch_1:.1f} | {batched:.1f} |{served} {delta} | {distance} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--export-dir", type=Path, default=DEFAULT_EXPORT_DIR)
+    parser = command_line(__doc__)
     parser.add_argument("--images", type=int, default=256, help="test images besides the samples")
     parser.add_argument("--reference-steps", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=3, help="timing per setting and batch")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--served", action="store_true", help="also explanations/s served")
+    parser.add_argument("--served-seconds", type=float, default=10, help="seconds per point")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCIES))
+    parser.add_argument("--warmup-s", type=float, default=5, help="unrecorded load per setting")
+    parser.add_argument(
+        "--warmup-max-s", type=float, default=60, help="the first until the JIT settles"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = run(args)

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +43,10 @@ def wrk(
     duration_s: float = 10,
     timeout_s: float = 30,
     cpu: str = "1",
+    headers: Mapping[str, str] | None = None,
 ) -> dict:
-    """Load `url` with wrk (one thread, pinned to `cpu`) POSTing `body_file`.
+    """Load `url` with wrk (one thread, pinned to `cpu`) POSTing `body_file`, with `headers`
+    besides the token's and the content type.
 
     Returns requests/s, p50/p95/p99 latency (ms), status-code counts and errors.
     """
@@ -53,6 +55,7 @@ def wrk(
     seconds = max(1, round(duration_s))
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={round(timeout_s)}s"]
     command += ["-s", str(WRK_LUA), url, "--", str(body_file), token, content_type]
+    command += [f"{name}: {value}" for name, value in (headers or {}).items()]
     if cpu and shutil.which("taskset") and cpu != "none":
         command = ["taskset", "-c", cpu, *command]
     result = subprocess.run(
@@ -117,7 +120,14 @@ def jit_cpu(pid: int) -> Callable[[], dict]:
 
 
 def warm_up(
-    url, body_file, token, content_type, connections, settings: LoadSettings, jvm_pid=None
+    url,
+    body_file,
+    token,
+    content_type,
+    connections,
+    settings: LoadSettings,
+    jvm_pid=None,
+    headers: Mapping[str, str] | None = None,
 ) -> list:
     """Unrecorded load before a series: one window at c1, then windows at `connections`.
 
@@ -130,14 +140,15 @@ def warm_up(
     """
     window_s = max(1, round(settings.warmup_s))  # wrk runs whole seconds
     # c1 first: TorchScript specializes on each batch shape it meets.
-    wrk(url, body_file, token, content_type, 1, window_s, cpu=settings.wrk_cpu)
+    wrk(url, body_file, token, content_type, 1, window_s, cpu=settings.wrk_cpu, headers=headers)
     windows, started = [], time.perf_counter()
     tick_s = 1 / os.sysconf("SC_CLK_TCK")
     while True:
         since = jit_cpu(jvm_pid) if jvm_pid else None
         point = wrk(
-            url, body_file, token, content_type, connections, window_s, cpu=settings.wrk_cpu
-        )
+            url, body_file, token, content_type, connections, window_s, cpu=settings.wrk_cpu,
+            headers=headers,
+        )  # fmt: skip
         window = {"seconds": window_s, "requests_per_s": point["requests_per_s"]}
         settled = True
         if since is not None:
@@ -169,13 +180,16 @@ def load_points(
     duration_s,
     settings: LoadSettings,
     processes=None,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[dict, list]:
     """One wrk run per concurrency, after warm_up; (points, warm-up windows).
     `processes` ({role: [pid, ...]}): also the CPU time each role spent per request during
     the run: TorchServe's Java "frontend" (warm_up waits for its JIT) and its "workers"."""
     jvm_pid = (processes or {}).get("frontend", [None])[0]
-    warmup = warm_up(url, body_file, token, content_type, max(concurrencies), settings, jvm_pid)
-    settle(url, body_file, token, content_type)
+    warmup = warm_up(
+        url, body_file, token, content_type, max(concurrencies), settings, jvm_pid, headers
+    )
+    settle(url, body_file, token, content_type, headers)
     points = {}
     for connections in concurrencies:
         before = {role: sum(map(cpu_seconds, pids)) for role, pids in (processes or {}).items()}
@@ -188,6 +202,7 @@ def load_points(
             duration_s=duration_s,
             timeout_s=settings.wrk_timeout_s,
             cpu=settings.wrk_cpu,
+            headers=headers,
         )
         point = points[f"c{connections}"]
         if processes and point["requests"]:
@@ -198,14 +213,14 @@ def load_points(
                 for role, pids in processes.items()
             }
         print(f"  c{connections}: {summary(point)}", flush=True)
-        settle(url, body_file, token, content_type)
+        settle(url, body_file, token, content_type, headers)
     return points, warmup
 
 
-def settle(url: str, body_file: Path, token: str, content_type: str) -> None:
+def settle(url: str, body_file: Path, token: str, content_type: str, extra_headers=None) -> None:
     """Wait until the requests wrk left queued at its deadline are served: one request
     queued behind them comes back (both servers answer in arrival order per worker)."""
-    headers = {"Content-Type": content_type}
+    headers = {"Content-Type": content_type, **(extra_headers or {})}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     http_call("POST", url, body_file.read_bytes(), headers, timeout=120)

@@ -1,7 +1,7 @@
 -- POST one file to a URL with wrk and print the result as one JSON line.
---   taskset -c 1 wrk -t1 -c32 -d10s -s benchmarks/wrk_post.lua URL -- BODY_FILE [TOKEN] [CONTENT_TYPE]
+--   taskset -c 1 wrk -t1 -c32 -d10s -s benchmarks/wrk_post.lua URL -- BODY_FILE [TOKEN] [CONTENT_TYPE] ["Name: value" ...]
 -- TOKEN goes in "Authorization: Bearer TOKEN" (empty: no header); CONTENT_TYPE defaults to
--- application/octet-stream. The last line of output is
+-- application/octet-stream; each further argument is one more header. The last line of output is
 --   WRK_JSON {"requests": ..., "requests_per_s": ..., "p50_ms": ..., "codes": {"200": ...}, ...}
 -- (benchmarks/load.py reads it). Latencies are wrk's own: from sending a request to its
 -- complete response, over all requests of the run.
@@ -22,6 +22,11 @@ function init(args)
    wrk.headers["Content-Type"] = (args[3] and args[3] ~= "") and args[3] or "application/octet-stream"
    if args[2] and args[2] ~= "" then
       wrk.headers["Authorization"] = "Bearer " .. args[2]
+   end
+   for i = 4, #args do
+      local name, value = args[i]:match("^([^:]+):%s*(.*)$")
+      assert(name, "a header argument is 'Name: value', got " .. args[i])
+      wrk.headers[name] = value
    end
    request_text = wrk.format()
    codes = {}
