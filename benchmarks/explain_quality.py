@@ -12,7 +12,10 @@ Speed: ms of CPU per explained image (one process, one torch thread), at batch 1
 the served batch size, for
 - "before": Captum's IntegratedGradients on the exported TorchScript as loaded, contiguous
   layout (how the handler explained before its gradient copy);
-- the handler's own `attribute` with its gradient copy, for each method and step count.
+- "via Captum": Captum on the handler's gradient copy (how it explained before fashion_ig),
+  also the reference's method;
+- "in fp32": fashion_ig's chain with fp32 gradients (the handler's on CPUs without bf16);
+- the handler's own `attribute` as configured, for each method and step count.
 With --served, also explanations/s served by TorchServe (the repository's archive, config
 and model-config.yaml) for each of the handler's settings, chosen per request with the
 X-Method and X-Steps headers: wrk POSTs --image at each --concurrency, as benchmarks.bench
@@ -34,6 +37,7 @@ from benchmarks.inprocess import initialized_handler
 from benchmarks.load import LoadSettings, load_points
 from benchmarks.servers import REPO_ROOT, TorchServe, command_line, model_config, temp_dir
 from fashion_explain import INTEGRATED_GRADIENTS, METHODS, attribute
+from fashion_ig import ReluChain
 from fashion_image import prepare_image, to_batch_tensor
 from training import data
 
@@ -115,17 +119,32 @@ def run(args) -> dict:
     served_batch = int(model_config().get("batchSize", 1))
     print(f"{len(inputs)} images; reference: {args.reference_steps} steps...", flush=True)
 
-    def handler_method(method: str, steps: int) -> Callable:
+    def handler_method(method: str, steps: int, chain=handler.relu_chain) -> Callable:
         return lambda x, t: attribute(
-            method, handler.gradient_model, handler.predict_model, x, baseline, t, steps
+            method, handler.gradient_model, handler.predict_model, x, baseline, t, steps, chain
         )
 
-    reference, _ = chunked(handler_method(INTEGRATED_GRADIENTS, args.reference_steps), inputs,
-                           targets, size=2)  # fmt: skip
-    # name: (explain function, the request headers that choose it from a served handler)
-    settings = {f"before: integrated_gradients, {handler.limits.default_steps} steps": (
-        lambda x, t: before(handler.model, x, baseline, t, handler.limits.default_steps), None
-    )}  # fmt: skip
+    # The reference: Captum on the gradient copy in fp32, independent of fashion_ig.
+    reference, _ = chunked(handler_method(INTEGRATED_GRADIENTS, args.reference_steps, None),
+                           inputs, targets, size=2)  # fmt: skip
+    default = handler.limits.default_steps
+    fp32_chain = ReluChain.from_model(handler.model, handler.contract.input_shape, handler.device)
+    # name: (explain function, the request headers that choose it from a served handler;
+    # None: not the handler's, measured in-process only)
+    settings = {
+        f"before: integrated_gradients, {default} steps": (
+            lambda x, t: before(handler.model, x, baseline, t, default),
+            None,
+        ),
+        f"integrated_gradients via Captum, {default} steps": (
+            handler_method(INTEGRATED_GRADIENTS, default, None),
+            None,
+        ),
+        f"integrated_gradients in fp32, {default} steps": (
+            handler_method(INTEGRATED_GRADIENTS, default, fp32_chain),
+            None,
+        ),
+    }
     for steps in IG_STEPS:
         settings[f"integrated_gradients, {steps} steps"] = (
             handler_method(INTEGRATED_GRADIENTS, steps),

@@ -177,11 +177,18 @@ def prove_parity(export_dir: Path, device: torch.device, samples: dict[str, byte
     """Reference answers on the CPU, then the device's, in fp32 and as served."""
     from benchmarks import device_parity as parity
     from benchmarks.inprocess import initialized_handler
+    from benchmarks.servers import model_config
 
     batches = parity.request_sets(samples)
-    cpu_handler, cpu_context = initialized_handler(export_dir, device="cpu")
+    # fp32 gradients on the CPU too: where its CPU computes bf16 natively, the handler's
+    # default would round the reference's gradients to bf16 (fashion_ig).
+    config = model_config()
+    config["handler"] = {**(config.get("handler") or {}), "bf16_gradients": False}
+    cpu_handler, cpu_context = initialized_handler(
+        export_dir, device="cpu", model_yaml_config=config
+    )
     reference = parity.answer_batches(cpu_handler, cpu_context, batches)
-    handler, context = initialized_handler(export_dir, device=str(device))
+    handler, context = initialized_handler(export_dir, device=str(device), model_yaml_config=config)
     with tf32(False):
         fp32 = parity.answer_batches(handler, context, batches)
     served = parity.answer_batches(handler, context, batches)

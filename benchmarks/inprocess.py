@@ -47,13 +47,17 @@ def worker_context(
 
 
 def initialized_handler(
-    export_dir: Path, batch_size: int = 1, device: str = "cpu"
+    export_dir: Path,
+    batch_size: int = 1,
+    device: str = "cpu",
+    model_yaml_config: dict | None = None,
 ) -> tuple[fashion_handler.FashionHandler, Context]:
-    """A FashionHandler after initialize(), and its context, as in a TorchServe worker."""
+    """A FashionHandler after initialize(), and its context, as in a TorchServe worker
+    (`model_yaml_config` defaults to the repo's handler/model-config.yaml)."""
     model_dir = Path(tempfile.mkdtemp(prefix="inprocess-model-"))
     (model_dir / "model.pt").symlink_to((export_dir / "model.pt").resolve())
     gpu_id = torch.device(device).index or 0 if device.startswith("cuda") else None
-    context = worker_context(model_dir, batch_size=batch_size, gpu_id=gpu_id)
+    context = worker_context(model_dir, model_yaml_config, batch_size, gpu_id)
     handler = fashion_handler.FashionHandler()
     handler.initialize(context)
     return handler, context

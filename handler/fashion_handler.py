@@ -64,6 +64,7 @@ from fashion_explain import (
     heatmap_base64,
     round_attributions,
 )
+from fashion_ig import ReluChain, cpu_has_native_bf16
 from fashion_image import prepare_image_with_facts, to_batch_tensor
 from fashion_metrics import EXPLANATION, PREDICTION, BatchOutcome, HandlerMetrics
 from fashion_predict import PROBABILITY_DECIMALS, inference_model, top_k_batch
@@ -119,6 +120,12 @@ class FashionHandler(BaseHandler):
         # Predictions use a frozen, fused copy; explanations need the original's gradients.
         self.predict_model = inference_model(self.model, self.device)
         self.gradient_model = gradient_model(self.model, self.device)
+        # Integrated gradients without autograd where the model is a plain chain of layers
+        # (the FashionCNN is); None: Captum on the gradient copy.
+        bf16 = self.settings.bf16_gradients and self.device.type == "cpu" and cpu_has_native_bf16()
+        self.relu_chain = ReluChain.from_model(
+            self.model, self.contract.input_shape, self.device, bf16_backward=bf16
+        )
 
         self.input_size = tuple(self.contract.input_shape[1:])  # (H, W)
         self.limits = OptionLimits(
@@ -396,7 +403,7 @@ class FashionHandler(BaseHandler):
         for (method, steps), group in groups.items():
             attributions, deltas = attribute(
                 method, self.gradient_model, self.predict_model, batch[group], self.baseline,
-                [targets[r] for r in group], steps,
+                [targets[r] for r in group], steps, self.relu_chain,
             )  # fmt: skip
             # Grayscale input: channels carry the same pixel, so their attributions add up.
             attributions_hw = attributions.sum(dim=1).float().cpu().numpy()  # (n, H, W)

@@ -28,6 +28,9 @@ class HandlerSettings:
     max_image_bytes: int = 16 * 1024 * 1024
     max_images_per_request: int = 16
     metrics: bool = True  # the handler's Prometheus metrics (fashion_metrics); false: none
+    # Integrated gradients' backward convolutions in bf16 on a CPU that computes bf16
+    # natively (fashion_ig; the forward pass stays fp32); false: fp32 throughout.
+    bf16_gradients: bool = True
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

@@ -30,12 +30,14 @@ def test_every_setting_is_measured_in_process_and_each_handler_setting_served(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert {name.split(",")[0] for name in rows} == {
-        "before: integrated_gradients", "integrated_gradients", "saliency", "input_x_gradient",
+        "before: integrated_gradients", "integrated_gradients via Captum",
+        "integrated_gradients in fp32", "integrated_gradients", "saliency", "input_x_gradient",
         "occlusion",
     }  # fmt: skip
+    not_served = ("before", "integrated_gradients via", "integrated_gradients in")
     for name, row in rows.items():
         assert row["ms_per_image_batch_1"] > 0 and row["ms_per_image_batch_8"] > 0, name
-        if name.startswith("before"):  # not the handler's: nothing to serve
+        if name.startswith(not_served):  # not the handler as configured: nothing to serve
             assert "served_requests_per_s" not in row
         else:
             assert set(row["served_requests_per_s"]) == {"c1", "c2"}, name

@@ -1,0 +1,266 @@
+"""Integrated gradients for a chain of convolutions, ReLUs, max pools and linear layers (the
+FashionCNN's), written out instead of run through autograd: the same attributions as
+Captum's IntegratedGradients (same Gauss-Legendre nodes), at about 1.5x less CPU
+(docs/performance.md#explanations). Where does the time go otherwise, and what this skips:
+
+- The first layer is a convolution, affine in its input, so along the straight path from
+  the baseline its output is z(alpha) = z(baseline) + alpha * (z(input) - z(baseline)): two
+  convolutions per image instead of one per step, and the gradients with respect to z are
+  summed over the steps (weighted) before one transposed convolution takes them to pixels.
+- The backward pass is the chain's own: ReLU masks, max-pool indices, and each convolution's
+  transpose as a convolution with flipped kernels, without autograd's bookkeeping.
+- Optionally (`bf16_backward`) the backward convolutions run in bf16. The forward pass, which
+  decides every ReLU mask and max-pool choice, stays fp32, so only the gradients' values are
+  rounded; over the steps' sum that stays far below the quadrature's own error.
+
+`ReluChain.from_model` returns None for a model that is not such a chain; the handler then
+uses Captum on its gradient copy (fashion_explain.integrated_gradients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CHANNELS_LAST = torch.channels_last
+# Path points per forward/backward pass: large enough to keep the convolutions efficient,
+# small enough for their activations to stay in cache (measured: docs/performance.md).
+POINTS_PER_PASS = 50
+# from_model's check: the chain must answer like the model on random inputs, to float rounding.
+SELF_CHECK_TOLERANCE = 1e-3
+
+
+@dataclass
+class _Layer:
+    kind: str  # "conv", "relu", "maxpool", "flatten" or "linear"
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    backward_weight: torch.Tensor | None = None  # conv: flipped, in/out swapped, backward dtype
+    size: int = 0  # conv: padding; maxpool: kernel = stride
+
+
+class ReluChain:
+    """The model as a list of layers, for integrated gradients without autograd."""
+
+    def __init__(self, layers: list[_Layer], backward_dtype: torch.dtype) -> None:
+        self.first, self.rest = layers[0], layers[1:]
+        self.backward_dtype = backward_dtype
+
+    @classmethod
+    def from_model(
+        cls, model: torch.nn.Module, input_shape: Sequence[int], device: torch.device,
+        bf16_backward: bool = False,
+    ) -> ReluChain | None:  # fmt: skip
+        """The chain of `model`'s layers (BatchNorm folded into the convolution before it,
+        dropout left out), or None where `model` is not such a chain: a first layer other
+        than a same-size convolution, a layer this module does not know, or answers that
+        differ from the model's on random inputs of `input_shape` (C, H, W)."""
+        modules = [m for _, m in model.named_modules() if not list(m.named_children())]
+        layers: list[_Layer] = []
+        for module in modules:
+            kind = getattr(module, "original_name", type(module).__name__)
+            try:
+                layer = _layer(kind, module, layers)
+            except _NotAChain:
+                return None
+            if layer is not None:
+                layers.append(layer)
+        if not layers or layers[0].kind != "conv" or layers[-1].kind != "linear":
+            return None
+        dtype = torch.bfloat16 if bf16_backward else torch.float32
+        for layer in layers:
+            for name in ("weight", "bias"):
+                value = getattr(layer, name)
+                if value is not None:
+                    setattr(layer, name, value.detach().to(device).float())
+            if layer.kind == "conv":
+                layer.weight = layer.weight.contiguous(memory_format=CHANNELS_LAST)
+                flipped = layer.weight.transpose(0, 1).flip(2, 3)
+                layer.backward_weight = flipped.to(dtype).contiguous(memory_format=CHANNELS_LAST)
+        chain = cls(layers, dtype)
+        with torch.inference_mode():
+            probe = torch.randn(4, *input_shape, device=device)
+            try:
+                expected, got = model(probe), chain.logits(probe)
+            except RuntimeError:
+                return None
+            if got.shape != expected.shape or not torch.allclose(
+                got, expected, atol=SELF_CHECK_TOLERANCE, rtol=SELF_CHECK_TOLERANCE
+            ):
+                return None
+        return chain
+
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, classes), fp32, no gradients."""
+        first = self.first
+        z = F.conv2d(inputs.contiguous(memory_format=CHANNELS_LAST), first.weight, first.bias,
+                     padding=first.size)  # fmt: skip
+        return self._forward(z)[0]
+
+    def integrated_gradients(
+        self,
+        inputs: torch.Tensor,
+        baseline: torch.Tensor,
+        targets: Sequence[int],
+        steps: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attributions (N, C, H, W) for each input's own target along the straight path from
+        `baseline` (C, H, W), with Captum's Gauss-Legendre nodes, and the convergence deltas
+        (N,): sum of attributions - (f(input) - f(baseline))."""
+        count, device = inputs.shape[0], inputs.device
+        alphas, weights = gauss_legendre(steps, device)
+        targets_t = torch.as_tensor(list(targets), device=device)
+        first = self.first
+        with torch.inference_mode():
+            ends = torch.cat([inputs, baseline.unsqueeze(0)]).contiguous(
+                memory_format=CHANNELS_LAST
+            )
+            z_ends = F.conv2d(ends, first.weight, first.bias, padding=first.size)  # (N+1, K, H, W)
+            shape = z_ends.shape[1:]
+            # Rows of (H, W, K) values, the channels-last memory order: views, no copies.
+            z_rows = z_ends.permute(0, 2, 3, 1).reshape(count + 1, -1)
+            z_base = z_rows[count:]  # (1, H*W*K)
+            z_span = z_rows[:count] - z_base  # (N, H*W*K)
+            summed = torch.zeros_like(z_span)  # sum over steps of weight * d target / d z
+            image = torch.arange(count, device=device).repeat_interleave(steps)
+            step = torch.arange(steps, device=device).repeat(count)
+            for start in range(0, count * steps, POINTS_PER_PASS):
+                rows = slice(start, start + POINTS_PER_PASS)
+                points = image[rows].numel()
+                at = torch.arange(points, device=device)
+                # One matrix product each: a point's z from its image's span, and the sum of
+                # its gradients into its image's row.
+                alpha = torch.zeros(points, count, device=device)
+                alpha[at, image[rows]] = alphas[step[rows]]
+                weight = torch.zeros(count, points, device=device)
+                weight[image[rows], at] = weights[step[rows]]
+                z = torch.addmm(z_base, alpha, z_span)
+                z = z.view(points, shape[1], shape[2], shape[0]).permute(0, 3, 1, 2)
+                gradient = self._target_gradient(z, targets_t[image[rows]])
+                summed.addmm_(weight, gradient.permute(0, 2, 3, 1).reshape(points, -1))
+            summed = summed.view(count, shape[1], shape[2], shape[0]).permute(0, 3, 1, 2)
+            pixel_gradients = F.conv_transpose2d(summed, first.weight, padding=first.size)
+            attributions = (inputs - baseline) * pixel_gradients
+            logits = self._forward(z_ends)[0]  # z_ends' last use: _forward consumes it
+            gained = (
+                logits[torch.arange(count, device=device), targets_t] - logits[count, targets_t]
+            )
+            deltas = attributions.flatten(1).sum(dim=1) - gained
+        return attributions.contiguous(), deltas
+
+    def _forward(self, z: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """The layers after the first from its output `z`, which the first ReLU overwrites;
+        (logits, what the backward pass needs)."""
+        saved = []
+        x = z
+        for layer in self.rest:
+            if layer.kind == "relu":
+                x = x.relu_()
+                saved.append(x)  # its output: > 0 exactly where its input was
+            elif layer.kind == "maxpool":
+                pooled, indices = F.max_pool2d(x, layer.size, return_indices=True)
+                saved.append((x, indices))
+                x = pooled
+            elif layer.kind == "conv":
+                x = F.conv2d(x, layer.weight, layer.bias, padding=layer.size)
+                saved.append(None)
+            elif layer.kind == "flatten":
+                saved.append(x.shape)
+                x = x.flatten(1)
+            else:  # linear
+                x = F.linear(x, layer.weight, layer.bias)
+                saved.append(None)
+        return x, saved
+
+    def _target_gradient(self, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """d logit[target] / d z for each row of `z` (the first layer's output)."""
+        _, saved = self._forward(z)
+        layers = self.rest
+        gradient = layers[-1].weight[targets]  # the last linear layer's row for each target
+        for layer, kept in zip(reversed(layers[:-1]), reversed(saved[:-1]), strict=True):
+            if layer.kind == "relu":
+                gradient = torch.ops.aten.threshold_backward(gradient, kept, 0.0)
+            elif layer.kind == "maxpool":
+                pooled_input, indices = kept
+                k = layer.size
+                gradient = torch.ops.aten.max_pool2d_with_indices_backward(
+                    gradient, pooled_input, [k, k], [k, k], [0, 0], [1, 1], False, indices
+                )
+            elif layer.kind == "conv":
+                gradient = F.conv2d(
+                    gradient.to(self.backward_dtype).contiguous(memory_format=CHANNELS_LAST),
+                    layer.backward_weight,
+                    padding=layer.size,
+                ).float()
+            elif layer.kind == "flatten":
+                gradient = gradient.view(kept).contiguous(memory_format=CHANNELS_LAST)
+            else:  # linear
+                gradient = gradient @ layer.weight
+        return gradient
+
+
+class _NotAChain(Exception):
+    """A module the chain cannot run."""
+
+
+def _layer(kind: str, module, layers: list[_Layer]) -> _Layer | None:
+    """The layer for one leaf module; None to leave out (dropout in eval, BatchNorm folded
+    into `layers[-1]`). Raises _NotAChain for a module the chain cannot run."""
+    if kind == "Conv2d":
+        kernel = tuple(module.kernel_size)
+        same = kernel[0] == kernel[1] and kernel[0] % 2 == 1 and tuple(module.padding) == (
+            kernel[0] // 2, kernel[0] // 2
+        )  # fmt: skip
+        plain = tuple(module.stride) == (1, 1) and tuple(module.dilation) == (1, 1)
+        if not (same and plain and module.groups == 1):
+            raise _NotAChain(kind)
+        bias = module.bias if module.bias is not None else torch.zeros(module.weight.shape[0])
+        return _Layer("conv", module.weight, bias, size=kernel[0] // 2)
+    if kind == "BatchNorm2d":
+        if not layers or layers[-1].kind != "conv":
+            raise _NotAChain(kind)
+        scale = module.weight / torch.sqrt(module.running_var + module.eps)
+        conv = layers[-1]
+        conv.weight = conv.weight * scale.view(-1, 1, 1, 1)
+        conv.bias = (conv.bias - module.running_mean) * scale + module.bias
+        return None
+    if kind == "ReLU":
+        return _Layer("relu")
+    if kind == "MaxPool2d":
+        kernel, stride = _pair(module.kernel_size), _pair(module.stride)
+        if kernel != stride or kernel[0] != kernel[1] or _pair(module.padding) != (0, 0):
+            raise _NotAChain(kind)
+        return _Layer("maxpool", size=kernel[0])
+    if kind == "Flatten":
+        return _Layer("flatten")
+    if kind == "Linear":
+        return _Layer("linear", module.weight, module.bias)
+    if kind.startswith("Dropout"):
+        return None
+    raise _NotAChain(kind)
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX), where oneDNN's bf16
+    convolutions beat fp32 ones; elsewhere they are emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def gauss_legendre(steps: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes in (0, 1) and weights summing to 1: Captum's "gausslegendre" rule."""
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    alphas = torch.tensor((nodes + 1) / 2, dtype=torch.float32, device=device)
+    return alphas, torch.tensor(weights / 2, dtype=torch.float32, device=device)

@@ -1,0 +1,121 @@
+"""Integrated gradients written out for a chain of layers (fashion_ig): the known answer on a
+tiny chain, Captum's answer on the exported FashionCNN, and Captum where the model is no chain."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fashion_contract import load_torchscript
+from fashion_explain import attribute, black_baseline, gradient_model, integrated_gradients
+from fashion_ig import ReluChain
+
+SHAPE = (1, 28, 28)
+
+
+def scripted(model: nn.Module) -> torch.jit.ScriptModule:
+    return torch.jit.script(model.eval())
+
+
+def positive_probe() -> nn.Module:
+    """A 3x3 identity convolution, ReLU, and one linear score per class: for non-negative
+    inputs the score is linear along the path from black, so IG is exact: x * w."""
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0
+    linear = nn.Linear(28 * 28, 2)
+    with torch.no_grad():
+        linear.weight.copy_(torch.linspace(-1, 1, 2 * 28 * 28).view(2, -1))
+        linear.bias.zero_()
+    return nn.Sequential(conv, nn.ReLU(), nn.Flatten(), linear)
+
+
+def test_the_chain_answers_the_known_attributions_with_zero_delta():
+    model = positive_probe()
+    chain = ReluChain.from_model(scripted(model), SHAPE, torch.device("cpu"))
+    assert chain is not None
+    inputs = torch.rand(3, *SHAPE)
+    targets = [0, 1, 1]
+    attributions, deltas = chain.integrated_gradients(inputs, torch.zeros(SHAPE), targets, 8)
+    weights = model[3].weight.detach()
+    expected = inputs * weights[targets].view(3, *SHAPE)
+    assert torch.allclose(attributions, expected, atol=1e-5)
+    assert deltas.abs().max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_export_dir):
+    model, contract = load_torchscript(tiny_export_dir / "model.pt")
+    baseline = black_baseline(contract.mean, contract.std, tuple(contract.input_shape[1:]))
+    return model.eval(), contract, baseline
+
+
+def test_on_the_fashion_cnn_it_answers_as_captum_does(exported):
+    model, contract, baseline = exported
+    chain = ReluChain.from_model(model, contract.input_shape, torch.device("cpu"))
+    assert chain is not None and chain.backward_dtype == torch.float32
+    inputs = torch.randn(5, *contract.input_shape)
+    targets = [0, 3, 9, 3, 1]
+    expected, expected_deltas = integrated_gradients(
+        gradient_model(model, torch.device("cpu")), inputs, baseline, targets, steps=20
+    )
+    attributions, deltas = chain.integrated_gradients(inputs, baseline, targets, steps=20)
+    # Float rounding only: the sums run in another order.
+    assert (attributions - expected).abs().max() < 1e-4 * expected.abs().max()
+    assert torch.allclose(deltas, expected_deltas, atol=1e-5)
+
+
+def test_bf16_gradients_stay_within_rounding_of_fp32(exported):
+    model, contract, baseline = exported
+    inputs = torch.randn(4, *contract.input_shape)
+    chains = [
+        ReluChain.from_model(model, contract.input_shape, torch.device("cpu"), bf16_backward=bf16)
+        for bf16 in (False, True)
+    ]
+    assert chains[1].backward_dtype == torch.bfloat16
+    (fp32, fp32_deltas), (bf16, bf16_deltas) = (
+        chain.integrated_gradients(inputs, baseline, [2, 2, 5, 7], steps=16) for chain in chains
+    )
+    relative = (bf16 - fp32).flatten(1).norm(dim=1) / fp32.flatten(1).norm(dim=1)
+    assert relative.max() < 0.01, relative
+    assert (bf16_deltas - fp32_deltas).abs().max() < 0.01
+
+
+class Residual(nn.Module):
+    """The same layers as a chain, but the forward adds a skip: not a chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.linear = nn.Linear(28 * 28, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.flatten(self.relu(self.conv(x)) + x))
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        nn.Sequential(nn.Conv2d(1, 2, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(2 * 14 * 14, 2)),
+        nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.AvgPool2d(2), nn.Flatten(),
+                      nn.Linear(2 * 14 * 14, 2)),
+        nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2)),
+        Residual(),
+    ],
+    ids=["strided-conv", "avg-pool", "no-conv-first", "residual"],
+)  # fmt: skip
+def test_models_that_are_no_chain_get_none_and_captum_explains_them(model):
+    model = scripted(model)
+    assert ReluChain.from_model(model, SHAPE, torch.device("cpu")) is None
+    inputs = torch.rand(2, *SHAPE)
+    copy = gradient_model(model, torch.device("cpu"))
+    attributions, deltas = attribute(
+        "integrated_gradients", copy, model, inputs, torch.zeros(SHAPE), [0, 1], 8, chain=None
+    )
+    expected, _ = integrated_gradients(copy, inputs, torch.zeros(SHAPE), [0, 1], 8)
+    assert torch.equal(attributions, expected) and deltas.shape == (2,)
