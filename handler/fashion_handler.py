@@ -150,12 +150,17 @@ class FashionHandler(BaseHandler):
             )
             self.recorder.record_model()
         self.initialized = True
+        if self.relu_chain is None:
+            ig_path = "Captum on a gradient copy (the model is no plain chain of layers)"
+        else:
+            ig_path = f"fashion_ig, {str(self.relu_chain.backward_dtype)[6:]} gradients"
         logger.info(
-            "Loaded %s %s on %s (%s)",
+            "Loaded %s %s on %s (%s); integrated gradients: %s",
             self.contract.name,
             self.contract.version,
             self.device,
             self.settings,
+            ig_path,
         )
 
     def handle(self, data: list[dict], context) -> list:
