@@ -20,18 +20,18 @@ together; TorchServe batches concurrent requests itself):
          "datatype": "BYTES", "shape": [N], "data": ["<base64>", ...]}]}' \
          http://HOST:8080/v2/models/fashion-cnn/infer          (Open Inference Protocol)
 Options, as headers (`-H 'X-Topk: 3' -H 'X-Target: Trouser'`, X-Invert, X-Steps, X-Method,
-X-Sign), form fields (`-F topk=3`), fields of a JSON body or its KServe instance, or OIP
-parameters (headers win): topk 1..10, target (index or class name; explanations), invert
-true|false|auto, steps 1..max_ig_steps, method integrated_gradients|saliency|
-input_x_gradient|occlusion and sign positive|all (explanations). TorchServe 0.12 drops
-query strings (`?topk=3`).
+X-Sign, X-Heatmap), form fields (`-F topk=3`), fields of a JSON body or its KServe instance,
+or OIP parameters (headers win): topk 1..10, target (index or class name; explanations),
+invert true|false|auto, steps 1..max_ig_steps, method integrated_gradients|saliency|
+input_x_gradient|occlusion, sign positive|all and heatmap true|false (explanations).
+TorchServe 0.12 drops query strings (`?topk=3`).
 
 Responses (one per image: a list for a `data` list, {"predictions": [...]} for several
 KServe instances; an OIP response with typed output tensors, see fashion_oip):
     prediction   {"<class name>": probability, ...}   top-k, highest first
     explanation  {"method", "target", "target_name", "probability", "steps", "delta",
                   "attributions": 28x28 floats, "heatmap_png": base64 PNG, 340x168:
-                  the input beside the attributions over it}
+                  the input beside the attributions over it (null with heatmap=false)}
     refusal      {"code": 400|413|422, "type": "...", "message": "..."} with that HTTP status,
                  for that request only (context.set_response_status per index); an
                  unexpected failure of one request is a 500 of the same shape. A bad
@@ -424,6 +424,8 @@ class FashionHandler(BaseHandler):
                     "attributions": round_attributions(attributions_hw[i]),
                     "heatmap_png": heatmap_base64(
                         prepared.pixels[row], attributions_hw[i], prepared.options[row].sign
-                    ),
+                    )
+                    if prepared.options[row].heatmap
+                    else None,
                 }
         return [answers[r] for r in rows]

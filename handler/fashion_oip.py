@@ -31,6 +31,7 @@ import fashion_errors as errors
 
 INPUT_NAME = "images"
 PREDICTION_OUTPUTS = ("probabilities", "classes")
+HEATMAP_OUTPUT = "heatmap_png"
 EXPLANATION_OUTPUTS = (
     "method",
     "attributions",
@@ -38,10 +39,10 @@ EXPLANATION_OUTPUTS = (
     "target_name",
     "target_probability",
     "delta",
-    "heatmap_png",
+    HEATMAP_OUTPUT,
 )
 BINARY_HEADER = "inference-header-content-length"
-OPTION_KEYS = ("topk", "target", "invert", "steps", "method", "sign")
+OPTION_KEYS = ("topk", "target", "invert", "steps", "method", "sign", "heatmap")
 ACCEPTED = (
     f'{{"inputs": [{{"name": "{INPUT_NAME}", "datatype": "BYTES", "shape": [N], '
     '"data": ["<base64 image>", ...]}]}'
@@ -245,11 +246,13 @@ def explanation_outputs(answers: Sequence[Mapping]) -> list[dict]:
         tensor("target", "INT64", [n], [a["target"] for a in answers]),
         tensor("target_name", "BYTES", [n], [a["target_name"] for a in answers]),
         tensor("target_probability", "FP32", [n], [a["probability"] for a in answers]),
-        tensor("heatmap_png", "BYTES", [n], [a["heatmap_png"] for a in answers]),
     ]
     # Only integrated gradients has a convergence delta (one method per request).
     if all(a["delta"] is not None for a in answers):
-        outputs.insert(-1, tensor("delta", "FP32", [n], [a["delta"] for a in answers]))
+        outputs.append(tensor("delta", "FP32", [n], [a["delta"] for a in answers]))
+    # No heatmap when the request's outputs leave it out, or it says heatmap=false.
+    if all(a["heatmap_png"] is not None for a in answers):
+        outputs.append(tensor(HEATMAP_OUTPUT, "BYTES", [n], [a["heatmap_png"] for a in answers]))
     return outputs
 
 

@@ -22,7 +22,7 @@ import binascii
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,7 +31,7 @@ import fashion_oip as oip
 from fashion_explain import INTEGRATED_GRADIENTS, METHOD_ALIASES, METHODS, SIGNS
 from fashion_image import INVERT_MODES, ImageFacts
 
-OPTION_KEYS = ("topk", "target", "invert", "steps", "method", "sign")
+OPTION_KEYS = oip.OPTION_KEYS  # topk, target, invert, steps, method, sign, heatmap
 HEADER_PREFIX = "x-"  # X-Topk, X-Target, X-Method, ...: options for a raw-bytes upload
 IMAGE_KEYS = ("data", "b64")  # where a JSON body or KServe v1 instance carries base64
 ACCEPTED_BODIES = (
@@ -59,6 +59,7 @@ class RequestOptions:
     steps: int  # integrated-gradients steps
     method: str = INTEGRATED_GRADIENTS  # explanation method, one of fashion_explain.METHODS
     sign: str = "positive"  # heatmap: "positive" evidence only, or "all"
+    heatmap: bool = True  # draw the heatmap (most of a cheap method's cost); false: numbers only
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,11 @@ def parse_request(
         raw_options.update(protocol.options)
     raw_options.update({key: request[key] for key in OPTION_KEYS if key in request})
     raw_options.update(header_options or {})
-    return ParsedRequest(images, parse_options(raw_options, class_names, limits), form, protocol)
+    options = parse_options(raw_options, class_names, limits)
+    if protocol is not None and protocol.outputs is not None:
+        # The outputs an OIP request names decide: a heatmap only if it is one of them.
+        options = replace(options, heatmap=oip.HEATMAP_OUTPUT in protocol.outputs)
+    return ParsedRequest(images, options, form, protocol)
 
 
 def is_oip_request(request: Mapping, headers: Mapping) -> bool:
@@ -320,8 +325,8 @@ def decode_base64(text: str, max_image_bytes: int) -> bytes:
 
 
 def parse_options(raw: Mapping, class_names: Sequence[str], limits: OptionLimits) -> RequestOptions:
-    """Validate topk, target, invert, steps, method and sign given as headers, form or JSON
-    fields."""
+    """Validate topk, target, invert, steps, method, sign and heatmap given as headers, form
+    or JSON fields."""
     num_classes = len(class_names)
     topk = _parse_int(raw, "topk", limits.default_topk, 1, num_classes)
     steps = _parse_int(raw, "steps", limits.default_steps, 1, limits.max_steps)
@@ -342,7 +347,15 @@ def parse_options(raw: Mapping, class_names: Sequence[str], limits: OptionLimits
             )
     method = _parse_choice(raw, "method", INTEGRATED_GRADIENTS, METHODS, METHOD_ALIASES)
     sign = _parse_choice(raw, "sign", "positive", SIGNS)
-    return RequestOptions(topk, target, invert, steps, method, sign)
+    heatmap = True
+    if "heatmap" in raw:
+        text = _as_text(raw["heatmap"]).strip().lower()  # JSON true/false arrive as bools
+        if text not in _TRUE + _FALSE:
+            raise errors.invalid_parameter(
+                f"heatmap={text!r} is not understood; use true or false."
+            )
+        heatmap = text in _TRUE
+    return RequestOptions(topk, target, invert, steps, method, sign, heatmap)
 
 
 def _parse_choice(

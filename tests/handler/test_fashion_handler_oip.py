@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+import fashion_handler
 from fashion_contract import FASHION_MNIST_CLASSES
 from tests.handler.helpers import encode, garment, png_bytes, set_requests
 
@@ -189,3 +190,22 @@ def test_describe_answers_the_model_metadata(handler_and_context):
     metadata = json.loads(described)
     assert metadata["name"] == "fashion" and metadata["versions"] == [handler.model_version]
     assert metadata["inputs"][0]["datatype"] == "BYTES"
+
+
+def test_no_heatmap_is_drawn_where_the_request_does_not_want_one(handler_and_context, monkeypatch):
+    handler, context = handler_and_context
+    drawn = []
+    draw = fashion_handler.heatmap_base64
+    monkeypatch.setattr(fashion_handler, "heatmap_base64", lambda *a: drawn.append(1) or draw(*a))
+    requests = [
+        {"body": oip_request([DARK], outputs=[{"name": "attributions"}, {"name": "delta"}])},
+        {"body": oip_request([DARK], parameters={"heatmap": False, "steps": 4})},
+        {"body": {"data": b64(DARK), "heatmap": "false", "method": "saliency"}},
+        {"body": {"data": b64(DARK), "method": "saliency"}},  # the default: one heatmap
+    ]
+    responses, statuses = run_batch(handler, context, requests, [EXPLAIN] * len(requests))
+    assert statuses == [200] * 4 and len(drawn) == 1
+    assert [o["name"] for o in responses[0]["outputs"]] == ["attributions", "delta"]
+    assert "heatmap_png" not in outputs(responses[1]) and "attributions" in outputs(responses[1])
+    assert responses[2]["heatmap_png"] is None and len(responses[2]["attributions"]) == 28
+    assert base64.b64decode(responses[3]["heatmap_png"])[:4] == b"\x89PNG"

@@ -281,3 +281,30 @@ def test_an_unknown_method_or_sign_is_refused_with_the_choices(key, value):
     assert refused.value.code == 400
     choices = {"method": "integrated_gradients, saliency", "sign": "positive, all"}
     assert repr(value) in refused.value.message and choices[key] in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("given", "heatmap"),
+    [(None, True), ("false", False), ("Off", False), (False, False), ("1", True)],
+)
+def test_heatmap_option_from_a_json_field(given, heatmap):
+    body = {"data": B64} | ({} if given is None else {"heatmap": given})
+    assert parse({"body": body}).options.heatmap is heatmap
+
+
+def test_heatmap_option_from_a_header_and_a_value_not_understood():
+    headers = options_from_headers({"X-Heatmap": "false"})
+    assert parse({"body": IMAGE}, header_options=headers).options.heatmap is False
+    with pytest.raises(errors.RequestError) as refused:
+        parse({"body": {"data": B64, "heatmap": "maybe"}})
+    assert refused.value.code == 400 and "heatmap='maybe'" in refused.value.message
+
+
+def test_an_oip_request_naming_its_outputs_gets_a_heatmap_only_if_it_names_one():
+    def heatmap(**fields) -> bool:
+        return parse({"body": oip_body([B64]) | fields}).options.heatmap
+
+    assert heatmap() is True
+    assert heatmap(outputs=[{"name": "attributions"}]) is False
+    assert heatmap(outputs=[{"name": "attributions"}, {"name": "heatmap_png"}]) is True
+    assert heatmap(parameters={"heatmap": False}) is False
