@@ -152,6 +152,15 @@ def run(args) -> dict:
         )
     for method in METHODS[1:]:
         settings[method] = handler_method(method, 0), {"X-Method": method}
+    # Without the picture (heatmap=false): the same attributions, so the same in-process row.
+    settings[f"integrated_gradients, {default} steps, no heatmap"] = (
+        handler_method(INTEGRATED_GRADIENTS, default),
+        {"X-Method": INTEGRATED_GRADIENTS, "X-Steps": str(default), "X-Heatmap": "false"},
+    )
+    settings["saliency, no heatmap"] = (
+        handler_method("saliency", 0),
+        {"X-Method": "saliency", "X-Heatmap": "false"},
+    )
     rows = {}
     for name, (explain, _) in settings.items():
         attributions, deltas = chunked(explain, inputs, targets)

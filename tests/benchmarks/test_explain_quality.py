@@ -29,6 +29,7 @@ def test_every_setting_is_measured_in_process_and_each_handler_setting_served(
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
+    assert sum(name.endswith("no heatmap") for name in rows) == 2
     assert {name.split(",")[0] for name in rows} == {
         "before: integrated_gradients", "integrated_gradients via Captum",
         "integrated_gradients in fp32", "integrated_gradients", "saliency", "input_x_gradient",
