@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from fashion_ig import cpu_has_native_bf16
 from training.data import Split
 from training.model import FashionCNN, ModelConfig, parameter_summary
 
@@ -57,16 +58,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes in bf16 natively (AVX512-BF16 or AMX), where oneDNN's bf16
-    convolutions beat fp32 ones; without it they are emulated and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def autocast_dtype(
