@@ -38,7 +38,7 @@ import torch
 import yaml
 
 from benchmarks.inprocess import Pipeline, in_process, prepare
-from benchmarks.load import LoadSettings, load_points
+from benchmarks.load import CONCURRENCIES, LoadSettings, load_points
 from benchmarks.report import check_targets, markdown, table
 from benchmarks.servers import (
     REPO_ROOT,
@@ -53,7 +53,6 @@ from benchmarks.servers import (
 from fashion_image import to_batch_tensor
 
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "bench" / "bench.json"
-CONCURRENCIES = (1, 8, 32)
 PARTS = ("in-process", "torchserve", "litserve")
 
 

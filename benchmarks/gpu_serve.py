@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.gpu_proof import finish
+from benchmarks.load import CONCURRENCIES
 from benchmarks.servers import REPO_ROOT, TorchServe, http_call
 from benchmarks.traffic import count_statuses, latency_ms, predict_headers, run_load
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--bundle", type=Path, required=True, help="folder made by gpu_bundle.sh serve")
     add("--device", choices=("cuda", "cpu"), default="cuda", help="where the workers must run")
     add("--samples-dir", type=Path, default=REPO_ROOT / "samples", help="sample PNGs + index.json")
-    add("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="prediction load")
+    add("--concurrency", type=int, nargs="+", default=list(CONCURRENCIES), help="prediction load")
     add("--explain-concurrency", type=int, nargs="+", default=[1, 8], help="explanation load")
     add("--seconds", type=float, default=10, help="per load point")
     add("--out", type=Path, default=Path("build/gpu-serve"), help="folder for gpu_serve.json")

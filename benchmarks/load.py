@@ -19,6 +19,7 @@ from pathlib import Path
 from benchmarks.servers import http_call
 
 WRK_LUA = Path(__file__).with_name("wrk_post.lua")
+CONCURRENCIES = (1, 8, 32)  # connections per load point, unless a command is told others
 WRK_JSON_PREFIX = "WRK_JSON "
 # Warm-up ends once the JVM's JIT compiler threads use at most this share of its CPU.
 JIT_SETTLED_SHARE = 0.02
