@@ -19,6 +19,7 @@ uses Captum on its gradient copy (fashion_explain.integrated_gradients).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,11 @@ class ReluChain:
                 layers.append(layer)
         if not layers or layers[0].kind != "conv" or layers[-1].kind != "linear":
             return None
+        # relu(max(x)) = max(relu(x)): pooling first runs the ReLU and its backward mask at a
+        # quarter of the size, with the same values and gradients.
+        for i in range(len(layers) - 1):
+            if layers[i].kind == "relu" and layers[i + 1].kind == "maxpool":
+                layers[i], layers[i + 1] = layers[i + 1], layers[i]
         dtype = torch.bfloat16 if bf16_backward else torch.float32
         for layer in layers:
             for name in ("weight", "bias"):
@@ -262,6 +268,13 @@ def cpu_has_native_bf16() -> bool:
 
 def gauss_legendre(steps: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Nodes in (0, 1) and weights summing to 1: Captum's "gausslegendre" rule."""
+    alphas, weights = _gauss_legendre(steps)
+    return alphas.to(device), weights.to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _gauss_legendre(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # numpy's eigenvalue solve takes 0.6 ms at 50 steps, 3 % of an explanation: once a count.
     nodes, weights = np.polynomial.legendre.leggauss(steps)
-    alphas = torch.tensor((nodes + 1) / 2, dtype=torch.float32, device=device)
-    return alphas, torch.tensor(weights / 2, dtype=torch.float32, device=device)
+    alphas = torch.tensor((nodes + 1) / 2, dtype=torch.float32)
+    return alphas, torch.tensor(weights / 2, dtype=torch.float32)
