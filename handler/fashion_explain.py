@@ -11,8 +11,9 @@ Methods (the request's `method` option; docs/api.md says what each shows and cos
 from __future__ import annotations
 
 import base64
-import io
+import struct
 import warnings
+import zlib
 from collections.abc import Sequence
 from copy import deepcopy
 
@@ -219,9 +220,31 @@ def heatmap_png(
     canvas.paste(
         Image.alpha_composite(dimmed, overlay).convert("RGB"), (size[0] + HEATMAP_GAP_PX, 0)
     )
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG", compress_level=1)  # fast; the PNG is small either way
-    return buffer.getvalue()
+    return png_bytes(np.asarray(canvas))
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 image as PNG: every row "Up"-filtered (minus the row above), zlib
+    at its fastest level. Pillow's encoder picks a filter per row by trying each, which cost
+    2.3 of the heatmap's 3.7 ms; one filter for all rows takes 1.2 ms for the same size (the
+    heatmap's rows mostly repeat the row above: it is upsampled)."""
+    height, width, _ = rgb.shape
+    rows = rgb.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # PNG filter type 2, "Up"
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG defines it
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"".join((
+        b"\x89PNG\r\n\x1a\n",
+        _png_chunk(b"IHDR", header),
+        _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 1)),
+        _png_chunk(b"IEND", b""),
+    ))  # fmt: skip
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def heatmap_base64(pixels: np.ndarray, attributions: np.ndarray, sign: str = "positive") -> str:

@@ -21,6 +21,7 @@ from fashion_explain import (
     heatmap_png,
     integrated_gradients,
     outlier_threshold,
+    png_bytes,
     round_attributions,
 )
 
@@ -198,3 +199,11 @@ def test_heatmap_of_zero_attributions_is_the_input_twice():
     image = np.asarray(Image.open(io.BytesIO(heatmap_png(pixels, np.zeros((28, 28))))))
     assert (image[:, :PANEL] == 128).all() and (image[:, PANEL + 4 :] == 70).all()  # dimmed
     assert (image[:, PANEL : PANEL + 4] == 255).all()  # the white gap
+
+
+def test_png_bytes_decode_to_the_same_pixels():
+    rgb = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    rgb[1:] = rgb[:-1] // 2  # rows below brighter rows: the "Up" filter wraps around 256
+    image = Image.open(io.BytesIO(png_bytes(rgb)))
+    assert image.format == "PNG" and image.mode == "RGB" and image.size == (7, 5)
+    assert (np.asarray(image) == rgb).all()
