@@ -70,6 +70,17 @@ def test_on_the_fashion_cnn_it_answers_as_captum_does(exported):
     assert torch.allclose(deltas, expected_deltas, atol=1e-3)
 
 
+def test_a_new_baseline_gets_its_own_logits(exported):
+    model, contract, baseline = exported
+    chain = ReluChain.from_model(model, contract.input_shape, torch.device("cpu"))
+    inputs = torch.randn(2, *contract.input_shape, generator=torch.Generator().manual_seed(2))
+    copy = gradient_model(model, torch.device("cpu"))
+    for start in (baseline, baseline + 0.5, baseline):  # the chain keeps f(baseline)
+        _, expected = integrated_gradients(copy, inputs, start, [4, 6], steps=10)
+        _, deltas = chain.integrated_gradients(inputs, start, [4, 6], steps=10)
+        assert torch.allclose(deltas, expected, atol=1e-3)
+
+
 def test_bf16_gradients_stay_within_rounding_of_fp32(exported):
     model, contract, baseline = exported
     inputs = torch.randn(4, *contract.input_shape)
