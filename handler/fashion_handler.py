@@ -66,6 +66,7 @@ from fashion_explain import (
 )
 from fashion_ig import ReluChain, cpu_has_native_bf16
 from fashion_image import prepare_image_with_facts, to_batch_tensor
+from fashion_memory import keep_freed_memory
 from fashion_metrics import EXPLANATION, PREDICTION, BatchOutcome, HandlerMetrics
 from fashion_predict import PROBABILITY_DECIMALS, inference_model, top_k_batch
 from fashion_request import (
@@ -104,6 +105,7 @@ class FashionHandler(BaseHandler):
         # One intra-op thread per worker: torch's default (one per core) spins between ops
         # and fights the frontend and other workers for the same cores.
         torch.set_num_threads(self.settings.torch_threads)
+        memory = keep_freed_memory()
 
         gpu_id = properties.get("gpu_id")
         if gpu_id is not None and torch.cuda.is_available():
@@ -155,12 +157,13 @@ class FashionHandler(BaseHandler):
         else:
             ig_path = f"fashion_ig, {str(self.relu_chain.backward_dtype)[6:]} gradients"
         logger.info(
-            "Loaded %s %s on %s (%s); integrated gradients: %s",
+            "Loaded %s %s on %s (%s); integrated gradients: %s; %s",
             self.contract.name,
             self.contract.version,
             self.device,
             self.settings,
             ig_path,
+            memory,
         )
 
     def handle(self, data: list[dict], context) -> list:

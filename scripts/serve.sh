@@ -23,10 +23,6 @@
 #   METRICS_CONFIG=monitoring/metrics.yaml   metrics the handler may publish (metrics_config)
 #   START_TIMEOUT=120           seconds to wait for a READY worker
 #   OMP_NUM_THREADS=1           torch threads per worker (1 per worker suits 2 cores)
-#   MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=67108864   glibc keeps the workers'
-#                               freed tensors for reuse instead of unmapping them: without
-#                               it, a lone explanation spends a third of its CPU in the kernel
-#                               faulting fresh pages in (docs/performance.md)
 #   MODEL_LOG_LEVEL=info        worker log level in logs/model_log.log (warn: stderr only)
 #   VENV=.venv                  environment with torchserve (its bin/java is used if present)
 # After `start`, RUN_DIR/endpoints.json holds the URLs and RUN_DIR/key_file.json the tokens
@@ -154,8 +150,6 @@ start() {
         exec env PATH="${venv}/bin:${PATH}" TMPDIR="$tmp_dir" TEMP="$tmp_dir" \
             LOG_LOCATION="$log_dir" METRICS_LOCATION="$log_dir" \
             OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" \
-            MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-33554432}" \
-            MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-67108864}" \
             torchserve --start --ncs \
             --model-store "$model_store" \
             --models "$models" \

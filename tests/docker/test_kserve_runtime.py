@@ -80,8 +80,6 @@ def runtime_torchserve(export_dir: Path, work: Path, protocol: str) -> Iterator[
         # The runtime mounts the storage at /mnt/models, where config.properties looks.
         TS_METRICS_CONFIG=str(storage / "config" / "metrics.yaml"),
         OMP_NUM_THREADS="1",
-        MALLOC_MMAP_THRESHOLD_="33554432",
-        MALLOC_TRIM_THRESHOLD_="67108864",
     )
     if protocol == "v2":
         move_to_loopback(
