@@ -225,9 +225,9 @@ def heatmap_png(
 
 def png_bytes(rgb: np.ndarray) -> bytes:
     """An (H, W, 3) uint8 image as PNG: every row "Up"-filtered (minus the row above), zlib
-    at its fastest level. Pillow's encoder picks a filter per row by trying each, which cost
-    2.3 of the heatmap's 3.7 ms; one filter for all rows takes 1.2 ms for the same size (the
-    heatmap's rows mostly repeat the row above: it is upsampled)."""
+    at its fastest level. Pillow's encoder tries every filter on every row, about twice the
+    time for the same size (docs/performance.md#explanations); the heatmap's rows mostly
+    repeat the row above (it is upsampled), which the "Up" filter turns into zeros."""
     height, width, _ = rgb.shape
     rows = rgb.reshape(height, width * 3)
     filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
