@@ -87,23 +87,26 @@ def quantile(values: list[float], q: float) -> float:
     return round(float(torch.quantile(torch.tensor(values), q)), 5)
 
 
-def ms_per_image(explain: Callable, inputs, targets, batch_size: int, seconds: float) -> float:
-    """Median ms per image over repeated batches of `batch_size` (after one warm-up)."""
-    explain(inputs[:batch_size], targets[:batch_size])
+def ms_per_image(explain: Callable, examples: tuple, batch_size: int, seconds: float) -> float:
+    """Median ms per image over repeated batches of `batch_size` (after one warm-up).
+    `examples`: (inputs, targets, logits), sliced alike for each call of explain()."""
+    explain(*(part[:batch_size] for part in examples))
     times, start, deadline = [], 0, time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(times) < 3:
         batch = slice(start, start + batch_size)
         started = time.perf_counter()
-        explain(inputs[batch], targets[batch])
+        explain(*(part[batch] for part in examples))
         times.append((time.perf_counter() - started) / batch_size * 1000)
-        start = (start + batch_size) % (len(inputs) - batch_size)
+        start = (start + batch_size) % (len(examples[0]) - batch_size)
     return round(statistics.median(times), 2)
 
 
-def chunked(explain: Callable, inputs, targets, size: int = 8):
-    """explain() over the inputs in chunks: (attributions, deltas or None)."""
+def chunked(explain: Callable, examples: tuple, size: int = 8):
+    """explain() over the (inputs, targets, logits) in chunks: (attributions, deltas or
+    None)."""
     parts = [
-        explain(inputs[i : i + size], targets[i : i + size]) for i in range(0, len(inputs), size)
+        explain(*(part[i : i + size] for part in examples))
+        for i in range(0, len(examples[0]), size)
     ]
     deltas = None if parts[0][1] is None else torch.cat([d for _, d in parts])
     return torch.cat([a for a, _ in parts]), deltas
@@ -112,27 +115,29 @@ def chunked(explain: Callable, inputs, targets, size: int = 8):
 def run(args) -> dict:
     handler, _ = initialized_handler(args.export_dir)
     inputs = test_inputs(handler, args.images)
-    with torch.inference_mode():
-        targets = handler.predict_model(inputs).argmax(dim=1).tolist()
+    # As in the handler: the prediction picks each image's target, and integrated gradients
+    # take f(input) from its logits.
+    logits = handler.logits(inputs)
+    examples = (inputs, logits.argmax(dim=1).tolist(), logits)
     baseline = handler.baseline
     served_batch = int(model_config().get("batchSize", 1))
     print(f"{len(inputs)} images; reference: {args.reference_steps} steps...", flush=True)
 
     def handler_method(method: str, steps: int, chain=handler.relu_chain) -> Callable:
-        return lambda x, t: attribute(
-            method, handler.gradient_model, handler.predict_model, x, baseline, t, steps, chain
+        return lambda x, t, s: attribute(
+            method, handler.gradient_model, handler.predict_model, x, baseline, t, steps, chain, s
         )
 
     # The reference: Captum on the gradient copy in fp32, independent of fashion_ig.
     reference, _ = chunked(handler_method(INTEGRATED_GRADIENTS, args.reference_steps, None),
-                           inputs, targets, size=2)  # fmt: skip
+                           examples, size=2)  # fmt: skip
     default = handler.limits.default_steps
     fp32_chain = ReluChain.from_model(handler.model, handler.contract.input_shape, handler.device)
     # name: (explain function, the request headers that choose it from a served handler;
     # None: not the handler's, measured in-process only)
     settings = {
         f"before: integrated_gradients, {default} steps": (
-            lambda x, t: before(handler.model, x, baseline, t, default),
+            lambda x, t, _: before(handler.model, x, baseline, t, default),
             None,
         ),
         f"integrated_gradients via Captum, {default} steps": (
@@ -153,11 +158,11 @@ def run(args) -> dict:
         settings[method] = handler_method(method, 0), {"X-Method": method}
     rows = {}
     for name, (explain, _) in settings.items():
-        attributions, deltas = chunked(explain, inputs, targets)
+        attributions, deltas = chunked(explain, examples)
         row = faithfulness(attributions, deltas, reference)
         for batch_size in (1, served_batch):
             row[f"ms_per_image_batch_{batch_size}"] = ms_per_image(
-                explain, inputs, targets, batch_size, args.seconds
+                explain, examples, batch_size, args.seconds
             )
         rows[name] = row
         print(f"  {name}: {row}", flush=True)

@@ -75,17 +75,18 @@ def attribute(
     targets: Sequence[int],
     steps: int,
     chain: ReluChain | None = None,
+    logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attributions (N, C, H, W) for each example's own target, and for integrated gradients
     the convergence deltas (N,): how far the attributions' sum is from f(input) -
     f(baseline), near zero when the steps were enough. `baseline` is one (C, H, W) input (a
     black image, normalized). `forward_model` needs no gradients (occlusion uses it);
-    integrated gradients run on `chain` where the model is one (fashion_ig), else on
-    `gradient_model` through Captum."""
+    integrated gradients run on `chain` where the model is one (fashion_ig, which takes
+    f(input) from `logits` where given), else on `gradient_model` through Captum."""
     targets = list(targets)
     if method == INTEGRATED_GRADIENTS:
         if chain is not None:
-            return chain.integrated_gradients(inputs, baseline, targets, steps)
+            return chain.integrated_gradients(inputs, baseline, targets, steps, logits)
         return integrated_gradients(gradient_model, inputs, baseline, targets, steps)
     if method == "occlusion":
         return occlusion(forward_model, inputs, baseline, targets), None

@@ -5,7 +5,7 @@ Open Inference Protocol (KServe v2) bodies in fashion_oip, top-k in fashion_pred
 explanations in fashion_explain, settings in fashion_settings, Prometheus metrics in
 fashion_metrics (declared in monitoring/metrics.yaml).
 TorchServe's loader wants exactly one class in this module.
-handle() runs a batch as parse_requests -> inference -> top_k_answers or explain_rows:
+handle() runs a batch as parse_requests -> logits -> top_k_answers or explain_rows:
 BaseHandler's preprocess/postprocess/explain_handle are left unused, because here each
 request of a batch carries its own options and may ask for a prediction or an explanation.
 
@@ -181,7 +181,8 @@ class FashionHandler(BaseHandler):
             batch = to_batch_tensor(
                 prepared.pixels, self.contract.mean, self.contract.std, self.device
             )
-            probabilities = self.inference(batch)
+            logits = self.logits(batch)
+            probabilities = torch.softmax(logits, dim=1)
             rows_to_explain = [row for row, idx in enumerate(prepared.indices) if explain[idx]]
             rows_to_predict = [row for row, idx in enumerate(prepared.indices) if not explain[idx]]
             row_answers = [None] * len(prepared.indices)
@@ -195,9 +196,7 @@ class FashionHandler(BaseHandler):
                 for row, answer in zip(rows_to_predict, answers, strict=True):
                     row_answers[row] = answer
             if rows_to_explain:
-                answers = self._explain_rows_or_fail(
-                    batch, probabilities, prepared, rows_to_explain
-                )
+                answers = self._explain_rows_or_fail(batch, logits, prepared, rows_to_explain)
                 for row, answer in zip(rows_to_explain, answers, strict=True):
                     row_answers[row] = answer
             batch_fill = {"batch_requests": len(data), "batch_images": len(prepared.indices)}
@@ -353,8 +352,12 @@ class FashionHandler(BaseHandler):
 
     def inference(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) normalized images -> (N, num_classes) probabilities."""
+        return torch.softmax(self.logits(batch), dim=1)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) normalized images -> (N, num_classes) logits."""
         with torch.inference_mode():
-            return torch.softmax(self.predict_model(batch), dim=1)
+            return self.predict_model(batch)
 
     def top_k_answers(
         self, probabilities: torch.Tensor, options: list[RequestOptions]
@@ -366,7 +369,7 @@ class FashionHandler(BaseHandler):
     def _explain_rows_or_fail(
         self,
         batch: torch.Tensor,
-        probabilities: torch.Tensor,
+        logits: torch.Tensor,
         prepared: PreparedBatch,
         rows: list[int],
     ) -> list:
@@ -374,7 +377,7 @@ class FashionHandler(BaseHandler):
         500 to the explained requests only (an error in place of each row's answer): the
         batch's predictions still stand."""
         try:
-            return self.explain_rows(batch, probabilities, prepared, rows)
+            return self.explain_rows(batch, logits, prepared, rows)
         except MemoryError:
             raise  # host memory: TorchServe answers 507 for the batch
         except Exception:
@@ -388,14 +391,15 @@ class FashionHandler(BaseHandler):
     def explain_rows(
         self,
         batch: torch.Tensor,
-        probabilities: torch.Tensor,
+        logits: torch.Tensor,
         prepared: PreparedBatch,
         rows: list[int],
     ) -> list[dict]:
         """Explanations for the given rows, each for its own target (the requested class,
         else the predicted one) by its own method. Rows that share a method and step count
         are explained together."""
-        predicted = probabilities.argmax(dim=1).tolist()
+        probabilities = torch.softmax(logits, dim=1)
+        predicted = logits.argmax(dim=1).tolist()
         targets = {
             r: prepared.options[r].target
             if prepared.options[r].target is not None
@@ -411,7 +415,7 @@ class FashionHandler(BaseHandler):
         for (method, steps), group in groups.items():
             attributions, deltas = attribute(
                 method, self.gradient_model, self.predict_model, batch[group], self.baseline,
-                [targets[r] for r in group], steps, self.relu_chain,
+                [targets[r] for r in group], steps, self.relu_chain, logits[group],
             )  # fmt: skip
             # Grayscale input: channels carry the same pixel, so their attributions add up.
             attributions_hw = attributions.sum(dim=1).float().cpu().numpy()  # (n, H, W)

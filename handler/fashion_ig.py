@@ -116,10 +116,13 @@ class ReluChain:
         baseline: torch.Tensor,
         targets: Sequence[int],
         steps: int,
+        logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attributions (N, C, H, W) for each input's own target along the straight path from
         `baseline` (C, H, W), with Captum's Gauss-Legendre nodes, and the convergence deltas
-        (N,): sum of attributions - (f(input) - f(baseline))."""
+        (N,): sum of attributions - (f(input) - f(baseline)). `logits` (N, classes) are the
+        model's f(input) where the caller has them (the handler has, from the prediction that
+        picked the targets); else computed here, one more forward pass."""
         count, device = inputs.shape[0], inputs.device
         alphas, weights = gauss_legendre(steps, device)
         targets_t = torch.as_tensor(list(targets), device=device)
@@ -155,7 +158,8 @@ class ReluChain:
             pixel_gradients = F.conv_transpose2d(summed, first.weight, padding=first.size)
             attributions = (inputs - baseline) * pixel_gradients
             # The rows' last uses: _forward may overwrite the rows it is given.
-            logits = self._forward(z_ends[:count])[0]
+            if logits is None:
+                logits = self._forward(z_ends[:count])[0]
             at_baseline = self._logits_at(baseline, z_ends[count:])
             gained = logits[torch.arange(count, device=device), targets_t] - at_baseline[targets_t]
             deltas = attributions.flatten(1).sum(dim=1) - gained

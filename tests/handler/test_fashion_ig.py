@@ -133,3 +133,17 @@ def test_models_that_are_no_chain_get_none_and_captum_explains_them(model):
     )
     expected, _ = integrated_gradients(copy, inputs, torch.zeros(SHAPE), [0, 1], 8)
     assert torch.equal(attributions, expected) and deltas.shape == (2,)
+
+
+def test_deltas_take_f_input_from_the_logits_given(exported):
+    model, contract, baseline = exported
+    chain = ReluChain.from_model(model, contract.input_shape, torch.device("cpu"))
+    inputs = torch.randn(3, *contract.input_shape, generator=torch.Generator().manual_seed(3))
+    targets = [1, 5, 8]
+    _, computed = chain.integrated_gradients(inputs, baseline, targets, 10)
+    with torch.inference_mode():
+        logits = model(inputs)
+    _, given = chain.integrated_gradients(inputs, baseline, targets, 10, logits)
+    assert torch.allclose(given, computed, atol=1e-4)
+    _, shifted = chain.integrated_gradients(inputs, baseline, targets, 10, logits + 1.0)
+    assert torch.allclose(shifted, computed - 1.0, atol=1e-4)  # the logits given are used
