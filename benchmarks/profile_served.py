@@ -1,8 +1,10 @@
-"""Where a served prediction's time goes: CPU per request in each TorchServe process under
-wrk load, with py-spy on the Python workers and Java Flight Recorder on the frontend.
+"""Where a served prediction's (or explanation's) time goes: CPU per request in each
+TorchServe process under wrk load, with py-spy on the Python workers and Java Flight
+Recorder on the frontend.
 
     python -m benchmarks.profile_served                     # c1, 10 s windows
     python -m benchmarks.profile_served --connections 32 --out artifacts/profile-c32
+    python -m benchmarks.profile_served --explain           # /explanations, the default method
 
 One TorchServe (scripts/serve.sh, the archive as users get it) is warmed up until its JIT
 settles (benchmarks.load.warm_up), then:
@@ -91,7 +93,8 @@ def jfr_summary(recording: Path) -> dict:
 
 
 def profile(server: TorchServe, args) -> dict:
-    url, token = server.predictions_url, server.inference_token
+    url = server.explanations_url if args.explain else server.predictions_url
+    token = server.inference_token
     settings = LoadSettings(warmup_s=5, warmup_max_s=args.warmup_max_s)
     warm_up(url, args.image, token, "application/octet-stream", 32, settings,
             jvm_pid=server.frontend_pid())  # fmt: skip
@@ -141,6 +144,7 @@ def profile(server: TorchServe, args) -> dict:
             raise RuntimeError(f"py-spy failed: {err.decode()[-500:]}")
     return {
         "connections": args.connections,
+        "endpoint": "explanations" if args.explain else "predictions",
         "plain": plain,
         "profiled": profiled,
         "workers": {pid: collapsed_shares(args.out / f"worker-{pid}.txt") for pid in workers},
@@ -155,8 +159,9 @@ def report(result: dict) -> str:
         for name, ms in plain["cpu_ms_per_request"].items()
     )
     lines = [
-        f"c{result['connections']}, plain window: {plain['requests_per_s']:,.0f} req/s, "
-        f"p50 {plain['p50_ms']} ms; CPU ms per request: {cpu}",
+        f"{result['endpoint']} at c{result['connections']}, plain window: "
+        f"{plain['requests_per_s']:,.0f} req/s, p50 {plain['p50_ms']} ms; "
+        f"CPU ms per request: {cpu}",
         f"profiled window: {result['profiled']['requests_per_s']:,.0f} req/s",
     ]
     for pid, shares in result["workers"].items():
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_line(__doc__)
     parser.add_argument("--connections", type=int, default=1, help="wrk connections")
     parser.add_argument("--seconds", type=float, default=10, help="per window")
+    parser.add_argument("--explain", action="store_true", help="load /explanations instead")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="raw profiles + JSON")
     parser.add_argument(
         "--warmup-max-s", type=float, default=60, help="c32 warm-up until the JIT settles"

@@ -23,12 +23,17 @@ def test_collapsed_stacks_give_each_frame_its_inclusive_share(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_profiles_a_real_torchserve_at_c1(export_dir, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("options", "endpoint", "frame"),
+    [([], "predictions", "FashionHandler.handle"),
+     (["--explain"], "explanations", "ReluChain.integrated_gradients")],
+)  # fmt: skip
+def test_profiles_a_real_torchserve_at_c1(export_dir, tmp_path, capsys, options, endpoint, frame):
     out = tmp_path / "profile"
-    argv = ["--export-dir", str(export_dir), "--seconds", "2", "--warmup-max-s", "5"]
+    argv = ["--export-dir", str(export_dir), "--seconds", "2", "--warmup-max-s", "5", *options]
     assert profile_served.main([*argv, "--out", str(out)]) == 0
     result = json.loads((out / "profile.json").read_text())
-    assert result["connections"] == 1
+    assert result["connections"] == 1 and result["endpoint"] == endpoint
     cpu = result["plain"]["cpu_ms_per_request"]
     assert result["plain"]["requests_per_s"] > 0 and cpu["frontend"] > 0
     workers = result["workers"]
@@ -36,8 +41,8 @@ def test_profiles_a_real_torchserve_at_c1(export_dir, tmp_path, capsys):
     for shares in workers.values():
         assert shares["samples"] > 0
         frames = shares["inclusive_share"]
-        assert any("FashionHandler.handle" in frame for frame in frames)
-        assert not any(re.search(r":\d+\)$", frame) for frame in frames)  # by function
+        assert any(frame in name for name in frames)
+        assert not any(re.search(r":\d+\)$", name) for name in frames)  # by function
     assert all(0 <= share <= 1 for share in result["plain"]["kernel_share"].values())
     frontend = result["frontend"]
     assert frontend["java_execution_samples"] == sum(frontend["top_java_frames"].values()) or (
