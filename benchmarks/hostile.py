@@ -81,6 +81,11 @@ def bad_requests(image: bytes, max_request_size: int) -> list[tuple]:
         tensor = {"name": "images", "datatype": datatype, "shape": [len(data)], "data": data}
         return json.dumps({"inputs": [tensor]}).encode()
 
+    def binary_v2(header_length: str) -> dict:  # the binary-data extension's length header
+        return {**as_json, "Inference-Header-Content-Length": header_length}
+
+    lab = io.BytesIO()  # a colour space Pillow opens but cannot turn gray
+    Image.new("LAB", (32, 32)).save(lab, format="TIFF")
     form = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     too_big = b"\0" * (max_request_size + 1024)
     multipart = (
@@ -104,6 +109,8 @@ def bad_requests(image: bytes, max_request_size: int) -> list[tuple]:
         ("JSON data not base64", "POST", "{p}", b'{"data": "%%%not base64%%%"}', as_json, 400),
         ("JSON data a number", "POST", "{p}", b'{"data": 12345}', as_json, 400),
         ("JSON top-level list", "POST", "{p}", b'[1, 2, 3]', as_json, 400),
+        ("JSON nested 5,000 deep", "POST", "{p}", b'{"data": ' * 5000, as_json, 400),
+        ("5,000 '[' as a body", "POST", "{p}", b"[" * 5000, octet, 400),
         ("JSON base64 of text", "POST", "{p}", text_b64, as_json, 400),
         ("KServe v1 empty instances", "POST", "{p}", b'{"instances": []}', as_json, 400),
         ("KServe v1 17 instances", "POST", "{p}", too_many_instances, as_json, 422),
@@ -115,12 +122,18 @@ def bad_requests(image: bytes, max_request_size: int) -> list[tuple]:
         ("topk 0", "POST", "{p}", with_image(topk=0), as_json, 422),
         ("topk 11", "POST", "{p}", with_image(topk=11), as_json, 422),
         ("topk 'abc'", "POST", "{p}", with_image(topk="abc"), as_json, 400),
+        ("topk of 5,000 digits", "POST", "{p}", with_image(topk="1" * 5000), as_json, 422),
+        ("target of 5,000 digits", "POST", "{e}", with_image(target="9" * 5000), as_json, 422),
         ("invert 'maybe'", "POST", "{p}", with_image(invert="maybe"), as_json, 400),
         ("explain target 'Unicorn'", "POST", "{e}", with_image(target="Unicorn"), as_json, 422),
         ("explain target 99", "POST", "{e}", with_image(target=99), as_json, 422),
         ("explain steps 100000", "POST", "{e}", with_image(steps=100000), as_json, 422),
         ("explain steps -1", "POST", "{e}", with_image(steps=-1), as_json, 422),
         ("header X-Topk: 0", "POST", "{p}", image, {**octet, "X-Topk": "0"}, 422),
+        ("X-Topk of 5,000 digits", "POST", "{p}", image, {**octet, "X-Topk": "7" * 5000}, 422),
+        ("TIFF in the LAB colour space", "POST", "{p}", lab.getvalue(), octet, 400),
+        ("v2 binary header length '²'", "POST", "{v2}", b"{}", binary_v2("²"), 400),
+        ("v2 binary header nested 5,000 deep", "POST", "{v2}", b"[" * 5000, binary_v2("5000"), 400),
         ("header X-Steps: many, explain", "POST", "{e}", image, {**octet, "X-Steps": "many"}, 400),
         ("binary body sent as a urlencoded form", "POST", "{p}", image, urlencoded, 400),
         ("unknown model", "POST", "/predictions/no-such-model", image, octet, 404),

@@ -167,7 +167,7 @@ class FashionHandler(BaseHandler):
         )
 
     def handle(self, data: list[dict], context) -> list:
-        if context.get_request_header(0, "describe") == "True":
+        if self._is_describe(data, context):
             return [self.describe_handle()]  # GET /models/{m}?customized=true
         start = time.perf_counter()
         responses: list = [None] * len(data)
@@ -261,6 +261,14 @@ class FashionHandler(BaseHandler):
         return oip.infer_response(
             parsed.oip, self.model_name, self.model_version, outputs, batch_fill
         )
+
+    @staticmethod
+    def _is_describe(data: list[dict], context) -> bool:
+        """The management API's describe: TorchServe sends it alone, with no body, under a
+        `describe` header. A client can send that header with a prediction too: that
+        request is answered as a prediction, and its batch keeps one answer a request."""
+        described = context.get_request_header(0, "describe") == "True"
+        return described and len(data) == 1 and not data[0]
 
     def describe_handle(self) -> str:
         """The model's Open Inference Protocol metadata (management API, ?customized=true)."""

@@ -76,9 +76,17 @@ def decode_image(image_bytes: bytes, max_pixels: int, draft_size: tuple[int, int
         ) from exc
 
     source_format = image.format
-    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-        image = ImageOps.exif_transpose(image)
-    image = _to_luminance(image)
+    try:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        image = _to_luminance(image)
+    except Exception as exc:  # a broken EXIF block, or a mode Pillow cannot convert (LAB)
+        if isinstance(exc, MemoryError):
+            raise
+        raise errors.invalid_image(
+            f"The {source_format or ''} image (mode {image.mode}) could not be turned upright "
+            f"and gray ({exc}). Send an ordinary grayscale or RGB {ACCEPTED_FORMATS} file."
+        ) from exc
     # Conversions and JPEG drafts lose the format and size as sent; the input metrics count them.
     image.info[SOURCE_INFO] = (source_format or "", width, height)
     return image

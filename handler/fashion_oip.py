@@ -23,6 +23,7 @@ Errors: {"error": "<message>"} with the HTTP status the other routes give.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,10 +69,13 @@ def binary_header_length(headers: Mapping) -> int | None:
     """The JSON part's length from `Inference-Header-Content-Length`, None without it."""
     for name, value in headers.items():
         if isinstance(name, str) and name.lower() == BINARY_HEADER:
-            text = value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
-            if not text.strip().isdigit():
+            raw = (
+                value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else value
+            )
+            text = str(raw).strip()
+            if not re.fullmatch(r"[0-9]{1,12}", text):  # more digits than any body could have
                 raise errors.invalid_json(
-                    f"{name}: {text!r} is not a byte count; it gives the JSON header's length."
+                    f"{name}: {text[:40]!r} is not a byte count; it gives the JSON header's length."
                 )
             return int(text)
     return None
@@ -86,8 +90,10 @@ def parse_binary_request(body: bytes, header_length: int, max_images: int) -> Oi
         )
     try:
         header = json.loads(body[:header_length])
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError among them
         raise errors.invalid_json(f"The inference header is not valid JSON: {exc}.") from exc
+    except RecursionError as exc:
+        raise errors.invalid_json("The inference header is nested too deeply.") from exc
     return parse_infer_request(header, max_images, memoryview(body)[header_length:])
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,10 @@ OIP = "oip"  # an Open Inference Protocol response (fashion_oip)
 
 _DATA_URL = re.compile(r"^data:[^,]{0,200},", re.IGNORECASE)
 _LINE_BREAKS = re.compile(r"[\r\n\t]+")
+# A number with more significant digits is out of every option's range (int() of a long
+# one costs time, and Python refuses one over 4,300 digits).
+MAX_DIGITS = 9
+SHOWN_CHARS = 40  # of a refused value, quoted in the error message
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
@@ -188,7 +193,7 @@ def is_oip_request(request: Mapping, headers: Mapping) -> bool:
         payload = _find_payload(request)
         if isinstance(payload, (bytes, bytearray, str)):
             payload = json.loads(payload)
-    except (errors.RequestError, ValueError, UnicodeDecodeError):
+    except (errors.RequestError, ValueError, RecursionError):
         return False
     return oip.is_infer_request(payload)
 
@@ -228,10 +233,12 @@ def _find_payload(request: Mapping):
 def _load_json(text: bytes | bytearray | str):
     try:
         return json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError among them
         raise errors.invalid_json(
             f"The body starts like JSON but is not valid JSON: {exc}."
         ) from exc
+    except RecursionError as exc:
+        raise errors.invalid_json("The JSON body is nested too deeply.") from exc
 
 
 def _images_from_json(body: Mapping, max_images: int) -> tuple[str, list[str]]:
@@ -376,18 +383,18 @@ def parse_target(value, class_names: Sequence[str]) -> int:
     """A class index (0-based) or a class name (case-insensitive) -> the class index."""
     text = _as_text(value).strip()
     if re.fullmatch(r"-?\d+", text):
-        index = int(text)
+        index = _whole_number(text)
         if 0 <= index < len(class_names):
             return index
         raise errors.unknown_target(
-            f"target={index} is out of range; use 0..{len(class_names) - 1} or a class name: "
-            f"{', '.join(class_names)}."
+            f"target={_shown(text)} is out of range; use 0..{len(class_names) - 1} or a class "
+            f"name: {', '.join(class_names)}."
         )
     folded = [name.casefold() for name in class_names]
     if text.casefold() in folded:
         return folded.index(text.casefold())
     raise errors.unknown_target(
-        f"target={text!r} is not a class; use an index 0..{len(class_names) - 1} "
+        f"target={_shown(text)!r} is not a class; use an index 0..{len(class_names) - 1} "
         f"or one of: {', '.join(class_names)}."
     )
 
@@ -398,11 +405,31 @@ def _parse_int(raw: Mapping, key: str, default: int, low: int, high: int) -> int
     value = raw[key]
     text = _as_text(value).strip()
     if isinstance(value, bool) or not re.fullmatch(r"[+-]?\d+", text):
-        raise errors.invalid_parameter(f"{key}={text!r} is not a whole number; use {low}..{high}.")
-    number = int(text)
+        raise errors.invalid_parameter(
+            f"{key}={_shown(text)!r} is not a whole number; use {low}..{high}."
+        )
+    number = _whole_number(text)
     if not low <= number <= high:
-        raise errors.parameter_out_of_range(f"{key}={number} is out of range; use {low}..{high}.")
+        raise errors.parameter_out_of_range(
+            f"{key}={_shown(text)} is out of range; use {low}..{high}."
+        )
     return number
+
+
+def _whole_number(text: str) -> int | float:
+    """A signed run of digits as a number; past MAX_DIGITS significant digits +-inf, which
+    every range check refuses."""
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > MAX_DIGITS:
+        return -math.inf if text.startswith("-") else math.inf
+    return int(text)
+
+
+def _shown(text: str) -> str:
+    """`text` to quote in an error message, shortened: a request may send kilobytes."""
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(text):,} characters)"
 
 
 def _as_text(value) -> str:

@@ -166,8 +166,9 @@ def test_batch_tensor_is_normalized_with_the_contract():
         (b"this is text, not a picture", "InvalidImage"),
         (encode(noise(), "PNG")[:5000], "InvalidImage"),
         (encode(noise(), "JPEG")[:5000], "InvalidImage"),
+        (encode(Image.new("LAB", (32, 32)), "TIFF"), "InvalidImage"),  # Pillow cannot gray it
     ],
-    ids=["empty", "not-an-image", "truncated-png", "truncated-jpeg"],
+    ids=["empty", "not-an-image", "truncated-png", "truncated-jpeg", "lab-tiff"],
 )
 def test_bad_images_are_refused_with_400(image_bytes, kind):
     with pytest.raises(errors.RequestError) as caught:

@@ -57,6 +57,19 @@ def test_binary_extension_carries_raw_image_bytes():
     assert oip.binary_header_length({"Content-Type": "application/json"}) is None
 
 
+@pytest.mark.parametrize("length", ["²", b"\xff12", "9" * 5000, "-3", ""])
+def test_a_binary_header_length_that_is_no_byte_count_is_refused(length):
+    with pytest.raises(errors.RequestError) as caught:
+        oip.binary_header_length({"Inference-Header-Content-Length": length})
+    assert caught.value.code == 400 and "not a byte count" in caught.value.message
+
+
+def test_a_binary_header_nested_too_deeply_is_refused():
+    with pytest.raises(errors.RequestError) as caught:
+        oip.parse_binary_request(b"[" * 5000, 5000, max_images=4)
+    assert caught.value.code == 400 and "nested too deeply" in caught.value.message
+
+
 @pytest.mark.parametrize(
     ("body", "code", "fragment"),
     [

@@ -14,6 +14,7 @@ import ts
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.model_loader import TsModelLoader
 
+from fashion_contract import FASHION_MNIST_CLASSES
 from tests.handler.helpers import png_bytes
 
 HANDLER_DIR = Path(__file__).resolve().parents[2] / "handler"
@@ -109,8 +110,35 @@ def test_torchserve_loads_the_handler_module_and_answers_a_mixed_batch(service):
     assert bodies[1]["type"] == "InvalidJSON" and bodies[1]["code"] == 400
     assert bodies[3]["target_name"] == next(iter(bodies[2]))  # explains the predicted class
     assert len(bodies[3]["attributions"]) == 28
-    assert bodies[4] == {
-        "code": 422,
-        "type": "UnknownTarget",
-        "message": bodies[4]["message"],
-    }
+    assert set(bodies[4]) == {"code", "type", "message"}
+    assert bodies[4]["code"] == 422 and bodies[4]["type"] == "UnknownTarget"
+    # The refusal says what was sent and what is accepted: an index or a class name.
+    message = bodies[4]["message"]
+    assert "target='Hat' is not a class" in message
+    assert f"0..{len(FASHION_MNIST_CLASSES) - 1}" in message
+    assert all(name in message for name in FASHION_MNIST_CLASSES)
+
+
+def test_requests_that_once_failed_their_batch_get_a_4xx_and_leave_it_whole(service):
+    """A JSON body nested past Python's recursion limit, a number too long for int() and a
+    client's own `describe` header each failed the whole batch (503) or their request (500)."""
+    image = png_bytes()
+    batch = [
+        frontend_request("r0", {"body": ("application/json", b'{"data": ' * 5000)}),
+        frontend_request("r1", {"body": ("", b"[" * 5000)}),
+        frontend_request("r2", {"body": ("", image), "topk": ("", b"7" * 5000)}),
+        frontend_request("r3", {"body": ("", image)}, {"X-Target": "-" + "9" * 5000}),
+        frontend_request("r4", {"body": ("", image)}, {"describe": "True"}),
+        frontend_request("r5", {"body": ("", image)}),
+    ]
+    batch_code, answers = decode_response(service.predict(batch))
+    assert batch_code == 200
+    assert [code for code, *_ in answers] == [400, 400, 422, 422, 200, 200]
+    bodies = [json.loads(body) for *_, body in answers]
+    assert bodies[0]["type"] == "InvalidJSON" and "nested too deeply" in bodies[0]["message"]
+    assert bodies[1]["type"] == "InvalidImage"
+    assert (
+        bodies[2]["type"] == "ParameterOutOfRange" and "(5,000 characters)" in bodies[2]["message"]
+    )
+    assert bodies[3]["type"] == "UnknownTarget" and "(5,001 characters)" in bodies[3]["message"]
+    assert bodies[4] == bodies[5]  # a prediction, not the model's metadata
