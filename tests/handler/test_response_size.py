@@ -1,0 +1,37 @@
+"""The largest answer the handler gives must fit in the frontend's max_response_size: a
+larger reply makes TorchServe's frontend drop it and restart the worker, and every request
+in that batch gets a 500."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from benchmarks.servers import model_config
+from tests.handler.helpers import encode, noise, set_requests
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = ("config.properties", "docker/config.properties", "docker/kserve/config.properties")
+
+
+def max_response_size(path: Path) -> int:
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "max_response_size":
+            return int(value)
+    raise AssertionError(f"{path} sets no max_response_size")
+
+
+def test_an_explanation_of_the_most_images_a_request_may_carry_fits(handler_and_context):
+    handler, context = handler_and_context
+    count = model_config()["handler"]["max_images_per_request"]  # as deployed
+    # Noise: the input panel of each heatmap PNG compresses about as badly as any picture.
+    images = [base64.b64encode(encode(noise(28, 28, seed=i), "PNG")).decode() for i in range(count)]
+    set_requests(context, [{"explain": "True"}])
+    (answer,) = handler.handle([{"body": json.dumps({"data": images}).encode()}], context)
+    assert context.get_response_status(0)[0] == 200 and len(answer) == count
+    size = len(json.dumps(answer, indent=2).encode())  # how TorchServe's worker sends it
+    assert size > 1 << 20  # more than the 1 MiB these configs once allowed
+    for name in CONFIGS:
+        assert size <= max_response_size(REPO / name), name
