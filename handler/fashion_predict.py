@@ -11,20 +11,11 @@ from fashion_contract import quiet_jit
 PROBABILITY_DECIMALS = 6
 
 
-def top_k(probabilities: torch.Tensor, class_names: Sequence[str], k: int) -> dict[str, float]:
-    """One example's (C,) probabilities -> {class name: probability} for the k most likely,
-    highest first (a JSON object keeps this order)."""
-    values, indices = torch.topk(probabilities, k)
-    return {
-        class_names[index]: round(value, PROBABILITY_DECIMALS)
-        for value, index in zip(values.tolist(), indices.tolist(), strict=True)
-    }
-
-
 def top_k_batch(
     probabilities: torch.Tensor, class_names: Sequence[str], ks: Sequence[int]
 ) -> list[dict[str, float]]:
-    """(N, C) probabilities and one k per example -> one top-k object per example.
+    """(N, C) probabilities and one k per example -> one {class name: probability} object
+    per example for its k most likely, highest first (a JSON object keeps this order).
 
     One topk call and one device-to-host copy for the whole batch, at the largest k.
     """

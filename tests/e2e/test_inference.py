@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from fashion_contract import FASHION_MNIST_CLASSES
+from fashion_metrics import BATCHES, FLUSH_INTERVAL_S, REQUESTS
 from tests.e2e.e2e_helpers import (
     SAMPLES_DIR,
+    TIMEOUT_S,
     assert_error,
     assert_explanation,
     assert_prediction,
@@ -25,6 +28,8 @@ from tests.e2e.e2e_helpers import (
 pytestmark = pytest.mark.e2e
 
 SAMPLE = SAMPLES_DIR / "ankle_boot.png"
+# A worker sends its counter sums within two flush intervals of a batch (fashion_metrics).
+COUNTERS_SETTLE_S = 2 * FLUSH_INTERVAL_S + 0.5
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +91,8 @@ def test_topk_as_form_field_and_json_field(torchserve_tiny, sample_bytes, solo_a
 
 def test_query_parameters_do_not_reach_the_handler(torchserve_tiny, sample_bytes):
     """TorchServe 0.12.0 drops the query string before the handler: `?topk=3` is ignored,
-    which is why the scripts and client send options as form fields."""
+    which is why scripts/call.sh (predict.sh, explain.sh) sends options as headers with a
+    raw upload (`X-Topk: 3`) and scripts/client.py as multipart form fields."""
     server = torchserve_tiny
     response = requests.post(
         server.predictions_url + "?topk=3",
@@ -169,9 +175,34 @@ def test_concurrent_requests_each_get_their_own_answer(torchserve_tiny, solo_ans
         assert_same_prediction(response.json(), solo_answers[name])
 
 
+def handler_counts(server) -> Counter:
+    """The handler's request and batch counters on /metrics, summed over labels and workers."""
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=TIMEOUT_S).text
+    counts = Counter()
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name in (REQUESTS.name, BATCHES.name) and f'ModelName="{server.model}"' in rest:
+            counts[name] += float(rest.rsplit(" ", 1)[1])
+    return counts
+
+
+def settled_handler_counts(server) -> Counter:
+    """handler_counts once no increment is on its way: two reads a settling time apart agree."""
+    counts = handler_counts(server)
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        time.sleep(COUNTERS_SETTLE_S)
+        later = handler_counts(server)
+        if later == counts:
+            return counts
+        counts = later
+    raise AssertionError(f"the handler's counters kept moving: {counts}")
+
+
 def test_a_batch_mixing_good_bad_and_explain_requests(torchserve_tiny, solo_answers):
     """Sent at once so they share batches: each request gets its own status and kind of answer."""
     server = torchserve_tiny
+    before = settled_handler_counts(server)
     good = SAMPLES_DIR / "bag.png"
     jobs = []
     for i in range(4):
@@ -196,3 +227,7 @@ def test_a_batch_mixing_good_bad_and_explain_requests(torchserve_tiny, solo_answ
         else:
             assert response.status_code == 200, response.text
             assert_explanation(response.json())
+    # The premise: these requests did share batches (batch fill = requests / batches).
+    sent = settled_handler_counts(server) - before
+    assert sent[REQUESTS.name] == len(jobs), sent
+    assert 0 < sent[BATCHES.name] < len(jobs), f"no batch held more than one request: {sent}"

@@ -42,10 +42,12 @@ def test_initialize_loads_the_contract_and_runs_on_cpu(handler_and_context):
 
 
 def test_initialize_sets_torch_threads_from_config(tiny_export_dir):
-    torch.set_num_threads(2)
-    context = make_context(tiny_export_dir, {"handler": {"torch_threads": 1}})
+    # Not the default (1), so a handler that ignores the setting fails; the autouse
+    # keep_torch_threads fixture puts the process's count back afterwards.
+    torch.set_num_threads(1)
+    context = make_context(tiny_export_dir, {"handler": {"torch_threads": 2}})
     FashionHandler().initialize(context)
-    assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
 
 
 def test_requests_parse_on_a_fresh_handler_with_the_context_given(tiny_export_dir):

@@ -7,14 +7,14 @@ import json
 import torch
 
 from fashion_contract import load_torchscript
-from fashion_predict import inference_model, top_k, top_k_batch
+from fashion_predict import inference_model, top_k_batch
 
 NAMES = ("a", "b", "c", "d")
 
 
-def test_top_k_maps_names_to_probabilities_highest_first():
-    probabilities = torch.tensor([0.1, 0.6, 0.05, 0.25])
-    result = top_k(probabilities, NAMES, 3)
+def test_top_k_batch_maps_names_to_probabilities_highest_first():
+    probabilities = torch.tensor([[0.1, 0.6, 0.05, 0.25]])
+    (result,) = top_k_batch(probabilities, NAMES, [3])
     assert list(result) == ["b", "d", "a"]
     assert result == {"b": 0.6, "d": 0.25, "a": 0.1}
     # JSON keeps the order, which is what clients read.

@@ -47,7 +47,7 @@ def parse(request: dict, header_options: dict | None = None):
         {"body": bytearray(IMAGE)},
         {"data": IMAGE},
         {"file": IMAGE},  # multipart -F file=@shirt.png
-        {"image": IMAGE, "topk": b"5"},  # multipart under another name, beside a query param
+        {"image": IMAGE},  # multipart under another name: -F image=@shirt.png
         {"body": {"data": B64}},  # application/json, already parsed by TorchServe
         {"body": {"data": "data:image/png;base64," + B64}},
         {"body": {"data": {"b64": B64}}},
@@ -65,6 +65,13 @@ def test_every_body_form_yields_the_image(request_dict):
     parsed = parse(request_dict)
     assert parsed.images == [IMAGE] and parsed.form == SINGLE
     assert parsed.options == DEFAULTS
+
+
+def test_an_image_under_any_name_beside_a_form_field():
+    # -F image=@shirt.png -F topk=3: the image is the entry that is not an option.
+    parsed = parse({"image": IMAGE, "topk": b"3"})
+    assert parsed.images == [IMAGE]
+    assert parsed.options == RequestOptions(topk=3, target=None, invert="auto", steps=50)
 
 
 def test_form_fields_arrive_as_entries_and_are_parsed():
@@ -154,7 +161,7 @@ def test_unknown_target_message_lists_the_classes():
     [
         ({"body": b""}, 400, "EmptyRequest"),
         ({}, 400, "EmptyRequest"),
-        ({"topk": b"3"}, 400, "EmptyRequest"),  # only query parameters, no image
+        ({"topk": b"3"}, 400, "EmptyRequest"),  # only a form field (-F topk=3), no image
         ({"body": b"{not json"}, 400, "InvalidJSON"),
         ({"body": {"image": B64}}, 400, "InvalidJSON"),
         ({"body": {"data": 12}}, 400, "InvalidJSON"),

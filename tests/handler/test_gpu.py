@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import fashion_handler
+from benchmarks import device_parity as parity
+from benchmarks.gpu_proof import tf32
 from tests.handler.helpers import make_context, png_bytes, set_requests
 
 pytestmark = [
@@ -13,11 +16,14 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 EXPLAIN = {"explain": "True"}
+# fp32 gradients on the CPU too: where the CPU computes bf16 natively, the handler's default
+# would round the reference's gradients to bf16 (fashion_ig).
+CONFIG = {"handler": {"topk": 5, "ig_steps": 8, "bf16_gradients": False}}
 
 
 def answers(tiny_export_dir, gpu_id):
     handler = fashion_handler.FashionHandler()
-    context = make_context(tiny_export_dir, gpu_id=gpu_id)
+    context = make_context(tiny_export_dir, CONFIG, gpu_id=gpu_id)
     handler.initialize(context)
     requests = [{"body": png_bytes()}, {"body": b"not an image"}, {"body": png_bytes()}]
     set_requests(context, [{}, {}, {**EXPLAIN, "X-Target": "Bag", "X-Steps": "16"}])
@@ -26,13 +32,28 @@ def answers(tiny_export_dir, gpu_id):
     return handler.device, responses, statuses
 
 
+def delta_tolerance(explanation: dict, tolerances: parity.Tolerances) -> float:
+    """The convergence delta is sum(attributions) - (f(input) - f(baseline)): each term may
+    move by the attributions' relative tolerance, so the delta by that much of their sizes."""
+    attributions = np.asarray(explanation["attributions"], dtype=np.float64)
+    gained = attributions.sum() - explanation["delta"]
+    return tolerances.attribution_rtol * (np.abs(attributions).sum() + abs(gained))
+
+
 def test_handler_runs_on_the_assigned_gpu_and_agrees_with_cpu(tiny_export_dir):
-    device, on_gpu, gpu_statuses = answers(tiny_export_dir, gpu_id=0)
+    # Full fp32 on the GPU (cuDNN would use TF32 by default), so the fp32 tolerances hold;
+    # benchmarks/gpu_proof.py checks the TF32 answers as served.
+    with tf32(False):
+        device, on_gpu, gpu_statuses = answers(tiny_export_dir, gpu_id=0)
     assert device.type == "cuda"
     _, on_cpu, cpu_statuses = answers(tiny_export_dir, gpu_id=None)
     assert gpu_statuses == cpu_statuses == [200, 400, 200]
     assert list(on_gpu[0]) == list(on_cpu[0])  # same classes in the same order
     for name, probability in on_cpu[0].items():
-        assert on_gpu[0][name] == pytest.approx(probability, abs=1e-4)
+        assert on_gpu[0][name] == pytest.approx(probability, abs=parity.FP32.probability_abs)
     assert on_gpu[2]["target_name"] == on_cpu[2]["target_name"] == "Bag"
-    assert on_gpu[2]["probability"] == pytest.approx(on_cpu[2]["probability"], abs=1e-4)
+    # Target, steps, probability, every attribution, and a PNG heatmap.
+    assert parity.compare_explanation(on_cpu[2], on_gpu[2], parity.FP32) == []
+    assert on_gpu[2]["delta"] == pytest.approx(
+        on_cpu[2]["delta"], abs=delta_tolerance(on_cpu[2], parity.FP32)
+    )
