@@ -1,6 +1,6 @@
 """Benchmark the FashionMNIST model in-process, behind TorchServe and behind LitServe, in one run.
 
-    python -m benchmarks.bench                      # full run (~6 min on 2 cores)
+    python -m benchmarks.bench                      # full run
     python -m benchmarks.bench --markdown artifacts/bench/bench.md   # also the tables as Markdown
     python -m benchmarks.bench --duration 2 --explain-duration 2 --in-process-s 1
     python -m benchmarks.bench --profile            # where one request's time goes

@@ -31,7 +31,9 @@ METHOD_ALIASES = {"ig": INTEGRATED_GRADIENTS, "ixg": "input_x_gradient"}
 SIGNS = ("positive", "all")  # heatmap: evidence for the target only, or for and against
 
 OCCLUSION_WINDOW = 4  # px, a square patch
-OCCLUSION_STRIDE = 3  # px between patches: (28 - 4) / 3 + 1 = 9 positions per side, 81 passes
+# px between patches: (28 - 4) / 3 + 1 = 9 positions per side, 81 occluded copies. Captum
+# runs the input, then the copies 64 at a time: 3 forward passes (the input, 64, 17).
+OCCLUSION_STRIDE = 3
 OCCLUSION_PATCHES_PER_PASS = 64  # occluded copies per forward pass
 IG_SAMPLES_PER_PASS = 128  # path points per forward/backward pass: cache-sized on a CPU
 

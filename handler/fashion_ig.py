@@ -1,7 +1,7 @@
 """Integrated gradients for a chain of convolutions, ReLUs, max pools and linear layers (the
 FashionCNN's), written out instead of run through autograd: the same attributions as
-Captum's IntegratedGradients (same Gauss-Legendre nodes) for 1.3x less CPU in fp32, 1.6x
-with bf16 backward convolutions (docs/performance.md#explanations). What it saves:
+Captum's IntegratedGradients (same Gauss-Legendre nodes) for less CPU, and less still with
+bf16 backward convolutions (figures: docs/performance.md#explanations). What it saves:
 
 - The first layer is a convolution, affine in its input, so along the straight path from
   the baseline its output is z(alpha) = z(baseline) + alpha * (z(input) - z(baseline)): two
@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 CHANNELS_LAST = torch.channels_last
-# Path points per forward/backward pass: one pass per image at the default 50 steps. In a
-# one-off timing 16 a pass was as fast, 100 was 15 % slower at batch 8 (out of cache).
+# Path points per forward/backward pass: one image's points at the default 50 steps
+# (handler.ig_steps), so a lone explanation is one pass. Fewer points a pass were slower
+# (docs/performance.md#explanations).
 POINTS_PER_PASS = 50
 # from_model's check: the chain must answer like the model on random inputs, to float rounding.
 SELF_CHECK_TOLERANCE = 1e-3

@@ -7,13 +7,15 @@ METRICS entry below (tests/handler/test_fashion_metrics.py holds the two togethe
 frontend adds `Hostname`; `ModelName` and `Level` come last, from TorchServe's API.
 docs/monitoring.md says what each metric means and what to do when it moves.
 
-Cost: each add_* call is one log line (~20 us in the worker, as much in the frontend), so
-counters are summed per batch (one line per label set that occurred) and only the latency
-histogram takes one line per request. Histograms get Prometheus' default buckets
-(0.005 ... 10), so durations are recorded in seconds. Values those buckets would blur are
-counters instead: the top-1 probability is a band label on the prediction counter (finer
-where a classifier lives, 0.9 and up, and no extra line), steps and brightness are sums
-to divide by a count.
+Each observation is a log line that the frontend parses (what that costs:
+docs/performance.md#what-the-metrics-cost), so a batch sends few: the latency histogram
+one line per kind (prediction, explanation) and the convergence-delta histogram one per
+image explained with integrated gradients; counters are summed and sent by a thread at most
+once a second, one line per counter and label set that occurred. Histograms get Prometheus'
+default buckets (0.005 ... 10), so durations are recorded in seconds. Values those buckets
+would blur are counters instead: the top-1 probability is a band label on the prediction
+counter (finer where a classifier lives, 0.9 and up, and no extra line), steps and
+brightness are sums to divide by a count.
 """
 
 from __future__ import annotations
@@ -51,10 +53,8 @@ class MetricSpec:
     labels: tuple[str, ...]  # our own; TorchServe appends ModelName, Level (and Hostname)
 
 
-# TorchServe turns every observation into a log line that its frontend parses, which costs
-# measurable throughput at one line per request (docs/monitoring.md#cost). So the latency
-# histogram takes one observation per batch and kind (every request of a batch waits the
-# same handle() call), requests are counted, and counters are summed and sent once a second.
+# One observation per batch and kind, not per request: every request of a batch waits the
+# same handle() call, and each observation is a log line (see the module docstring).
 LATENCY = MetricSpec("fashion_handler_latency_seconds", HISTOGRAM, "seconds", ("kind",))
 # version: which model version answered (bounded: the few versions an update keeps loaded).
 REQUESTS = MetricSpec("fashion_requests_total", COUNTER, "count", ("kind", "version"))

@@ -17,7 +17,12 @@ from pathlib import Path
 
 import torch
 
-from fashion_contract import DEFAULT_MODEL_NAME, FASHION_MNIST_CLASSES, ModelContract
+from fashion_contract import (
+    DEFAULT_MODEL_NAME,
+    FASHION_MNIST_CLASSES,
+    INDEX_TO_NAME_FILE,
+    ModelContract,
+)
 from training import data
 from training.evaluate import EVALUATION_FILE, METRICS_FILE, evaluate_checkpoint, write_metrics
 from training.export import MODEL_FILE, ParityError, export_model
@@ -38,8 +43,23 @@ DRY_RUN_BATCHES = 3
 PARITY_BATCH = 256
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default to its help, except None: those options' help says
+    what happens without them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, help="folder with the four IDX files (.gz or raw)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder with the four IDX files (.gz or raw), looked in first; then "
+        f"$FASHION_MNIST_DIR, {data.cache_dir()} and {data.DEBIAN_DIR}",
+    )
     parser.add_argument(
         "--download",
         action=argparse.BooleanOptionalAction,
@@ -55,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    hint = argparse.ArgumentDefaultsHelpFormatter
+    hint = DefaultsHelpFormatter
 
     p = commands.add_parser(
         "train",
@@ -64,10 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_data_args(p)
     p.add_argument("--out", type=Path, default=Path("artifacts/train"), help="output folder")
-    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the data")
+    p.add_argument(
+        "--batch-size", type=int, default=DEFAULTS.batch_size, help="images per optimizer step"
+    )
     p.add_argument("--max-lr", type=float, default=DEFAULTS.max_lr, help="OneCycle peak")
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
+    p.add_argument(
+        "--weight-decay", type=float, default=DEFAULTS.weight_decay, help="AdamW weight decay"
+    )
     p.add_argument(
         "--erase-probability",
         type=float,
@@ -88,8 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
         "finds it clearly faster than fp32, else fp32",
     )
     p.add_argument("--val-size", type=int, default=DEFAULTS.val_size, help="held-out images")
-    p.add_argument("--train-subset", type=int, help="use only the first N training images")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument(
+        "--train-subset", type=int, help="use only the first N training images (default: all)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULTS.seed,
+        help="seeds the validation split, initial weights, batch order and augmentation",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--threads", type=int, default=default_threads(), help="CPU threads")
     p.add_argument("--resume", type=Path, help="continue from a last.pt checkpoint")
@@ -102,15 +133,30 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=hint,
     )
     add_data_args(p)
-    p.add_argument("--checkpoint", type=Path, default=Path("artifacts/train/best.pt"))
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path("artifacts/train/best.pt"),
+        help="checkpoint to test",
+    )
     p.add_argument("--out", type=Path, help="output folder (default: the checkpoint's)")
 
     p = commands.add_parser(
         "export", help="TorchScript + contract, checked against eager", formatter_class=hint
     )
     add_data_args(p)
-    p.add_argument("--checkpoint", type=Path, default=Path("artifacts/train/best.pt"))
-    p.add_argument("--out", type=Path, default=Path("artifacts/export"))
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path("artifacts/train/best.pt"),
+        help="checkpoint to export",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("artifacts/export"),
+        help=f"output folder for {MODEL_FILE} and {INDEX_TO_NAME_FILE}",
+    )
     p.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name in the contract")
     p.add_argument("--version", default="1.0", help="model version in the contract")
     return parser
