@@ -28,7 +28,7 @@ SOURCE_INFO = "fashion_source"
 
 _EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit, and "I" (32-bit)
 
 
 def decode_image(image_bytes: bytes, max_pixels: int, draft_size: tuple[int, int]) -> Image.Image:
@@ -101,13 +101,15 @@ def _to_luminance(image: Image.Image) -> Image.Image:
         return image.convert("LA" if has_alpha else "L")
     if image.mode in _ALPHA_MODES:
         return image.convert("LA")
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
-        # Pillow's own conversion clips 16-bit and float pixels to 255; scale them instead.
+    if image.mode in _INTEGER_MODES or image.mode == "F":
+        # Pillow's own conversion clips wide and float pixels to 255; scale them instead, by
+        # the range the values use: [0, 1] floats, 8 or 16 bits, or else the brightest pixel.
         values = np.asarray(image, dtype=np.float32)
-        peak = 1.0 if image.mode == "F" and values.max() <= 1.0 else 255.0
-        if image.mode != "F" and values.max() > 255:
-            peak = 65535.0
-        scaled = np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8)
+        brightest = float(values.max())
+        peak = 1.0 if image.mode == "F" and brightest <= 1.0 else 255.0
+        if image.mode != "F" and brightest > 255:
+            peak = 65535.0 if brightest <= 65535 else brightest
+        scaled = np.clip(np.rint(values * (255.0 / peak)), 0, 255).astype(np.uint8)
         return Image.fromarray(scaled)
     return image.convert("L")
 

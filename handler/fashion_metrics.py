@@ -165,14 +165,14 @@ class HandlerMetrics:
         self._pending: Counter = Counter()  # (counter spec, label values) -> sum not yet sent
         self._lock = threading.Lock()
         self._flushed_at = time.monotonic()
-        # Counters go out once a second from this thread, whatever the traffic: a quiet
-        # server's counts arrive within a second, a busy one sends a few lines a second.
-        threading.Thread(target=self._flush_every_interval, daemon=True).start()
         self.contract = contract
         self.model_name = model_name
         self.model_version = label_value(model_version)
         self.class_labels = [label_value(name) for name in contract.class_names]
         self.input_size = tuple(contract.input_shape[1:])
+        # Counters go out once a second from this thread, whatever the traffic: a quiet
+        # server's counts arrive within a second, a busy one sends a few lines a second.
+        threading.Thread(target=self._flush_every_interval, daemon=True).start()
 
     def _add(self, spec: MetricSpec, value: float, *label_values: str) -> None:
         dimensions = [

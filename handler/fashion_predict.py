@@ -35,8 +35,9 @@ def inference_model(model: torch.jit.ScriptModule, device: torch.device) -> torc
     """The model to predict with: on CPU a frozen copy with BatchNorm folded into the
     convolutions and oneDNN layouts (torch.jit.optimize_for_inference): faster on CPU
     (docs/performance.md), with the same outputs within float rounding
-    (tests/handler/test_fashion_predict.py). It records no gradients, so integrated
-    gradients keep using `model`. On other devices `model` is returned unchanged."""
+    (tests/handler/test_fashion_predict.py). It records no gradients: explanations use
+    their own copy (fashion_explain.gradient_model) or fashion_ig's chain. On other devices
+    `model` is returned unchanged."""
     if device.type != "cpu":
         return model
     with quiet_jit():

@@ -107,6 +107,13 @@ def test_palette_png_with_transparency_and_16_bit_png():
     assert pixels[0, 0] < 40
 
 
+def test_32_bit_tiff_is_scaled_by_its_brightest_pixel():
+    levels = np.array([[0, 1_000_000, 2_000_000]], dtype=np.int32).repeat(3, axis=0)  # mode I
+    gray = decode_image(encode(Image.fromarray(levels), "TIFF"), MAX_PIXELS, SIZE)
+    assert gray.mode == "L"
+    assert np.asarray(gray)[0].tolist() == [0, 127, 255]  # not white past 16 bits
+
+
 def test_fit_keeps_aspect_ratio_and_centres_with_background_padding():
     wide = Image.new("L", (56, 14), 0)
     wide.paste(255, (0, 0, 56, 14))  # all white, 4:1
