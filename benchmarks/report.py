@@ -59,12 +59,13 @@ def check_targets(results: dict) -> list[dict]:
             }
         )
     if "explain" in served:
-        ig = local["explain_batch_1"]["images_per_s"]
+        # Against the explanation ceiling: the same processes and batch as the served ones.
+        ig = local["explain_ceiling"]["images_per_s"]
         explained = served["explain"][last]["requests_per_s"]
         checks.append(
             {
                 "target": f"served explanations at {last} >= {EXPLAIN_FRACTION_TARGET:.0%} "
-                "of in-process IG",
+                "of the in-process explanation ceiling",
                 "value": f"{explained:.1f} / {ig:.1f} = {explained / ig:.0%}",
                 "met": explained >= EXPLAIN_FRACTION_TARGET * ig,
             }
@@ -91,11 +92,12 @@ def table(results: dict) -> str:
             f"| predict, batch {local[batch_key]['batch_size']} | "
             f"{local[batch_key]['images_per_s']:.1f} | {local[batch_key]['p50_ms_per_call']:.2f} |"
         )
-        ceiling = local["ceiling"]
-        lines.append(
-            f"| ceiling: {ceiling['processes']} processes x batch {ceiling['batch_size']}, summed "
-            f"| {ceiling['images_per_s']:.1f} | |"
-        )
+        for key, what in (("ceiling", "ceiling"), ("explain_ceiling", "explanation ceiling")):
+            ceiling = local[key]
+            lines.append(
+                f"| {what}: {ceiling['processes']} processes x batch {ceiling['batch_size']}, "
+                f"summed | {ceiling['images_per_s']:.1f} | |"
+            )
         lines.append("")
     rows = []
     if "torchserve" in results:

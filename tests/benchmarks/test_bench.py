@@ -58,6 +58,7 @@ def test_short_bench_run_measures_every_part_without_errors(tiny_export_dir, tmp
     assert local["batch_1"]["images_per_s"] > 0
     assert local["ceiling"]["images_per_s"] > 0
     assert local["explain_batch_1"]["images_per_s"] > 0
+    assert local["explain_ceiling"]["images_per_s"] > 0
     served = [results["torchserve"][key] for key in ("predict", "explain", "predict_v2")]
     served += [run["predict"] for run in results["litserve"].values()]
     for points in served:

@@ -30,6 +30,7 @@ def results(litserve: bool = True) -> dict:
             "batch_8": measured(3000, 2.7, 8),
             "explain_batch_1": measured(20, 50.0),
             "ceiling": {"images_per_s": 5000, "processes": 2, "batch_size": 8},
+            "explain_ceiling": {"images_per_s": 40, "processes": 2, "batch_size": 8},
         },
         "torchserve": {
             "predict": {"c1": point(300, 2.9), "c32": point(4100, 8.0)},
@@ -54,7 +55,8 @@ def test_targets_compare_with_the_ceiling_the_one_image_time_and_the_best_peer()
     assert met["p50 at c1 within 2.5 ms of in-process one image"] is True  # 2.9 - 1.0
     assert met["ahead of LitServe (best config) at c1"] is False  # 300 vs 380
     assert met["ahead of LitServe (best config) at c32"] is True  # 4100 vs 700
-    assert met["served explanations at c32 >= 90% of in-process IG"] is True  # 30 / 20
+    # 30 / 40: against the ceiling of explanations, not one process at batch 1 (20)
+    assert met["served explanations at c32 >= 90% of the in-process explanation ceiling"] is False
 
 
 def test_a_missed_ceiling_is_reported_as_missed():
