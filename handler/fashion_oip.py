@@ -69,10 +69,9 @@ def binary_header_length(headers: Mapping) -> int | None:
     """The JSON part's length from `Inference-Header-Content-Length`, None without it."""
     for name, value in headers.items():
         if isinstance(name, str) and name.lower() == BINARY_HEADER:
-            raw = (
-                value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else value
-            )
-            text = str(raw).strip()
+            if isinstance(value, bytes | bytearray):
+                value = value.decode("utf-8", "replace")
+            text = str(value).strip()
             if not re.fullmatch(r"[0-9]{1,12}", text):  # more digits than any body could have
                 raise errors.invalid_json(
                     f"{name}: {text[:40]!r} is not a byte count; it gives the JSON header's length."
