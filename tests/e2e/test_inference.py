@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from benchmarks.servers import model_config
 from fashion_contract import FASHION_MNIST_CLASSES
 from fashion_metrics import BATCHES, FLUSH_INTERVAL_S, REQUESTS
 from tests.e2e.e2e_helpers import (
@@ -24,6 +25,7 @@ from tests.e2e.e2e_helpers import (
     post_multipart,
     post_raw,
 )
+from tests.handler.helpers import encode, noise
 
 pytestmark = pytest.mark.e2e
 
@@ -154,6 +156,19 @@ def test_explanation_from_json_body(torchserve_tiny, sample_bytes):
     response = post_json(server.explanations_url, server.inference_headers, body)
     assert response.status_code == 200, response.text
     assert response.json()["target_name"] == "Sandal"
+
+
+def test_the_largest_explanation_request_is_answered_and_no_worker_restarts(torchserve_tiny):
+    """As many noisy images as a request may carry: an answer of about 1.8 MB, which the
+    frontend must pass (max_response_size) rather than drop and restart the worker."""
+    server = torchserve_tiny
+    count = model_config()["handler"]["max_images_per_request"]
+    images = [b64(encode(noise(28, 28, seed=i), "PNG")) for i in range(count)]
+    workers = server.ready_worker_pids()
+    response = post_json(server.explanations_url, server.inference_headers, {"data": images})
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.content) > 1 << 20 and len(response.json()) == count
+    assert server.ready_worker_pids() == workers
 
 
 def test_concurrent_requests_each_get_their_own_answer(torchserve_tiny, solo_answers):
