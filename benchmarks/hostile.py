@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from benchmarks.servers import REPO_ROOT, http_call
+from benchmarks.servers import REPO_ROOT, http_call, read_properties
 from benchmarks.traffic import Client, predict_headers, same_answer
 
 # Oversized request lines and headers: Netty answers 400 and closes the connection while the
@@ -144,10 +144,8 @@ def bad_requests(image: bytes, max_request_size: int) -> list[tuple]:
 
 
 def check_corpus(server, image, reference, args) -> dict:
-    max_request_size = 1048576
-    for line in (REPO_ROOT / "config.properties").read_text().splitlines():
-        if line.strip().startswith("max_request_size="):
-            max_request_size = int(line.split("=", 1)[1])
+    config = read_properties((REPO_ROOT / "config.properties").read_text())
+    max_request_size = int(config.get("max_request_size", 1048576))
     token = server.inference_token
     predict_path = urlsplit(server.predictions_url).path
     explain_path = urlsplit(server.explanations_url).path

@@ -90,6 +90,12 @@ def handler_dir_with(overrides: dict, work_dir: Path) -> Path:
     return target
 
 
+def read_properties(text: str) -> dict[str, str]:
+    """A config.properties text's key=value lines (comments and blank lines left out)."""
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
 def config_with(keys: dict, work_dir: Path) -> Path:
     """A copy of config.properties with `keys` replaced or added."""
     lines = (REPO_ROOT / "config.properties").read_text().splitlines()

@@ -15,6 +15,8 @@ import jsonschema
 import pytest
 import yaml
 
+from benchmarks.servers import read_properties
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KSERVE_DIR = REPO_ROOT / "docker" / "kserve"
 SCHEMA_DIR = Path(__file__).parent / "kserve-schemas"
@@ -147,11 +149,6 @@ def test_gpu_manifest_differs_from_cpu_only_where_it_must():
         manifest["spec"]["predictor"].pop("tolerations", None)
         manifest["metadata"].pop("name")
     assert cpu == gpu
-
-
-def read_properties(text: str) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
-    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def test_make_storage_builds_the_layout_the_stock_runtime_reads(tiny_export_dir, tmp_path):

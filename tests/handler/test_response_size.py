@@ -8,19 +8,11 @@ import base64
 import json
 from pathlib import Path
 
-from benchmarks.servers import model_config
+from benchmarks.servers import model_config, read_properties
 from tests.handler.helpers import encode, noise, set_requests
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = ("config.properties", "docker/config.properties", "docker/kserve/config.properties")
-
-
-def max_response_size(path: Path) -> int:
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "max_response_size":
-            return int(value)
-    raise AssertionError(f"{path} sets no max_response_size")
 
 
 def test_an_explanation_of_the_most_images_a_request_may_carry_fits(handler_and_context):
@@ -34,4 +26,4 @@ def test_an_explanation_of_the_most_images_a_request_may_carry_fits(handler_and_
     size = len(json.dumps(answer, indent=2).encode())  # how TorchServe's worker sends it
     assert size > 1 << 20  # more than the 1 MiB these configs once allowed
     for name in CONFIGS:
-        assert size <= max_response_size(REPO / name), name
+        assert size <= int(read_properties((REPO / name).read_text())["max_response_size"]), name
