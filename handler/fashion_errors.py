@@ -10,6 +10,7 @@ BAD_REQUEST = 400
 PAYLOAD_TOO_LARGE = 413
 UNPROCESSABLE = 422
 INTERNAL_ERROR = 500
+SHOWN_CHARS = 40  # of a refused value, quoted in an error message
 
 _PHRASES = {
     BAD_REQUEST: "Bad Request",
@@ -17,6 +18,13 @@ _PHRASES = {
     UNPROCESSABLE: "Unprocessable Entity",
     INTERNAL_ERROR: "Internal Server Error",
 }
+
+
+def shown(text: str) -> str:
+    """`text` to quote in an error message, shortened: a request may send kilobytes."""
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(text):,} characters)"
 
 
 class RequestError(Exception):

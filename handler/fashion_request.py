@@ -51,7 +51,6 @@ _LINE_BREAKS = re.compile(r"[\r\n\t]+")
 # A number with more significant digits is out of every option's range (int() of a long
 # one costs time, and Python refuses one over 4,300 digits).
 MAX_DIGITS = 9
-SHOWN_CHARS = 40  # of a refused value, quoted in the error message
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
@@ -387,14 +386,14 @@ def parse_target(value, class_names: Sequence[str]) -> int:
         if 0 <= index < len(class_names):
             return index
         raise errors.unknown_target(
-            f"target={_shown(text)} is out of range; use 0..{len(class_names) - 1} or a class "
-            f"name: {', '.join(class_names)}."
+            f"target={errors.shown(text)} is out of range; use 0..{len(class_names) - 1} or a "
+            f"class name: {', '.join(class_names)}."
         )
     folded = [name.casefold() for name in class_names]
     if text.casefold() in folded:
         return folded.index(text.casefold())
     raise errors.unknown_target(
-        f"target={_shown(text)!r} is not a class; use an index 0..{len(class_names) - 1} "
+        f"target={errors.shown(text)!r} is not a class; use an index 0..{len(class_names) - 1} "
         f"or one of: {', '.join(class_names)}."
     )
 
@@ -406,12 +405,12 @@ def _parse_int(raw: Mapping, key: str, default: int, low: int, high: int) -> int
     text = _as_text(value).strip()
     if isinstance(value, bool) or not re.fullmatch(r"[+-]?\d+", text):
         raise errors.invalid_parameter(
-            f"{key}={_shown(text)!r} is not a whole number; use {low}..{high}."
+            f"{key}={errors.shown(text)!r} is not a whole number; use {low}..{high}."
         )
     number = _whole_number(text)
     if not low <= number <= high:
         raise errors.parameter_out_of_range(
-            f"{key}={_shown(text)} is out of range; use {low}..{high}."
+            f"{key}={errors.shown(text)} is out of range; use {low}..{high}."
         )
     return number
 
@@ -423,13 +422,6 @@ def _whole_number(text: str) -> int | float:
     if len(digits) > MAX_DIGITS:
         return -math.inf if text.startswith("-") else math.inf
     return int(text)
-
-
-def _shown(text: str) -> str:
-    """`text` to quote in an error message, shortened: a request may send kilobytes."""
-    if len(text) <= SHOWN_CHARS:
-        return text
-    return f"{text[:SHOWN_CHARS]}... ({len(text):,} characters)"
 
 
 def _as_text(value) -> str:

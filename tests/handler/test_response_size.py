@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
-from benchmarks.servers import model_config, read_properties
+from benchmarks.servers import REPO_ROOT, model_config, read_properties
 from tests.handler.helpers import encode, noise, set_requests
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIGS = ("config.properties", "docker/config.properties", "docker/kserve/config.properties")
 
 
@@ -26,4 +24,5 @@ def test_an_explanation_of_the_most_images_a_request_may_carry_fits(handler_and_
     size = len(json.dumps(answer, indent=2).encode())  # how TorchServe's worker sends it
     assert size > 1 << 20  # more than the 1 MiB these configs once allowed
     for name in CONFIGS:
-        assert size <= int(read_properties((REPO / name).read_text())["max_response_size"]), name
+        config = read_properties((REPO_ROOT / name).read_text())
+        assert size <= int(config["max_response_size"]), name
