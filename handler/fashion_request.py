@@ -349,7 +349,7 @@ def parse_options(raw: Mapping, class_names: Sequence[str], limits: OptionLimits
             invert = value
         else:
             raise errors.invalid_parameter(
-                f"invert={value!r} is not understood; use true, false or auto."
+                f"invert={errors.shown(value)!r} is not understood; use true, false or auto."
             )
     method = _parse_choice(raw, "method", INTEGRATED_GRADIENTS, METHODS, METHOD_ALIASES)
     sign = _parse_choice(raw, "sign", "positive", SIGNS)
@@ -358,7 +358,7 @@ def parse_options(raw: Mapping, class_names: Sequence[str], limits: OptionLimits
         text = _as_text(raw["heatmap"]).strip().lower()  # JSON true/false arrive as bools
         if text not in _TRUE + _FALSE:
             raise errors.invalid_parameter(
-                f"heatmap={text!r} is not understood; use true or false."
+                f"heatmap={errors.shown(text)!r} is not understood; use true or false."
             )
         heatmap = text in _TRUE
     return RequestOptions(topk, target, invert, steps, method, sign, heatmap)
@@ -373,7 +373,7 @@ def _parse_choice(
     value = (aliases or {}).get(value, value)
     if value not in choices:
         raise errors.invalid_parameter(
-            f"{key}={_as_text(raw[key])!r} is not one of: {', '.join(choices)}."
+            f"{key}={errors.shown(_as_text(raw[key]))!r} is not one of: {', '.join(choices)}."
         )
     return value
 
