@@ -23,7 +23,7 @@ from captum.attr import InputXGradient, IntegratedGradients, Occlusion, Saliency
 from PIL import Image
 
 from fashion_contract import quiet_jit
-from fashion_ig import ReluChain
+from fashion_ig import PathThreads, ReluChain
 
 INTEGRATED_GRADIENTS = "integrated_gradients"
 METHODS = (INTEGRATED_GRADIENTS, "saliency", "input_x_gradient", "occlusion")
@@ -78,17 +78,19 @@ def attribute(
     steps: int,
     chain: ReluChain | None = None,
     logits: torch.Tensor | None = None,
+    threads: PathThreads | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attributions (N, C, H, W) for each example's own target, and for integrated gradients
     the convergence deltas (N,): how far the attributions' sum is from f(input) -
     f(baseline), near zero when the steps were enough. `baseline` is one (C, H, W) input (a
     black image, normalized). `forward_model` needs no gradients (occlusion uses it);
     integrated gradients run on `chain` where the model is one (fashion_ig, which takes
-    f(input) from `logits` where given), else on `gradient_model` through Captum."""
+    f(input) from `logits` where given, and splits the path points across `threads` where
+    given), else on `gradient_model` through Captum."""
     targets = list(targets)
     if method == INTEGRATED_GRADIENTS:
         if chain is not None:
-            return chain.integrated_gradients(inputs, baseline, targets, steps, logits)
+            return chain.integrated_gradients(inputs, baseline, targets, steps, logits, threads)
         return integrated_gradients(gradient_model, inputs, baseline, targets, steps)
     if method == "occlusion":
         return occlusion(forward_model, inputs, baseline, targets), None

@@ -64,7 +64,7 @@ from fashion_explain import (
     heatmap_base64,
     round_attributions,
 )
-from fashion_ig import ReluChain, cpu_has_native_bf16
+from fashion_ig import PathThreads, ReluChain, cpu_has_native_bf16
 from fashion_image import prepare_image_with_facts, to_batch_tensor
 from fashion_memory import keep_freed_memory
 from fashion_metrics import EXPLANATION, PREDICTION, BatchOutcome, HandlerMetrics
@@ -81,6 +81,7 @@ from fashion_request import (
     shape_answer,
 )
 from fashion_settings import HandlerSettings
+from fashion_workers import SiblingWorkers
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,11 @@ class FashionHandler(BaseHandler):
         self.relu_chain = ReluChain.from_model(
             self.model, self.contract.input_shape, self.device, bf16_backward=bf16
         )
+        threads = self.settings.explain_threads
+        self.path_threads = None
+        if self.relu_chain is not None and self.device.type == "cpu" and threads > 1:
+            self.path_threads = PathThreads(threads)
+        self.siblings = SiblingWorkers()
 
         self.input_size = tuple(self.contract.input_shape[1:])  # (H, W)
         self.limits = OptionLimits(
@@ -405,7 +411,8 @@ class FashionHandler(BaseHandler):
     ) -> list[dict]:
         """Explanations for the given rows, each for its own target (the requested class,
         else the predicted one) by its own method. Rows that share a method and step count
-        are explained together."""
+        are explained together; integrated gradients split across the path threads while no
+        other worker is running (the other cores are idle then)."""
         probabilities = torch.softmax(logits, dim=1)
         predicted = logits.argmax(dim=1).tolist()
         targets = {
@@ -414,6 +421,9 @@ class FashionHandler(BaseHandler):
             else predicted[r]
             for r in rows
         }
+        threads = self.path_threads
+        if threads is not None and self.siblings.any_running():
+            threads = None
         answers: dict[int, dict] = {}
         groups: dict[tuple[str, int], list[int]] = {}
         for r in rows:
@@ -424,6 +434,7 @@ class FashionHandler(BaseHandler):
             attributions, deltas = attribute(
                 method, self.gradient_model, self.predict_model, batch[group], self.baseline,
                 [targets[r] for r in group], steps, self.relu_chain, logits[group],
+                threads,
             )  # fmt: skip
             # Grayscale input: channels carry the same pixel, so their attributions add up.
             attributions_hw = attributions.sum(dim=1).float().cpu().numpy()  # (n, H, W)

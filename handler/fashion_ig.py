@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,19 @@ CHANNELS_LAST = torch.channels_last
 POINTS_PER_PASS = 50
 # from_model's check: the chain must answer like the model on random inputs, to float rounding.
 SELF_CHECK_TOLERANCE = 1e-3
+
+
+class PathThreads(ThreadPoolExecutor):
+    """Threads that an explanation's path points are split across while the server's other
+    workers are idle (fashion_workers), so that it uses their cores. Threads of their own,
+    not torch's intra-op threads: those spin while they wait, which slows everything on the
+    cores where two workers' explanations meet; these sleep
+    (docs/performance.md#explanations). Each runs torch on the worker's
+    torch.set_num_threads, which torch carries over to new threads."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count, "fashion-ig")
+        self.count = count
 
 
 @dataclass
@@ -118,12 +132,14 @@ class ReluChain:
         targets: Sequence[int],
         steps: int,
         logits: torch.Tensor | None = None,
+        threads: PathThreads | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attributions (N, C, H, W) for each input's own target along the straight path from
         `baseline` (C, H, W), with Captum's Gauss-Legendre nodes, and the convergence deltas
         (N,): sum of attributions - (f(input) - f(baseline)). `logits` (N, classes) are the
         model's f(input) where the caller has them (the handler has, from the prediction that
-        picked the targets); else computed here, one more forward pass."""
+        picked the targets); else computed here, one more forward pass. With `threads`, the
+        path points are split into passes run on them at once, one a thread at least."""
         count, device = inputs.shape[0], inputs.device
         alphas, weights = gauss_legendre(steps, device)
         targets_t = torch.as_tensor(list(targets), device=device)
@@ -141,20 +157,31 @@ class ReluChain:
             summed = torch.zeros_like(z_span)  # sum over steps of weight * d target / d z
             image = torch.arange(count, device=device).repeat_interleave(steps)
             step = torch.arange(steps, device=device).repeat(count)
-            for start in range(0, count * steps, POINTS_PER_PASS):
-                rows = slice(start, start + POINTS_PER_PASS)
-                points = image[rows].numel()
-                at = torch.arange(points, device=device)
-                # One matrix product each: a point's z from its image's span, and the sum of
-                # its gradients into its image's row.
-                alpha = torch.zeros(points, count, device=device)
-                alpha[at, image[rows]] = alphas[step[rows]]
-                weight = torch.zeros(count, points, device=device)
-                weight[image[rows], at] = weights[step[rows]]
-                z = torch.addmm(z_base, alpha, z_span)
-                z = z.view(points, shape[1], shape[2], shape[0]).permute(0, 3, 1, 2)
-                gradient = self._target_gradient(z, targets_t[image[rows]])
-                summed.addmm_(weight, gradient.permute(0, 2, 3, 1).reshape(points, -1))
+            size = POINTS_PER_PASS
+            if threads is not None:  # a pass for each thread at least
+                size = min(size, -(-count * steps // threads.count))
+
+            def path_pass(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+                """Path points start..start+size: their weights (N, points) and their
+                gradients d target / d z as rows (points, H*W*K)."""
+                with torch.inference_mode():  # per thread
+                    rows = slice(start, start + size)
+                    points = image[rows].numel()
+                    at = torch.arange(points, device=device)
+                    # One matrix product each: a point's z from its image's span, and the
+                    # sum of its gradients into its image's row.
+                    alpha = torch.zeros(points, count, device=device)
+                    alpha[at, image[rows]] = alphas[step[rows]]
+                    weight = torch.zeros(count, points, device=device)
+                    weight[image[rows], at] = weights[step[rows]]
+                    z = torch.addmm(z_base, alpha, z_span)
+                    z = z.view(points, shape[1], shape[2], shape[0]).permute(0, 3, 1, 2)
+                    gradient = self._target_gradient(z, targets_t[image[rows]])
+                    return weight, gradient.permute(0, 2, 3, 1).reshape(points, -1)
+
+            run = map if threads is None else threads.map
+            for weight, gradient in run(path_pass, range(0, count * steps, size)):
+                summed.addmm_(weight, gradient)
             summed = summed.view(count, shape[1], shape[2], shape[0]).permute(0, 3, 1, 2)
             pixel_gradients = F.conv_transpose2d(summed, first.weight, padding=first.size)
             attributions = (inputs - baseline) * pixel_gradients

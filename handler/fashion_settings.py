@@ -24,6 +24,9 @@ class HandlerSettings:
     ig_steps: int = 50
     max_ig_steps: int = 200
     torch_threads: int = 1
+    # Threads integrated gradients split their path points across while no other worker is
+    # running (fashion_workers), so that an explanation uses the idle cores; 1: none.
+    explain_threads: int = 2
     max_image_pixels: int = 36_000_000
     max_image_bytes: int = 16 * 1024 * 1024
     max_images_per_request: int = 16

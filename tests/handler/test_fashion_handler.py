@@ -150,6 +150,50 @@ def test_explanations_use_each_requests_own_target(handler_and_context):
     assert first["attributions"] != second["attributions"]
 
 
+class Siblings:
+    """The handler's view of the other workers, set by the test."""
+
+    def __init__(self, running: bool) -> None:
+        self.running = running
+
+    def any_running(self) -> bool:
+        return self.running
+
+
+def test_explanations_split_across_the_path_threads_only_while_no_other_worker_runs(
+    handler_and_context, monkeypatch
+):
+    """fashion_workers says whether another worker runs (tested on real processes in
+    test_fashion_workers); here, that the handler splits only when none does."""
+    handler, context = handler_and_context
+    assert handler.path_threads is not None and handler.path_threads.count == 2
+    given = []
+    real_attribute = fashion_handler.attribute
+
+    def recording_attribute(*args):
+        given.append(args[-1])
+        return real_attribute(*args)
+
+    monkeypatch.setattr(fashion_handler, "attribute", recording_attribute)
+    answers = []
+    for running in (False, True):
+        monkeypatch.setattr(handler, "siblings", Siblings(running))
+        responses, statuses = run_batch(
+            handler, context, [{"body": png_bytes()}] * 2, [EXPLAIN] * 2
+        )
+        assert statuses == [200, 200]
+        answers += responses
+    assert given == [handler.path_threads, None]
+    assert all(answer["attributions"] == answers[0]["attributions"] for answer in answers)
+
+
+def test_explain_threads_1_keeps_every_explanation_on_the_workers_thread(tiny_export_dir):
+    context = make_context(tiny_export_dir, {"handler": {"explain_threads": 1}})
+    handler = FashionHandler()
+    handler.initialize(context)
+    assert handler.path_threads is None
+
+
 def test_explain_header_is_read_per_request():
     context = make_context(".")
     set_requests(context, [{"explain": "True"}, {}, {"Explain": "true"}, {"explain": "False"}])

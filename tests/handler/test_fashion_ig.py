@@ -3,13 +3,15 @@ tiny chain, Captum's answer on the exported FashionCNN, and Captum where the mod
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from torch import nn
 
 from fashion_contract import load_torchscript
 from fashion_explain import attribute, black_baseline, gradient_model, integrated_gradients
-from fashion_ig import ReluChain
+from fashion_ig import PathThreads, ReluChain
 
 SHAPE = (1, 28, 28)
 
@@ -147,3 +149,41 @@ def test_deltas_take_f_input_from_the_logits_given(exported):
     assert torch.allclose(given, computed, atol=1e-4)
     _, shifted = chain.integrated_gradients(inputs, baseline, targets, 10, logits + 1.0)
     assert torch.allclose(shifted, computed - 1.0, atol=1e-4)  # the logits given are used
+
+
+@pytest.mark.parametrize(("count", "steps", "passes"), [(1, 50, 2), (3, 20, 2), (2, 60, 3)])
+def test_path_threads_split_the_points_and_answer_the_same(exported, count, steps, passes):
+    """One image's 50 points, or points spanning images, in as many passes as threads or in
+    passes of POINTS_PER_PASS (2 x 60 points): the same sums in another order."""
+    model, contract, baseline = exported
+    chain = ReluChain.from_model(model, contract.input_shape, torch.device("cpu"))
+    inputs = torch.randn(count, *contract.input_shape, generator=torch.Generator().manual_seed(4))
+    targets = [7, 0, 2][:count]
+    threads = PathThreads(2)
+    threads_seen, passes_run = set(), []
+    run = threads.map
+
+    def recording_map(function, items):
+        items = list(items)
+        passes_run.append(len(items))
+        threads_seen.update(run(lambda _: threading.current_thread().name, items))
+        return run(function, items)
+
+    threads.map = recording_map
+    alone, alone_deltas = chain.integrated_gradients(inputs, baseline, targets, steps)
+    split, split_deltas = chain.integrated_gradients(
+        inputs, baseline, targets, steps, None, threads
+    )
+    assert passes_run == [passes]
+    assert threads_seen and all(name.startswith("fashion-ig") for name in threads_seen)
+    assert torch.allclose(split, alone, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(split_deltas, alone_deltas, atol=1e-5)
+
+
+@pytest.mark.parametrize("torch_threads", [1, 2])
+def test_path_threads_run_torch_on_the_workers_thread_count(torch_threads):
+    """torch carries torch.set_num_threads over to new threads (else one per core, or
+    OMP_NUM_THREADS): the threads keep the worker's torch_threads."""
+    torch.set_num_threads(torch_threads)  # keep_torch_threads puts it back
+    counts = PathThreads(2).map(lambda _: torch.get_num_threads(), range(4))
+    assert list(counts) == [torch_threads] * 4
