@@ -40,30 +40,32 @@ def _children(parent: int) -> list[int] | None:
     """Processes whose parent is `parent`, except this one; None where /proc is unreadable."""
     me = os.getpid()
     try:
-        entries = [entry.name for entry in os.scandir(PROC) if entry.name.isdigit()]
+        pids = [int(name) for name in os.listdir(PROC) if name.isdigit()]
     except OSError:
         return None
-    children = []
-    for name in entries:
-        stat = _stat(PROC / name / "stat")
-        if stat is not None and int(stat[1]) == parent and int(name) != me:
-            children.append(int(name))
-    return children
+    return [
+        pid
+        for pid in pids
+        if pid != me and (fields := _stat(f"{PROC}/{pid}/stat")) and int(fields[1]) == parent
+    ]
 
 
 def _running(pid: int) -> bool:
-    """Whether any thread of `pid` is in state R (running or runnable)."""
+    """Whether any thread of `pid` is in state R (running or waiting for a core)."""
     try:
-        tasks = list(os.scandir(PROC / str(pid) / "task"))
+        threads = os.listdir(f"{PROC}/{pid}/task")
     except OSError:
         return False  # gone
-    return any((stat := _stat(Path(task.path) / "stat")) and stat[0] == "R" for task in tasks)
+    return any(
+        (fields := _stat(f"{PROC}/{pid}/task/{tid}/stat")) and fields[0] == b"R" for tid in threads
+    )
 
 
-def _stat(path: Path) -> list[str] | None:
+def _stat(path: str) -> list[bytes] | None:
     """A /proc stat line's fields after the command name (state, ppid, ...); None if gone."""
     try:
-        text = path.read_bytes()
+        with open(path, "rb") as stat:
+            text = stat.read()
     except OSError:
         return None
-    return text[text.rindex(b")") + 2 :].decode().split()
+    return text[text.rindex(b")") + 2 :].split()
