@@ -81,7 +81,7 @@ from fashion_request import (
     shape_answer,
 )
 from fashion_settings import HandlerSettings
-from fashion_workers import SiblingWorkers
+from fashion_workers import SiblingWorkers, usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ class FashionHandler(BaseHandler):
         self.relu_chain = ReluChain.from_model(
             self.model, self.contract.input_shape, self.device, bf16_backward=bf16
         )
-        threads = self.settings.explain_threads
+        # More threads than the cores this worker may use would only add hand-offs.
+        threads = min(self.settings.explain_threads, usable_cores())
         self.path_threads = None
         if self.relu_chain is not None and self.device.type == "cpu" and threads > 1:
             self.path_threads = PathThreads(threads)
@@ -412,7 +413,7 @@ class FashionHandler(BaseHandler):
         """Explanations for the given rows, each for its own target (the requested class,
         else the predicted one) by its own method. Rows that share a method and step count
         are explained together; integrated gradients split across the path threads while no
-        other worker is running (the other cores are idle then)."""
+        other worker is running (then none competes for the cores)."""
         probabilities = torch.softmax(logits, dim=1)
         predicted = logits.argmax(dim=1).tolist()
         targets = {
@@ -421,15 +422,16 @@ class FashionHandler(BaseHandler):
             else predicted[r]
             for r in rows
         }
-        threads = self.path_threads
-        if threads is not None and self.siblings.any_running():
-            threads = None
         answers: dict[int, dict] = {}
         groups: dict[tuple[str, int], list[int]] = {}
         for r in rows:
             options = prepared.options[r]
             steps = options.steps if options.method == INTEGRATED_GRADIENTS else 0
             groups.setdefault((options.method, steps), []).append(r)
+        threads = self.path_threads
+        if threads is not None:
+            splits = any(method == INTEGRATED_GRADIENTS for method, _ in groups)
+            threads = threads if splits and not self.siblings.any_running() else None
         for (method, steps), group in groups.items():
             attributions, deltas = attribute(
                 method, self.gradient_model, self.predict_model, batch[group], self.baseline,

@@ -1,10 +1,12 @@
 """The worker's siblings: the other processes its parent started, which under TorchServe are
 the frontend's other workers (of every model it serves). Whether any of them is running now
-tells the handler whether the cores are otherwise idle, so that one explanation may use
-more than one of them (fashion_ig.PathThreads; docs/performance.md#explanations).
+tells the handler whether another worker competes for the cores, so that one explanation may
+use more than one of them (fashion_ig.PathThreads; docs/performance.md#explanations).
 
-Read from /proc (Linux); elsewhere, or where /proc cannot be read, the siblings always count
-as running, and nothing is split.
+It assumes the frontend starts the workers itself, as it does unless TorchServe's
+`cpu_launcher` is on (then each worker's parent is its own launcher, and a worker sees no
+siblings). Read from /proc (Linux); elsewhere, or where /proc cannot be read, the siblings
+always count as running, and nothing is split.
 """
 
 from __future__ import annotations
@@ -25,15 +27,23 @@ class SiblingWorkers:
     def __init__(self, parent: int | None = None) -> None:
         self.parent = os.getppid() if parent is None else parent
         self.pids: list[int] | None = None
-        self._found_at = 0.0
+        self._found_at: float | None = None
 
     def any_running(self) -> bool:
         """Whether a sibling has a thread running or waiting for a core right now."""
         now = time.monotonic()
-        if self.pids is None or now - self._found_at > REFRESH_S:
+        if self._found_at is None or now - self._found_at > REFRESH_S:
             self.pids = _children(self.parent)
             self._found_at = now
         return self.pids is None or any(_running(pid) for pid in self.pids)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS keeps one (a cgroup's
+    CPU quota is not counted)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _children(parent: int) -> list[int] | None:
@@ -68,4 +78,5 @@ def _stat(path: str) -> list[bytes] | None:
             text = stat.read()
     except OSError:
         return None
-    return text[text.rindex(b")") + 2 :].split()
+    end = text.rfind(b")")  # the name may hold ")" and spaces, nothing after it does
+    return text[end + 2 :].split() if end >= 0 else None

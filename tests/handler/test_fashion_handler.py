@@ -178,13 +178,34 @@ def test_explanations_split_across_the_path_threads_only_while_no_other_worker_r
     answers = []
     for running in (False, True):
         monkeypatch.setattr(handler, "siblings", Siblings(running))
-        responses, statuses = run_batch(
-            handler, context, [{"body": png_bytes()}] * 2, [EXPLAIN] * 2
-        )
-        assert statuses == [200, 200]
+        # One image: its 8 points (the tests' ig_steps) in two passes of 4 when split.
+        responses, statuses = run_batch(handler, context, [{"body": png_bytes()}], [EXPLAIN])
+        assert statuses == [200]
         answers += responses
     assert given == [handler.path_threads, None]
     assert all(answer["attributions"] == answers[0]["attributions"] for answer in answers)
+
+
+def test_no_more_path_threads_than_usable_cores(tiny_export_dir, monkeypatch):
+    monkeypatch.setattr(fashion_handler, "usable_cores", lambda: 1)
+    handler = FashionHandler()
+    handler.initialize(make_context(tiny_export_dir))
+    assert handler.path_threads is None  # one core: splitting would only add hand-offs
+    monkeypatch.setattr(fashion_handler, "usable_cores", lambda: 16)
+    handler.initialize(make_context(tiny_export_dir, {"handler": {"explain_threads": 3}}))
+    assert handler.path_threads.count == 3
+
+
+def test_saliency_alone_does_not_look_at_the_siblings(handler_and_context, monkeypatch):
+    handler, context = handler_and_context
+    looked = []
+    monkeypatch.setattr(handler.siblings, "any_running", lambda: looked.append(1) or True)
+    _, statuses = run_batch(
+        handler, context, [{"body": png_bytes()}], [{**EXPLAIN, "X-Method": "saliency"}]
+    )
+    assert statuses == [200] and not looked
+    run_batch(handler, context, [{"body": png_bytes()}], [EXPLAIN])
+    assert looked == [1]
 
 
 def test_explain_threads_1_keeps_every_explanation_on_the_workers_thread(tiny_export_dir):

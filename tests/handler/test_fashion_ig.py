@@ -153,37 +153,43 @@ def test_deltas_take_f_input_from_the_logits_given(exported):
 
 @pytest.mark.parametrize(("count", "steps", "passes"), [(1, 50, 2), (3, 20, 2), (2, 60, 3)])
 def test_path_threads_split_the_points_and_answer_the_same(exported, count, steps, passes):
-    """One image's 50 points, or points spanning images, in as many passes as threads or in
-    passes of POINTS_PER_PASS (2 x 60 points): the same sums in another order."""
+    """One image's 50 points in two passes of 25, 3 x 20 points in two passes of 30 that
+    span images, or 2 x 60 points in passes of POINTS_PER_PASS, run on the threads: the
+    same sums in another order."""
     model, contract, baseline = exported
     chain = ReluChain.from_model(model, contract.input_shape, torch.device("cpu"))
     inputs = torch.randn(count, *contract.input_shape, generator=torch.Generator().manual_seed(4))
     targets = [7, 0, 2][:count]
-    threads = PathThreads(2)
-    threads_seen, passes_run = set(), []
-    run = threads.map
-
-    def recording_map(function, items):
-        items = list(items)
-        passes_run.append(len(items))
-        threads_seen.update(run(lambda _: threading.current_thread().name, items))
-        return run(function, items)
-
-    threads.map = recording_map
     alone, alone_deltas = chain.integrated_gradients(inputs, baseline, targets, steps)
-    split, split_deltas = chain.integrated_gradients(
-        inputs, baseline, targets, steps, None, threads
-    )
+    with PathThreads(2) as threads:
+        passes_run, ran_on = [], set()
+        run = threads.map
+
+        def recording_map(function, items):
+            items = list(items)
+            passes_run.append(len(items))
+
+            def recorded(start):
+                ran_on.add(threading.current_thread().name)
+                return function(start)
+
+            return run(recorded, items)
+
+        threads.map = recording_map
+        split, split_deltas = chain.integrated_gradients(
+            inputs, baseline, targets, steps, None, threads
+        )
     assert passes_run == [passes]
-    assert threads_seen and all(name.startswith("fashion-ig") for name in threads_seen)
+    assert ran_on and all(name.startswith("fashion-ig") for name in ran_on)
     assert torch.allclose(split, alone, atol=1e-6, rtol=1e-5)
     assert torch.allclose(split_deltas, alone_deltas, atol=1e-5)
 
 
-@pytest.mark.parametrize("torch_threads", [1, 2])
+@pytest.mark.parametrize("torch_threads", [1, 3])
 def test_path_threads_run_torch_on_the_workers_thread_count(torch_threads):
-    """torch carries torch.set_num_threads over to new threads (else one per core, or
-    OMP_NUM_THREADS): the threads keep the worker's torch_threads."""
+    """torch carries torch.set_num_threads over to new threads, which would otherwise take
+    OMP_NUM_THREADS or one per core: the threads keep the worker's torch_threads."""
     torch.set_num_threads(torch_threads)  # keep_torch_threads puts it back
-    counts = PathThreads(2).map(lambda _: torch.get_num_threads(), range(4))
-    assert list(counts) == [torch_threads] * 4
+    with PathThreads(2) as threads:
+        counts = list(threads.map(lambda _: torch.get_num_threads(), range(4)))
+    assert counts == [torch_threads] * 4

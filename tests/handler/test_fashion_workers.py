@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def family():
 def test_a_spinning_sibling_is_running_and_a_sleeping_one_is_not(family):
     parent, sleeper, spinner = family
     siblings = SiblingWorkers(parent)
-    assert siblings.parent == parent
+    assert wait_for(siblings.any_running)  # the children have started
     # The spinner is on a core or waiting for one at every look.
     assert all(siblings.any_running() for _ in range(20))
     assert sorted(siblings.pids) == sorted([sleeper, spinner])
@@ -56,11 +57,51 @@ def test_a_spinning_sibling_is_running_and_a_sleeping_one_is_not(family):
     assert wait_for(lambda: not siblings.any_running())
 
 
-def test_by_default_the_siblings_are_the_parents_other_children():
-    assert SiblingWorkers().parent == os.getppid()
+def fake_process(proc, pid: int, name: str, parent: int, states: list[str]) -> None:
+    """A /proc/<pid> with its stat line and a task a state (the first is the process's)."""
+
+    def stat(state: str) -> str:
+        return f"{pid} ({name}) {state} {parent} {pid} 0 -1 4194560 0 0 0 0 1 2"
+
+    (proc / str(pid)).mkdir()
+    (proc / str(pid) / "stat").write_text(stat(states[0]))
+    for tid, state in enumerate(states, start=pid):
+        (proc / str(pid) / "task" / str(tid)).mkdir(parents=True)
+        (proc / str(pid) / "task" / str(tid) / "stat").write_text(stat(state))
+
+
+def test_the_siblings_by_their_stat_lines(monkeypatch, tmp_path):
+    """Command names with parentheses and spaces, this process itself, a stranger, a thread
+    other than the first that runs, and a sibling that starts later (seen at the refresh).
+    The fake pids are above Linux's largest (2**22), so none is this process's."""
+    monkeypatch.setattr(fashion_workers, "PROC", tmp_path)
+    frontend, worker, stranger, late = 5_000_050, 5_000_061, 5_000_070, 5_000_080
+    (tmp_path / "self").mkdir()  # not a pid
+    fake_process(tmp_path, frontend, "java", 1, ["S"])
+    fake_process(tmp_path, worker, "python (worker) 1", frontend, ["S", "S"])
+    fake_process(tmp_path, os.getpid(), "python", frontend, ["R"])  # never its own sibling
+    fake_process(tmp_path, stranger, f"busy) R {frontend} (stranger", 1, ["R"])
+    siblings = SiblingWorkers(parent=frontend)
+    assert not siblings.any_running() and siblings.pids == [worker]
+    second_thread = tmp_path / str(worker) / "task" / str(worker + 1) / "stat"
+    second_thread.write_text(f"{worker + 1} (python) R {frontend} {worker}")
+    assert siblings.any_running()
+    shutil.rmtree(tmp_path / str(worker))  # gone: not running
+    fake_process(tmp_path, late, "python", frontend, ["R"])
+    assert not siblings.any_running()  # not known before the refresh
+    monkeypatch.setattr(fashion_workers, "REFRESH_S", 0.0)
+    assert siblings.any_running() and siblings.pids == [late]
 
 
 def test_without_proc_the_siblings_count_as_running(monkeypatch, tmp_path):
     """Nothing is split where the siblings cannot be seen."""
     monkeypatch.setattr(fashion_workers, "PROC", tmp_path / "no-proc")
     assert SiblingWorkers(os.getpid()).any_running()
+
+
+def test_an_unreadable_stat_line_is_no_sibling(monkeypatch, tmp_path):
+    monkeypatch.setattr(fashion_workers, "PROC", tmp_path)
+    (tmp_path / "5000001").mkdir()
+    (tmp_path / "5000001" / "stat").write_text("")  # read as the process vanished
+    siblings = SiblingWorkers(parent=1)
+    assert not siblings.any_running() and siblings.pids == []
