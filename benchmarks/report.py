@@ -77,11 +77,11 @@ def table(results: dict) -> str:
     lines = []
     local = results.get("in_process")
     if local:
-        lines += ["In-process (one process, one thread, the handler's functions)", ""]
+        lines += ["In-process (one process, one torch thread, the handler's functions)", ""]
         lines += ["| what | images/s | ms per call (p50) |", "|---|---:|---:|"]
         for key, label in (
             ("batch_1", "predict, batch 1"),
-            ("explain_batch_1", "explain (IG), batch 1"),
+            ("explain_batch_1", "explain (IG), batch 1, on the path threads"),
         ):
             figure = local[key]
             lines.append(
