@@ -34,6 +34,9 @@ CHANNELS_LAST = torch.channels_last
 # (handler.ig_steps), so a lone explanation is one pass. Fewer points a pass were slower
 # (docs/performance.md#explanations).
 POINTS_PER_PASS = 50
+# The fewest path points a pass split across threads gets: passes of 4 (8 steps on two
+# threads) were slower than one pass of 8 (docs/performance.md#explanations).
+MIN_SPLIT_POINTS = 8
 # from_model's check: the chain must answer like the model on random inputs, to float rounding.
 SELF_CHECK_TOLERANCE = 1e-3
 
@@ -139,7 +142,8 @@ class ReluChain:
         (N,): sum of attributions - (f(input) - f(baseline)). `logits` (N, classes) are the
         model's f(input) where the caller has them (the handler has, from the prediction that
         picked the targets); else computed here, one more forward pass. With `threads`, the
-        path points are split into passes run on them at once, one a thread at least."""
+        path points are split into passes run on them at once, one a thread where each
+        gets MIN_SPLIT_POINTS."""
         count, device = inputs.shape[0], inputs.device
         alphas, weights = gauss_legendre(steps, device)
         targets_t = torch.as_tensor(list(targets), device=device)
@@ -158,8 +162,9 @@ class ReluChain:
             image = torch.arange(count, device=device).repeat_interleave(steps)
             step = torch.arange(steps, device=device).repeat(count)
             size = POINTS_PER_PASS
-            if threads is not None:  # a pass for each thread at least
-                size = min(size, -(-count * steps // threads.count))
+            if threads is not None:  # a pass for each thread, of MIN_SPLIT_POINTS at least
+                size = min(size, max(MIN_SPLIT_POINTS, -(-count * steps // threads.count)))
+            starts = range(0, count * steps, size)
 
             def path_pass(start: int) -> tuple[torch.Tensor, torch.Tensor]:
                 """Path points start..start+size: their weights (N, points) and their
@@ -179,8 +184,8 @@ class ReluChain:
                     gradient = self._target_gradient(z, targets_t[image[rows]])
                     return weight, gradient.permute(0, 2, 3, 1).reshape(points, -1)
 
-            run = map if threads is None else threads.map
-            for weight, gradient in run(path_pass, range(0, count * steps, size)):
+            run = map if threads is None or len(starts) == 1 else threads.map
+            for weight, gradient in run(path_pass, starts):
                 summed.addmm_(weight, gradient)
             summed = summed.view(count, shape[1], shape[2], shape[0]).permute(0, 3, 1, 2)
             pixel_gradients = F.conv_transpose2d(summed, first.weight, padding=first.size)

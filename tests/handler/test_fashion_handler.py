@@ -178,8 +178,10 @@ def test_explanations_split_across_the_path_threads_only_while_no_other_worker_r
     answers = []
     for running in (False, True):
         monkeypatch.setattr(handler, "siblings", Siblings(running))
-        # One image: its 8 points (the tests' ig_steps) in two passes of 4 when split.
-        responses, statuses = run_batch(handler, context, [{"body": png_bytes()}], [EXPLAIN])
+        # One image: its 16 points in two passes of 8 when split.
+        responses, statuses = run_batch(
+            handler, context, [{"body": png_bytes()}], [{**EXPLAIN, "X-Steps": "16"}]
+        )
         assert statuses == [200]
         answers += responses
     assert given == [handler.path_threads, None]
