@@ -31,11 +31,11 @@ import torch.nn.functional as F
 
 CHANNELS_LAST = torch.channels_last
 # Path points per forward/backward pass: one image's points at the default 50 steps
-# (handler.ig_steps), so a lone explanation is one pass. Fewer points a pass were slower
-# (docs/performance.md#explanations).
+# (handler.ig_steps), so a lone explanation on one thread is one pass. Fewer points a pass
+# on one thread were slower (docs/performance.md#explanations).
 POINTS_PER_PASS = 50
-# The fewest path points a pass split across threads gets: passes of 4 (8 steps on two
-# threads) were slower than one pass of 8 (docs/performance.md#explanations).
+# The fewest path points a thread is given: two passes of 4 (8 steps on two threads) were
+# slower than one pass of 8 (docs/performance.md#explanations).
 MIN_SPLIT_POINTS = 8
 # from_model's check: the chain must answer like the model on random inputs, to float rounding.
 SELF_CHECK_TOLERANCE = 1e-3
@@ -142,8 +142,8 @@ class ReluChain:
         (N,): sum of attributions - (f(input) - f(baseline)). `logits` (N, classes) are the
         model's f(input) where the caller has them (the handler has, from the prediction that
         picked the targets); else computed here, one more forward pass. With `threads`, the
-        path points are split into passes run on them at once, one a thread where each
-        gets MIN_SPLIT_POINTS."""
+        path points are split into passes run on them at once: one a thread, or as many as
+        give each MIN_SPLIT_POINTS at least; fewer points than that stay one pass."""
         count, device = inputs.shape[0], inputs.device
         alphas, weights = gauss_legendre(steps, device)
         targets_t = torch.as_tensor(list(targets), device=device)
@@ -162,8 +162,9 @@ class ReluChain:
             image = torch.arange(count, device=device).repeat_interleave(steps)
             step = torch.arange(steps, device=device).repeat(count)
             size = POINTS_PER_PASS
-            if threads is not None:  # a pass for each thread, of MIN_SPLIT_POINTS at least
-                size = min(size, max(MIN_SPLIT_POINTS, -(-count * steps // threads.count)))
+            parts = 1 if threads is None else min(threads.count, count * steps // MIN_SPLIT_POINTS)
+            if parts > 1:  # a pass for each thread at least
+                size = min(size, -(-count * steps // parts))
             starts = range(0, count * steps, size)
 
             def path_pass(start: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -152,12 +152,14 @@ def test_deltas_take_f_input_from_the_logits_given(exported):
 
 
 @pytest.mark.parametrize(
-    ("count", "steps", "passes"), [(1, 50, [2]), (3, 20, [2]), (2, 60, [3]), (1, 8, [])]
+    ("count", "steps", "passes"),
+    [(1, 50, [2]), (3, 20, [2]), (2, 60, [3]), (1, 16, [2]), (1, 15, []), (1, 8, [])],
 )
 def test_path_threads_split_the_points_and_answer_the_same(exported, count, steps, passes):
     """One image's 50 points in two passes of 25, 3 x 20 points in two passes of 30 that
     span images, or 2 x 60 points in passes of POINTS_PER_PASS, run on the threads: the
-    same sums in another order. 8 points stay one pass, on the caller's thread."""
+    same sums in another order. 16 points split as 8 and 8; 15 or 8 stay one pass, on the
+    caller's thread."""
     model, contract, baseline = exported
     chain = ReluChain.from_model(model, contract.input_shape, torch.device("cpu"))
     inputs = torch.randn(count, *contract.input_shape, generator=torch.Generator().manual_seed(4))
