@@ -161,11 +161,10 @@ class ReluChain:
             summed = torch.zeros_like(z_span)  # sum over steps of weight * d target / d z
             image = torch.arange(count, device=device).repeat_interleave(steps)
             step = torch.arange(steps, device=device).repeat(count)
-            size = POINTS_PER_PASS
-            parts = 1 if threads is None else min(threads.count, count * steps // MIN_SPLIT_POINTS)
-            if parts > 1:  # a pass for each thread at least
-                size = min(size, -(-count * steps // parts))
-            starts = range(0, count * steps, size)
+            total = count * steps
+            parts = 1 if threads is None else max(1, min(threads.count, total // MIN_SPLIT_POINTS))
+            # A pass for each thread at least where the points are split.
+            size = min(POINTS_PER_PASS, -(-total // parts))
 
             def path_pass(start: int) -> tuple[torch.Tensor, torch.Tensor]:
                 """Path points start..start+size: their weights (N, points) and their
@@ -185,8 +184,8 @@ class ReluChain:
                     gradient = self._target_gradient(z, targets_t[image[rows]])
                     return weight, gradient.permute(0, 2, 3, 1).reshape(points, -1)
 
-            run = map if threads is None or len(starts) == 1 else threads.map
-            for weight, gradient in run(path_pass, starts):
+            run = threads.map if parts > 1 else map
+            for weight, gradient in run(path_pass, range(0, total, size)):
                 summed.addmm_(weight, gradient)
             summed = summed.view(count, shape[1], shape[2], shape[0]).permute(0, 3, 1, 2)
             pixel_gradients = F.conv_transpose2d(summed, first.weight, padding=first.size)
