@@ -150,16 +150,6 @@ def test_explanations_use_each_requests_own_target(handler_and_context):
     assert first["attributions"] != second["attributions"]
 
 
-class Siblings:
-    """The handler's view of the other workers, set by the test."""
-
-    def __init__(self, running: bool) -> None:
-        self.running = running
-
-    def any_running(self) -> bool:
-        return self.running
-
-
 def test_explanations_split_across_the_path_threads_only_while_no_other_worker_runs(
     handler_and_context, monkeypatch
 ):
@@ -177,7 +167,7 @@ def test_explanations_split_across_the_path_threads_only_while_no_other_worker_r
     monkeypatch.setattr(fashion_handler, "attribute", recording_attribute)
     answers = []
     for running in (False, True):
-        monkeypatch.setattr(handler, "siblings", Siblings(running))
+        monkeypatch.setattr(handler.siblings, "any_running", lambda running=running: running)
         # One image: its 16 points in two passes of 8 when split.
         responses, statuses = run_batch(
             handler, context, [{"body": png_bytes()}], [{**EXPLAIN, "X-Steps": "16"}]
