@@ -6,7 +6,7 @@
     python -m benchmarks.bench --profile            # where one request's time goes
     python -m benchmarks.bench --variant 2workers:minWorkers=2,maxWorkers=2 ...
 
-In-process (benchmarks.inprocess; one process, one torch thread: FashionHandler.handle,
+In-process (benchmarks.inprocess; one process, one torch thread: TorchServeHandler.handle,
 initialized as in a worker, on raw image bodies, then the worker's json.dumps): images/s at
 batch 1 and at the served batch size; the machine's ceiling (one such process per core at
 the served batch size, summed); integrated gradients per image.
@@ -50,7 +50,7 @@ from benchmarks.servers import (
     model_config,
     temp_dir,
 )
-from fashion_image import to_batch_tensor
+from fashion_serve.image import to_batch_tensor
 
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "bench" / "bench.json"
 PARTS = ("in-process", "torchserve", "litserve")
@@ -158,7 +158,7 @@ def litserve_runs(args, json_body: Path) -> dict:
 
 # --- profile --------------------------------------------------------------------------------
 def profile(args, batch_size: int) -> None:
-    """cProfile of FashionHandler.handle (the worker's path, without the socket) and
+    """cProfile of TorchServeHandler.handle (the worker's path, without the socket) and
     torch.profiler of the model, at batch 1 and at the served batch size."""
     image_bytes = args.image.read_bytes()
     pipeline = Pipeline(args.export_dir, args.device, batch_size)
@@ -177,18 +177,22 @@ def profile(args, batch_size: int) -> None:
         stats.sort_stats("tottime").print_stats(18)  # the hot spots, whoever owns them
         # and the handler's own steps, by time spent under each (always listed, however noisy)
         stats.sort_stats("cumulative").print_stats(r"fashion_", 15)
-        print(f"=== cProfile: FashionHandler.handle + json.dumps, batch {size}, {calls} calls ===")
+        title = f"TorchServeHandler.handle + json.dumps, batch {size}, {calls} calls"
+        print(f"=== cProfile: {title} ===")
         print(stream.getvalue())
 
     handler = pipeline.handler
     pixels, _ = prepare(handler, image_bytes)
     batch = to_batch_tensor(
-        [pixels] * batch_size, handler.contract.mean, handler.contract.std, handler.device
+        [pixels] * batch_size,
+        handler.service.contract.mean,
+        handler.service.contract.std,
+        handler.service.device,
     )
     with torch.profiler.profile() as prof:
         for _ in range(50):
-            handler.inference(batch)
-    print(f"=== torch.profiler: FashionHandler.inference, batch {batch_size}, 50 calls ===")
+            handler.service.logits(batch)
+    print(f"=== torch.profiler: FashionService.logits, batch {batch_size}, 50 calls ===")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 

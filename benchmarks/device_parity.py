@@ -1,7 +1,7 @@
 """The handler's answers on one device against the CPU's, request by request.
 
 The same requests (the sample images as predictions and explanations, and bad inputs) go
-through FashionHandler.handle on both; the comparison asks for the same HTTP statuses, the
+through TorchServeHandler.handle on both; the comparison asks for the same HTTP statuses, the
 same refusal bodies, the same top-1 class and explanation target, and probabilities and
 attributions within stated tolerances (`Tolerances`).
 """

@@ -32,20 +32,22 @@ def prediction_rates(
     pipeline: Pipeline, images: list[bytes], batch_sizes: list[int], seconds: float
 ) -> dict:
     """Per batch size: handle() on PNG bodies (parse, decode, tensor, model, top-k, JSON)
-    and the model alone (handler.inference: model + softmax) on a tensor already there."""
-    handler, device = pipeline.handler, pipeline.handler.device
-    height, width = handler.input_size
+    and the model alone (FashionService.logits) on a tensor already there."""
+    handler, device = pipeline.handler, pipeline.handler.service.device
+    height, width = handler.service.input_size
     rates: dict = {"handle": {}, "model": {}}
     for size in batch_sizes:
         bodies = batch_of(images, size)
-        ready = torch.randn(size, handler.contract.input_shape[0], height, width, device=device)
+        ready = torch.randn(
+            size, handler.service.contract.input_shape[0], height, width, device=device
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         rates["handle"][f"batch_{size}"] = measure(
             synchronized(lambda bodies=bodies: pipeline.predict(bodies), device), size, seconds
         )
         rates["model"][f"batch_{size}"] = measure(
-            synchronized(lambda ready=ready: handler.inference(ready), device), size, seconds
+            synchronized(lambda ready=ready: handler.service.logits(ready), device), size, seconds
         )
     return rates
 
@@ -55,8 +57,8 @@ def explanation_rates(
 ) -> dict:
     """Per batch size: handle() on explanation requests at the default integrated-gradients
     steps (attributions, rounding and the heatmap PNG included)."""
-    device = pipeline.handler.device
-    rates: dict = {"steps": pipeline.handler.limits.default_steps}
+    device = pipeline.handler.service.device
+    rates: dict = {"steps": pipeline.handler.service.limits.default_steps}
     for size in batch_sizes:
         bodies = batch_of(images, size)
         rates[f"batch_{size}"] = measure(

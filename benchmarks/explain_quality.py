@@ -36,9 +36,10 @@ from captum.attr import IntegratedGradients
 from benchmarks.inprocess import initialized_handler
 from benchmarks.load import CONCURRENCIES, LoadSettings, load_points
 from benchmarks.servers import REPO_ROOT, TorchServe, command_line, model_config, temp_dir
-from fashion_explain import INTEGRATED_GRADIENTS, METHODS, attribute
-from fashion_ig import ReluChain
-from fashion_image import prepare_image, to_batch_tensor
+from fashion_serve.explain import attribute
+from fashion_serve.ig import ReluChain
+from fashion_serve.image import prepare_image, to_batch_tensor
+from fashion_serve.options import INTEGRATED_GRADIENTS, METHODS
 from training import data
 
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "bench" / "explain_quality.json"
@@ -59,12 +60,14 @@ def before(model, inputs, baseline, targets, steps):
 def test_inputs(handler, count: int) -> torch.Tensor:
     """The samples and the first `count` test images, normalized: (N, 1, 28, 28)."""
     pixels = [
-        prepare_image(path.read_bytes(), handler.input_size, "auto", 10**8)
+        prepare_image(path.read_bytes(), handler.service.input_size, "auto", 10**8)
         for path in sorted((REPO_ROOT / "samples").glob("*.png"))
     ]
     if count:
         pixels += [image.numpy() for image in data.load("test").images[:count]]
-    return to_batch_tensor(pixels, handler.contract.mean, handler.contract.std, handler.device)
+    return to_batch_tensor(
+        pixels, handler.service.contract.mean, handler.service.contract.std, handler.service.device
+    )
 
 
 def faithfulness(attributions, deltas, reference) -> dict:
@@ -117,27 +120,37 @@ def run(args) -> dict:
     inputs = test_inputs(handler, args.images)
     # As in the handler: the prediction picks each image's target, and integrated gradients
     # take f(input) from its logits.
-    logits = handler.logits(inputs)
+    logits = handler.service.logits(inputs)
     examples = (inputs, logits.argmax(dim=1).tolist(), logits)
-    baseline = handler.baseline
+    baseline = handler.service.baseline
     served_batch = int(model_config().get("batchSize", 1))
     print(f"{len(inputs)} images; reference: {args.reference_steps} steps...", flush=True)
 
-    def handler_method(method: str, steps: int, chain=handler.relu_chain) -> Callable:
+    def handler_method(method: str, steps: int, chain=handler.service.relu_chain) -> Callable:
         return lambda x, t, s: attribute(
-            method, handler.gradient_model, handler.predict_model, x, baseline, t, steps, chain, s
+            method,
+            handler.service.gradient_model,
+            handler.service.predict_model,
+            x,
+            baseline,
+            t,
+            steps,
+            chain,
+            s,
         )
 
     # The reference: Captum on the gradient copy in fp32, independent of fashion_ig.
     reference, _ = chunked(handler_method(INTEGRATED_GRADIENTS, args.reference_steps, None),
                            examples, size=2)  # fmt: skip
-    default = handler.limits.default_steps
-    fp32_chain = ReluChain.from_model(handler.model, handler.contract.input_shape, handler.device)
+    default = handler.service.limits.default_steps
+    fp32_chain = ReluChain.from_model(
+        handler.service.model, handler.service.contract.input_shape, handler.service.device
+    )
     # name: (explain function, the request headers that choose it from a served handler;
     # None: not the handler's, measured in-process only)
     settings = {
         f"before: integrated_gradients, {default} steps": (
-            lambda x, t, _: before(handler.model, x, baseline, t, default),
+            lambda x, t, _: before(handler.service.model, x, baseline, t, default),
             None,
         ),
         f"integrated_gradients via Captum, {default} steps": (

@@ -1,6 +1,6 @@
 """One run on a GPU machine that proves the project's own code on CUDA, and measures it.
 
-1. parity: FashionHandler, initialized in a real ts.context.Context as a TorchServe worker
+1. parity: TorchServeHandler, initialized in a real ts.context.Context as a TorchServe worker
    does it, answers the sample images (predictions and explanations) and bad inputs on the
    device as on the CPU: same statuses and refusals, same top-1 and targets, probabilities
    and attributions within benchmarks.device_parity's tolerances. Checked twice: in full
@@ -193,7 +193,7 @@ def prove_parity(export_dir: Path, device: torch.device, samples: dict[str, byte
         fp32 = parity.answer_batches(handler, context, batches)
     served = parity.answer_batches(handler, context, batches)
     return {
-        "handler_device": str(handler.device),
+        "handler_device": str(handler.service.device),
         "refusal_problems": parity.refusals_are_refused(reference),
         "statuses": {name: [a["status"] for a in answers] for name, answers in reference.items()},
         "reference_top1": [next(iter(a["body"])) for a in reference["predict"]],

@@ -116,8 +116,8 @@ def cpu_answers(mar: Path, samples: dict[str, bytes], work: Path) -> dict[str, s
     handler's own preprocessing: what the served workers must answer."""
     import torch
 
-    from fashion_contract import load_torchscript
-    from fashion_image import prepare_image, to_batch_tensor
+    from fashion_serve.contract import load_torchscript
+    from fashion_serve.image import prepare_image, to_batch_tensor
 
     with zipfile.ZipFile(mar) as archive:
         model_pt = Path(archive.extract("model.pt", work / "cpu-reference"))

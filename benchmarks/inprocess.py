@@ -1,7 +1,7 @@
 """The TorchServe handler without TorchServe: the in-process figures and ceiling of the
 benchmark, the LitServe peer, and the handler tests.
 
-A FashionHandler is initialized exactly as a TorchServe worker initializes it (a real
+A TorchServeHandler is initialized exactly as a TorchServe worker initializes it (a real
 ts.context.Context over the exported model and handler/model-config.yaml), so whatever the
 handler does to load or prepare its model, the in-process figures, the peer and the tests
 get the same.
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from ts.context import Context, RequestProcessor
 
-import fashion_handler
 from benchmarks.servers import MODEL_NAME, model_config
-from fashion_image import prepare_image
-from fashion_request import parse_request
+from fashion_serve.image import prepare_image
+from fashion_serve.request import parse_request
+from fashion_serve.torchserve_runtime import TorchServeHandler
 
 TORCHSERVE_VERSION = "0.12.0"
 
@@ -51,14 +51,14 @@ def initialized_handler(
     batch_size: int = 1,
     device: str = "cpu",
     model_yaml_config: dict | None = None,
-) -> tuple[fashion_handler.FashionHandler, Context]:
-    """A FashionHandler after initialize(), and its context, as in a TorchServe worker
+) -> tuple[TorchServeHandler, Context]:
+    """A TorchServeHandler after initialize(), and its context, as in a TorchServe worker
     (`model_yaml_config` defaults to the repo's handler/model-config.yaml)."""
     model_dir = Path(tempfile.mkdtemp(prefix="inprocess-model-"))
     (model_dir / "model.pt").symlink_to((export_dir / "model.pt").resolve())
     gpu_id = torch.device(device).index or 0 if device.startswith("cuda") else None
     context = worker_context(model_dir, model_yaml_config, batch_size, gpu_id)
-    handler = fashion_handler.FashionHandler()
+    handler = TorchServeHandler()
     handler.initialize(context)
     return handler, context
 
@@ -73,19 +73,22 @@ def prepare(handler, image_bytes: bytes, payload=None) -> tuple:
     functions."""
     parsed = parse_request(
         {"body": image_bytes if payload is None else payload},
-        handler.contract.class_names,
-        handler.limits,
-        handler.settings.max_image_bytes,
+        handler.service.contract.class_names,
+        handler.service.limits,
+        handler.service.settings.max_image_bytes,
     )
     (image,) = parsed.images
     pixels = prepare_image(
-        image, handler.input_size, parsed.options.invert, handler.settings.max_image_pixels
+        image,
+        handler.service.input_size,
+        parsed.options.invert,
+        handler.service.settings.max_image_pixels,
     )
     return pixels, parsed.options
 
 
 class Pipeline:
-    """The worker's path, in-process: FashionHandler.handle on a batch of raw image bodies
+    """The worker's path, in-process: TorchServeHandler.handle on a batch of raw image bodies
     (request parsing, decode, fit, tensor, model, softmax, top-k or integrated gradients),
     then the json.dumps(indent=2) TorchServe's worker applies to each answer."""
 
@@ -183,7 +186,7 @@ def in_process(
             lambda: pipeline.predict([image_bytes] * batch_size), batch_size, seconds
         ),
         "explain_batch_1": measure(lambda: pipeline.explain([image_bytes]), 1, seconds),
-        "ig_steps": pipeline.handler.limits.default_steps,
+        "ig_steps": pipeline.handler.service.limits.default_steps,
     }
     for key, explain in (("ceiling", False), ("explain_ceiling", True)):
         results[key] = machine_ceiling(

@@ -5,9 +5,9 @@ server benchmarks.bench measures beside TorchServe).
         --workers 1 --max-batch-size 8 --batch-timeout-ms 5
 
 Input: LitServe parses the body as JSON, so an image travels in its natural form here,
-{"data": "<base64 PNG>"} to POST /predict; the handler's own parse_request decodes it.
-The model and settings are the handler's (a FashionHandler initialized as in a TorchServe
-worker, see benchmarks/inprocess.py). Output: the handler's top-k JSON object.
+{"data": "<base64 PNG>"} to POST /predict. The serving core answers it
+(fashion_serve.service, the model and handler/model-config.yaml's settings, as both runtimes
+do): LitServe is a third adapter, as thin as the other two. Output: the top-k JSON object.
 Needs the `bench` extra (litserve).
 """
 
@@ -17,11 +17,12 @@ import argparse
 from pathlib import Path
 
 import litserve as ls
+import torch
 from fastapi import HTTPException
 
-from benchmarks.inprocess import initialized_handler, prepare
-from fashion_errors import RequestError
-from fashion_image import to_batch_tensor
+from benchmarks.servers import MODEL_NAME, model_config
+from fashion_serve.service import OK, FashionService, Request
+from fashion_serve.settings import HandlerSettings
 
 
 class FashionAPI(ls.LitAPI):
@@ -30,33 +31,29 @@ class FashionAPI(ls.LitAPI):
         self.export_dir = export_dir
 
     def setup(self, device) -> None:
-        # The TorchServe handler, initialized as a worker would: same settings, same model.
-        self.handler, _ = initialized_handler(self.export_dir)
+        settings = HandlerSettings.from_model_yaml(model_config())
+        self.service = FashionService(
+            self.export_dir / "model.pt", settings, torch.device("cpu"), MODEL_NAME
+        )
 
     def decode_request(self, request):
-        try:
-            pixels, options = prepare(self.handler, b"", payload=request)
-        except RequestError as error:
-            raise HTTPException(status_code=error.code, detail=error.to_body()) from error
-        return pixels, options
+        return Request({"body": request})
 
     def batch(self, inputs):
-        return inputs  # a list of (pixels, options): predict stacks them itself
+        return inputs  # a list of Requests: the core answers them as one batch
 
     def predict(self, inputs):
-        single = isinstance(inputs, tuple)
-        items = [inputs] if single else inputs
-        contract = self.handler.contract
-        batch = to_batch_tensor([pixels for pixels, _ in items], contract.mean, contract.std)
-        probabilities = self.handler.inference(batch)  # (N, num_classes)
-        answers = self.handler.top_k_answers(probabilities, [options for _, options in items])
+        single = isinstance(inputs, Request)
+        answers = self.service.run([inputs] if single else inputs)
         return answers[0] if single else answers
 
     def unbatch(self, outputs):
         return outputs
 
-    def encode_response(self, output):
-        return output
+    def encode_response(self, answer):
+        if answer.status != OK:
+            raise HTTPException(status_code=answer.status, detail=answer.body)
+        return answer.body
 
 
 def main() -> None:

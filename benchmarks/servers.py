@@ -1,7 +1,8 @@
 """The servers the benchmark and the reliability suite measure, and the test fixtures use.
 
 - `TorchServe` is started the way users start it, through scripts/archive.sh and
-  scripts/serve.sh, in a private run directory on free loopback ports;
+  scripts/serve.sh, in a private run directory on free loopback ports; `KServeRuntime` is
+  the same model on the other runtime (serve.sh start --runtime kserve);
 - `LitServe` (the peer server) runs benchmarks/litserve_app.py on a free loopback port.
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from fashion_contract import DEFAULT_MODEL_NAME
+from fashion_serve.contract import DEFAULT_MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = REPO_ROOT / "scripts"
@@ -122,6 +123,9 @@ class TorchServe:
     ports: dict = field(default_factory=dict)
     start_timeout_s: int = 120  # serve.sh START_TIMEOUT: how long to wait for a READY worker
     model: str = MODEL_NAME
+    runtime = "torchserve"  # serve.sh's RUNTIME
+    # (status, error type) for a missing or wrong token: TorchServe 0.12 answers 400.
+    token_refusal = (400, "InvalidKeyException")
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -138,6 +142,7 @@ class TorchServe:
         env.update({key: str(value) for key, value in self.ports.items()})
         env.update(RUN_DIR=str(self.run_dir), MODEL_STORE=str(self.model_store))
         env.update(MODEL_NAME=self.model, START_TIMEOUT=str(self.start_timeout_s))
+        env.update(RUNTIME=self.runtime)
         if self.handler_dir is not None:
             env["HANDLER_DIR"] = str(self.handler_dir)
         env.update({key: str(value) for key, value in self.env.items()})
@@ -270,6 +275,48 @@ class TorchServe:
         return sorted(
             int(w["pid"]) for w in self.workers() if w.get("status") == "READY" and w.get("pid")
         )
+
+
+class KServeRuntime(TorchServe):
+    """The same archive on the kserve runtime (fashion_serve.kserve_server): REST and
+    /metrics on INFERENCE_PORT, OIP gRPC on GRPC_INFERENCE_PORT, no management API."""
+
+    runtime = "kserve"
+    token_refusal = (401, "Unauthorized")
+
+    @property
+    def metrics_url(self) -> str:
+        return self.inference_url
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.ports['GRPC_INFERENCE_PORT']}"
+
+    def frontend_pid(self) -> int | None:
+        """The supervisor's pid (it binds the HTTP port and restarts workers)."""
+        try:
+            pid = int((self.run_dir / "kserve.pid").read_text().strip())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def describe(self) -> list:
+        url = f"{self.inference_url}/v2/models/{self.model}"
+        status, body = http_call("GET", url, headers=self.inference_headers)
+        if status != 200:
+            raise RuntimeError(f"GET /v2/models/{self.model} answered {status}: {body[:200]!r}")
+        return [json.loads(body)]
+
+    def workers(self) -> list[dict]:
+        """The supervisor's worker processes, READY when the model answers ready."""
+        supervisor = self.frontend_pid()
+        if supervisor is None:
+            return []
+        url = f"{self.inference_url}/v2/models/{self.model}/ready"
+        ready = http_call("GET", url, headers=self.inference_headers)[0] == 200
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+        return [{"pid": int(pid), "status": "READY" if ready else "LOADING"} for pid in children]
 
 
 def rss_kib(pid: int) -> int:

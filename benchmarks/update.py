@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.servers import TorchServe, http_call, rss_kib
 from benchmarks.traffic import Client, predict_headers, same_answer
-from fashion_contract import INDEX_TO_NAME_FILE, load_torchscript, save_torchscript
+from fashion_serve.contract import INDEX_TO_NAME_FILE, load_torchscript, save_torchscript
 
 VERSION_HEADER = "X-Model-Version"
 MODEL_FILE = "model.pt"

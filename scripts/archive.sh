@@ -6,12 +6,13 @@
 # Settings (environment variables):
 #   MODEL_STORE=model_store   where the .mar is written (overwritten if present)
 #   VENV=.venv                the environment that has torch-model-archiver
-#   HANDLER_DIR=handler       handler module, helper modules and model-config.yaml
+#   HANDLER_DIR=handler       fashion_handler.py, the fashion_serve package and model-config.yaml
 # The archive holds: model.pt (TorchScript with its contract), handler/fashion_handler.py as
-# the handler, every other handler/*.py and index_to_name.json flat beside it, and
-# handler/model-config.yaml (workers, batching, timeouts, handler settings).
+# the handler, the fashion_serve package folder and index_to_name.json beside it, and
+# handler/model-config.yaml (workers, batching, timeouts, handler settings). Both runtimes
+# load this one archive (the KServe runtime reads model.pt and model-config.yaml from it).
 # Its version is the model contract's version (contract.json inside model.pt).
-# The config's handler: section is checked first by handler/fashion_settings.py, the same
+# The config's handler: section is checked first by fashion_serve.settings, the same
 # code that reads it in the worker: a setting the worker would refuse fails the archive here.
 set -euo pipefail
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,17 +30,19 @@ fail() { printf 'archive: %s\n' "$*" >&2; exit 1; }
 [[ -f "${export_dir}/index_to_name.json" ]] ||
     fail "no ${export_dir}/index_to_name.json: re-run 'python -m training export'"
 [[ -f "${handler_dir}/fashion_handler.py" ]] || fail "no handler at ${handler_dir}/fashion_handler.py"
+[[ -d "${handler_dir}/fashion_serve" ]] || fail "no serving core at ${handler_dir}/fashion_serve"
 [[ -f "${handler_dir}/model-config.yaml" ]] || fail "no ${handler_dir}/model-config.yaml"
 [[ -x "${venv}/bin/torch-model-archiver" ]] || fail "torch-model-archiver not in ${venv}: run scripts/setup.sh"
-"${venv}/bin/python" "${handler_dir}/fashion_settings.py" "${handler_dir}/model-config.yaml" ||
+PYTHONPATH="${handler_dir}" "${venv}/bin/python" -m fashion_serve.settings "${handler_dir}/model-config.yaml" ||
     fail "${handler_dir}/model-config.yaml: fix the handler: section (see above); no archive written"
 
-# The handler's helper modules go flat into the archive root, where the worker imports them.
-extra_files=("${export_dir}/index_to_name.json")
-for module in "${handler_dir}"/*.py; do
-    [[ "$(basename "$module")" == fashion_handler.py ]] || extra_files+=("$module")
-done
-extra_files_csv=$(IFS=,; echo "${extra_files[*]}")
+# The archiver copies a folder's contents into the archive root, where the worker imports
+# them: stage the serving core there as the package folder it is, without bytecode.
+stage=$(mktemp -d "${TMPDIR:-/tmp}/fashion-archive.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+cp "${export_dir}/index_to_name.json" "$stage/"
+mkdir "${stage}/fashion_serve"
+cp "${handler_dir}"/fashion_serve/*.py "${stage}/fashion_serve/"
 
 # contract.json is stored in model.pt (a zip) under <archive>/extra/; no torch load needed.
 version=$("${venv}/bin/python" - "${export_dir}/model.pt" <<'PY'
@@ -57,7 +60,7 @@ mkdir -p "$model_store"
     --version "$version" \
     --serialized-file "${export_dir}/model.pt" \
     --handler "${handler_dir}/fashion_handler.py" \
-    --extra-files "$extra_files_csv" \
+    --extra-files "$stage" \
     --config-file "${handler_dir}/model-config.yaml" \
     --export-path "$model_store" \
     --force

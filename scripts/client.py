@@ -1,4 +1,4 @@
-"""Call the fashion-cnn TorchServe: top-k predictions or integrated-gradients explanations.
+"""Call the fashion-cnn server (either runtime): top-k predictions or explanations.
 
     python scripts/client.py predict samples/ankle_boot.png samples/bag.png --topk 3
     python scripts/client.py explain samples/ankle_boot.png --target Sandal --out-dir run/heatmaps
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import requests
 
-from fashion_contract import DEFAULT_MODEL_NAME
+from fashion_serve.contract import DEFAULT_MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN_DIR = Path(os.environ.get("RUN_DIR", REPO_ROOT / "run"))
@@ -91,6 +91,20 @@ def require_endpoints(run_dir: Path) -> dict:
             f"no {run_dir}/endpoints.json: start the server with 'scripts/serve.sh start'"
         )
     return endpoints
+
+
+def model_readiness(inference_url: str, model: str, token: str | None) -> list[str]:
+    """["READY"] when the kserve runtime says the model is ready (OIP's GET
+    /v2/models/{m}/ready; its workers share one port), else ["NOT_READY"]."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = f"{inference_url.rstrip('/')}/v2/models/{model}/ready"
+    try:
+        response = requests.get(url, headers=headers, timeout=5)
+    except requests.ConnectionError as exc:
+        raise ClientError(f"no server at {inference_url}") from exc
+    if response.status_code not in (200, 503):
+        raise ServerError(response.status_code, response.reason, response.text[:200])
+    return ["READY" if response.ok and response.json().get("ready") else "NOT_READY"]
 
 
 def worker_states(management_url: str, model: str, token: str | None) -> list[str]:
@@ -230,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", parents=[server], help="the key (empty if auth is off)")
     token.add_argument("--management", action="store_true", help="the management API's key")
     commands.add_parser("endpoints", parents=[server], help="endpoints.json, one a line")
-    commands.add_parser("workers", parents=[server], help="the model's worker states")
+    commands.add_parser(
+        "workers", parents=[server], help="the model's worker states (kserve runtime: READY or not)"
+    )
     return parser
 
 
@@ -249,8 +265,12 @@ def print_server_facts(args: argparse.Namespace) -> None:
     else:
         endpoints = require_endpoints(args.run_dir)
         model = args.model or endpoints.get("model", DEFAULT_MODEL_NAME)
-        token = read_token_if_any(key_file, "management")
-        print(" ".join(worker_states(endpoints["management"], model, token)))
+        if endpoints.get("runtime") == "kserve":
+            token = read_token_if_any(key_file, "inference")
+            print(" ".join(model_readiness(endpoints["inference"], model, token)))
+        else:
+            token = read_token_if_any(key_file, "management")
+            print(" ".join(worker_states(endpoints["management"], model, token)))
 
 
 def send_images(args: argparse.Namespace) -> int:

@@ -55,7 +55,7 @@ PIP_SPEC='pip>=25.0'
 wanted="$(sha256sum pyproject.toml | cut -d' ' -f1) ${TORCH_SPEC} ${TORCH_INDEX_URL:-${TORCH_CPU_INDEX_URL}} ${EXTRAS}"
 stamp="${VENV}/.setup-done"
 if ((!dry_run)) && [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" && -x "${VENV}/bin/java" ]] &&
-    "${VENV}/bin/python" -c "import torch, ts, captum, fashion_contract, training" 2>/dev/null; then
+    "${VENV}/bin/python" -c "import torch, ts, captum, fashion_serve.service, training" 2>/dev/null; then
     say "${VENV} is up to date; nothing to do"
     exit 0
 fi

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_contract import FASHION_MNIST_CLASSES, ModelContract
+from fashion_serve.contract import FASHION_MNIST_CLASSES, ModelContract
 from training import data
 from training.__main__ import main as training_main
 from training.export import export_model

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fashion_contract import (
+from fashion_serve.contract import (
     DEFAULT_MODEL_NAME,
     FASHION_MNIST_CLASSES,
     INDEX_TO_NAME_FILE,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fashion_contract import FASHION_MNIST_CLASSES
+from fashion_serve.contract import FASHION_MNIST_CLASSES
 from training.data import Split
 from training.train import evaluate, normalize
 

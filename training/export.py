@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from fashion_contract import (
+from fashion_serve.contract import (
     INDEX_TO_NAME_FILE,
     ModelContract,
     load_torchscript,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fashion_ig import cpu_has_native_bf16
+from fashion_serve.ig import cpu_has_native_bf16
 from training.data import Split
 from training.model import FashionCNN, ModelConfig, parameter_summary
 

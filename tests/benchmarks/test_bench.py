@@ -38,9 +38,9 @@ def test_cuda_device_skips_cleanly_without_cuda(tiny_export_dir, tmp_path):
 def test_profile_shows_where_a_request_spends_its_time(tiny_export_dir):
     done = run_bench("--profile", "--export-dir", str(tiny_export_dir))
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "cProfile: FashionHandler.handle" in done.stdout
+    assert "cProfile: TorchServeHandler.handle" in done.stdout
     assert "prepare_image" in done.stdout or "decode_image" in done.stdout
-    assert "torch.profiler: FashionHandler.inference" in done.stdout
+    assert "torch.profiler: FashionService.logits" in done.stdout
 
 
 @pytest.mark.slow

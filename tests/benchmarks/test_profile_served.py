@@ -25,7 +25,7 @@ def test_collapsed_stacks_give_each_frame_its_inclusive_share(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("options", "endpoint", "frame"),
-    [([], "predictions", "FashionHandler.handle"),
+    [([], "predictions", "TorchServeHandler.handle"),
      (["--explain"], "explanations", "ReluChain.integrated_gradients")],
 )  # fmt: skip
 def test_profiles_a_real_torchserve_at_c1(export_dir, tmp_path, capsys, options, endpoint, frame):

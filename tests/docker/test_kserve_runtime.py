@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from benchmarks.servers import MODEL_NAME, free_ports
-from fashion_contract import FASHION_MNIST_CLASSES
+from fashion_serve.contract import FASHION_MNIST_CLASSES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAKE_STORAGE = REPO_ROOT / "docker" / "kserve" / "make-storage.sh"

@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 from PIL import Image
 
-from fashion_contract import FASHION_MNIST_CLASSES
+from fashion_serve.contract import FASHION_MNIST_CLASSES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = REPO_ROOT / "samples"

@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from fashion_contract import FASHION_MNIST_CLASSES
+from fashion_serve.contract import FASHION_MNIST_CLASSES
 from tests.e2e.e2e_helpers import REPO_ROOT, SAMPLES_DIR, assert_explanation, assert_prediction
 
 pytestmark = pytest.mark.e2e
@@ -29,10 +29,10 @@ def run(args: list[str], run_dir) -> subprocess.CompletedProcess:
     )
 
 
-def test_client_predict_prints_a_topk_table(torchserve_tiny):
+def test_client_predict_prints_a_topk_table(server_tiny):
     done = run(
         [sys.executable, "scripts/client.py", "predict", str(SAMPLE), "--topk", "3"],
-        torchserve_tiny.run_dir,
+        server_tiny.run_dir,
     )
     assert done.returncode == 0, done.stderr
     ranked = [line for line in done.stdout.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]
@@ -40,7 +40,7 @@ def test_client_predict_prints_a_topk_table(torchserve_tiny):
     assert all(any(name in line for name in FASHION_MNIST_CLASSES) for line in ranked)
 
 
-def test_client_explain_saves_the_heatmap(torchserve_tiny, tmp_path):
+def test_client_explain_saves_the_heatmap(server_tiny, tmp_path):
     done = run(
         [
             sys.executable,
@@ -52,7 +52,7 @@ def test_client_explain_saves_the_heatmap(torchserve_tiny, tmp_path):
             "--out-dir",
             str(tmp_path),
         ],
-        torchserve_tiny.run_dir,
+        server_tiny.run_dir,
     )
     assert done.returncode == 0, done.stderr
     assert "Bag (index 8" in done.stdout
@@ -61,19 +61,19 @@ def test_client_explain_saves_the_heatmap(torchserve_tiny, tmp_path):
     assert Image.open(heatmap).format == "PNG"
 
 
-def test_client_explain_with_a_cheaper_method(torchserve_tiny, tmp_path):
+def test_client_explain_with_a_cheaper_method(server_tiny, tmp_path):
     command = [sys.executable, "scripts/client.py", "explain", str(SAMPLE), "--method",
                "occlusion", "--sign", "all", "--out-dir", str(tmp_path)]  # fmt: skip
-    done = run(command, torchserve_tiny.run_dir)
+    done = run(command, server_tiny.run_dir)
     assert done.returncode == 0, done.stderr
     assert "method: occlusion" in done.stdout
     assert Image.open(tmp_path / "trouser.heatmap.png").size == (340, 168)
 
 
-def test_client_reports_a_refused_file_and_exits_1(torchserve_tiny):
+def test_client_reports_a_refused_file_and_exits_1(server_tiny):
     done = run(
         [sys.executable, "scripts/client.py", "predict", "README.md", str(SAMPLE)],
-        torchserve_tiny.run_dir,
+        server_tiny.run_dir,
     )
     assert done.returncode == 1
     assert "README.md: refused: HTTP 400" in done.stderr
@@ -86,25 +86,25 @@ def test_client_without_a_server_says_how_to_start_one(tmp_path):
     assert "scripts/serve.sh start" in done.stderr
 
 
-def test_predict_sh(torchserve_tiny):
-    done = run(["scripts/predict.sh", str(SAMPLE)], torchserve_tiny.run_dir)
+def test_predict_sh(server_tiny):
+    done = run(["scripts/predict.sh", str(SAMPLE)], server_tiny.run_dir)
     assert done.returncode == 0, done.stderr
     assert_prediction(json.loads(done.stdout))
-    done = run(["scripts/predict.sh", str(SAMPLE), "2"], torchserve_tiny.run_dir)
+    done = run(["scripts/predict.sh", str(SAMPLE), "2"], server_tiny.run_dir)
     assert done.returncode == 0, done.stderr
     assert_prediction(json.loads(done.stdout), topk=2)
 
 
-def test_explain_sh(torchserve_tiny):
-    done = run(["scripts/explain.sh", str(SAMPLE), "Dress"], torchserve_tiny.run_dir)
+def test_explain_sh(server_tiny):
+    done = run(["scripts/explain.sh", str(SAMPLE), "Dress"], server_tiny.run_dir)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert_explanation(answer)
     assert answer["target_name"] == "Dress"
 
 
-def test_serve_status_reports_ready(torchserve_tiny):
-    done = run(["scripts/serve.sh", "status"], torchserve_tiny.run_dir)
+def test_serve_status_reports_ready(server_tiny):
+    done = run(["scripts/serve.sh", "status"], server_tiny.run_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "workers: READY" in done.stdout
 

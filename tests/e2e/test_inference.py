@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from benchmarks.servers import model_config
-from fashion_contract import FASHION_MNIST_CLASSES
-from fashion_metrics import BATCHES, FLUSH_INTERVAL_S, REQUESTS
+from fashion_serve.contract import FASHION_MNIST_CLASSES
+from fashion_serve.metrics import BATCHES, FLUSH_INTERVAL_S, REQUESTS
 from tests.e2e.e2e_helpers import (
     SAMPLES_DIR,
     TIMEOUT_S,
@@ -40,9 +40,9 @@ def sample_bytes() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def solo_answers(torchserve_tiny) -> dict[str, dict]:
+def solo_answers(server_tiny) -> dict[str, dict]:
     """Each sample's prediction, sent alone: what every other way of asking must match."""
-    server = torchserve_tiny
+    server = server_tiny
     answers = {}
     for path in sorted(SAMPLES_DIR.glob("*.png")):
         response = post_raw(server.predictions_url, server.inference_headers, path.read_bytes())
@@ -51,8 +51,8 @@ def solo_answers(torchserve_tiny) -> dict[str, dict]:
     return answers
 
 
-def test_raw_bytes_prediction(torchserve_tiny, sample_bytes):
-    server = torchserve_tiny
+def test_raw_bytes_prediction(server_tiny, sample_bytes):
+    server = server_tiny
     response = post_raw(server.predictions_url, server.inference_headers, sample_bytes)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("application/json")
@@ -71,15 +71,15 @@ def test_raw_bytes_prediction(torchserve_tiny, sample_bytes):
         ),
     ],
 )
-def test_every_input_form_gives_the_same_prediction(torchserve_tiny, solo_answers, send):
-    server = torchserve_tiny
+def test_every_input_form_gives_the_same_prediction(server_tiny, solo_answers, send):
+    server = server_tiny
     response = send(server.predictions_url, server.inference_headers, SAMPLE.read_bytes())
     assert response.status_code == 200, response.text
     assert_same_prediction(response.json(), solo_answers[SAMPLE.name])
 
 
-def test_topk_as_form_field_and_json_field(torchserve_tiny, sample_bytes, solo_answers):
-    server = torchserve_tiny
+def test_topk_as_form_field_and_json_field(server_tiny, sample_bytes, solo_answers):
+    server = server_tiny
     expected_top3 = dict(list(solo_answers[SAMPLE.name].items())[:3])
     form = post_multipart(server.predictions_url, server.inference_headers, sample_bytes, topk=3)
     assert form.status_code == 200, form.text
@@ -91,11 +91,11 @@ def test_topk_as_form_field_and_json_field(torchserve_tiny, sample_bytes, solo_a
     assert_same_prediction(json_answer.json(), expected_top3)
 
 
-def test_query_parameters_do_not_reach_the_handler(torchserve_tiny, sample_bytes):
+def test_query_parameters_do_not_reach_the_handler(server_tiny, sample_bytes):
     """TorchServe 0.12.0 drops the query string before the handler: `?topk=3` is ignored,
     which is why scripts/call.sh (predict.sh, explain.sh) sends options as headers with a
     raw upload (`X-Topk: 3`) and scripts/client.py as multipart form fields."""
-    server = torchserve_tiny
+    server = server_tiny
     response = requests.post(
         server.predictions_url + "?topk=3",
         data=sample_bytes,
@@ -106,9 +106,9 @@ def test_query_parameters_do_not_reach_the_handler(torchserve_tiny, sample_bytes
     assert len(response.json()) == 5
 
 
-def test_options_as_headers_with_a_raw_body(torchserve_tiny, sample_bytes):
+def test_options_as_headers_with_a_raw_body(server_tiny, sample_bytes):
     """`curl -T file -H 'X-Topk: 3'`: the way to pass options with a raw upload."""
-    server = torchserve_tiny
+    server = server_tiny
     raw = {**server.inference_headers, "Content-Type": "application/octet-stream"}
     prediction = requests.post(
         server.predictions_url, data=sample_bytes, headers={**raw, "X-Topk": "3"}, timeout=60
@@ -126,8 +126,8 @@ def test_options_as_headers_with_a_raw_body(torchserve_tiny, sample_bytes):
     assert refused.status_code == 422 and refused.json()["type"] == "ParameterOutOfRange"
 
 
-def test_explanation_defaults_to_the_predicted_class(torchserve_tiny, sample_bytes, solo_answers):
-    server = torchserve_tiny
+def test_explanation_defaults_to_the_predicted_class(server_tiny, sample_bytes, solo_answers):
+    server = server_tiny
     response = post_multipart(server.explanations_url, server.inference_headers, sample_bytes)
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -138,8 +138,8 @@ def test_explanation_defaults_to_the_predicted_class(torchserve_tiny, sample_byt
 
 
 @pytest.mark.parametrize(("target", "expected"), [("3", 3), ("Trouser", 1), ("ankle BOOT", 9)])
-def test_explanation_for_a_chosen_target(torchserve_tiny, sample_bytes, target, expected):
-    server = torchserve_tiny
+def test_explanation_for_a_chosen_target(server_tiny, sample_bytes, target, expected):
+    server = server_tiny
     response = post_multipart(
         server.explanations_url, server.inference_headers, sample_bytes, target=target
     )
@@ -150,18 +150,18 @@ def test_explanation_for_a_chosen_target(torchserve_tiny, sample_bytes, target, 
     assert answer["target_name"] == FASHION_MNIST_CLASSES[expected]
 
 
-def test_explanation_from_json_body(torchserve_tiny, sample_bytes):
-    server = torchserve_tiny
+def test_explanation_from_json_body(server_tiny, sample_bytes):
+    server = server_tiny
     body = {"data": b64(sample_bytes), "target": "Sandal"}
     response = post_json(server.explanations_url, server.inference_headers, body)
     assert response.status_code == 200, response.text
     assert response.json()["target_name"] == "Sandal"
 
 
-def test_the_largest_explanation_request_is_answered_and_no_worker_restarts(torchserve_tiny):
+def test_the_largest_explanation_request_is_answered_and_no_worker_restarts(server_tiny):
     """As many noisy images as a request may carry: an answer of about 1.8 MB, which the
     frontend must pass (max_response_size) rather than drop and restart the worker."""
-    server = torchserve_tiny
+    server = server_tiny
     count = model_config()["handler"]["max_images_per_request"]
     images = [b64(encode(noise(28, 28, seed=i), "PNG")) for i in range(count)]
     workers = server.ready_worker_pids()
@@ -171,9 +171,9 @@ def test_the_largest_explanation_request_is_answered_and_no_worker_restarts(torc
     assert server.ready_worker_pids() == workers
 
 
-def test_concurrent_requests_each_get_their_own_answer(torchserve_tiny, solo_answers):
+def test_concurrent_requests_each_get_their_own_answer(server_tiny, solo_answers):
     """40 requests from 8 threads (batched by the server) each match the sample's solo answer."""
-    server = torchserve_tiny
+    server = server_tiny
     names = sorted(solo_answers) * 4
     images = {name: (SAMPLES_DIR / name).read_bytes() for name in solo_answers}
 
@@ -214,9 +214,9 @@ def settled_handler_counts(server) -> Counter:
     raise AssertionError(f"the handler's counters kept moving: {counts}")
 
 
-def test_a_batch_mixing_good_bad_and_explain_requests(torchserve_tiny, solo_answers):
+def test_a_batch_mixing_good_bad_and_explain_requests(server_tiny, solo_answers):
     """Sent at once so they share batches: each request gets its own status and kind of answer."""
-    server = torchserve_tiny
+    server = server_tiny
     before = settled_handler_counts(server)
     good = SAMPLES_DIR / "bag.png"
     jobs = []

@@ -16,7 +16,7 @@ import tritonclient.http as triton
 from kserve import InferenceRESTClient, InferInput, InferRequest, InferResponse, RESTConfig
 from tritonclient.utils import InferenceServerException
 
-from fashion_contract import DEFAULT_MODEL_NAME, FASHION_MNIST_CLASSES
+from fashion_serve.contract import DEFAULT_MODEL_NAME, FASHION_MNIST_CLASSES
 from tests.e2e.e2e_helpers import SAMPLES_DIR, TIMEOUT_S, assert_same_prediction, post_raw
 
 pytestmark = pytest.mark.e2e
@@ -31,9 +31,9 @@ def images() -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def solo_answers(torchserve_tiny, images) -> dict[str, dict]:
+def solo_answers(server_tiny, images) -> dict[str, dict]:
     """Each sample's TorchServe-API prediction, asked alone: what v2 answers must match."""
-    server = torchserve_tiny
+    server = server_tiny
     answers = {}
     for name, image in images.items():
         response = post_raw(server.predictions_url, server.inference_headers, image)
@@ -43,8 +43,8 @@ def solo_answers(torchserve_tiny, images) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def triton_client(torchserve_tiny):
-    url = torchserve_tiny.inference_url.removeprefix("http://")
+def triton_client(server_tiny):
+    url = server_tiny.inference_url.removeprefix("http://")
     client = triton.InferenceServerClient(url, concurrency=8, network_timeout=TIMEOUT_S)
     yield client
     client.close()
@@ -75,9 +75,9 @@ def assert_answers(answers: list[dict], expected: list[dict]) -> None:
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary-extension", "json-base64"])
 def test_tritonclient_predicts_one_and_several_images(
-    torchserve_tiny, triton_client, images, solo_answers, binary
+    server_tiny, triton_client, images, solo_answers, binary
 ):
-    headers = torchserve_tiny.inference_headers
+    headers = server_tiny.inference_headers
     for names in (NAMES[:1], NAMES):
         batch = [images[n] for n in names]
         result = triton_client.infer(
@@ -93,14 +93,14 @@ def test_tritonclient_predicts_one_and_several_images(
 
 
 def test_tritonclient_options_as_parameters_and_named_outputs(
-    torchserve_tiny, triton_client, images, solo_answers
+    server_tiny, triton_client, images, solo_answers
 ):
     result = triton_client.infer(
         MODEL,
         [triton_input([images[n] for n in NAMES], binary=True)],
         parameters={"topk": 2},
         outputs=[triton.InferRequestedOutput("classes", binary_data=False)],
-        headers=torchserve_tiny.inference_headers,
+        headers=server_tiny.inference_headers,
     )
     classes = result.as_numpy("classes")
     assert classes.shape == (3, 2) and result.as_numpy("probabilities") is None
@@ -110,9 +110,9 @@ def test_tritonclient_options_as_parameters_and_named_outputs(
         ]
 
 
-def test_tritonclient_explanations(torchserve_tiny, images, solo_answers):
+def test_tritonclient_explanations(server_tiny, images, solo_answers):
     """tritonclient builds and parses the bodies; /explain is a route it has no method for."""
-    server = torchserve_tiny
+    server = server_tiny
     tensor = triton_input([images["bag.png"], images["trouser.png"]], binary=True)
     body, json_size = triton.InferenceServerClient.generate_request_body(
         [tensor], parameters={"target": "Trouser", "steps": 8}
@@ -134,21 +134,21 @@ def test_tritonclient_explanations(torchserve_tiny, images, solo_answers):
     assert heatmap[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_tritonclient_bad_image_is_a_4xx_naming_its_index(torchserve_tiny, triton_client, images):
+def test_tritonclient_bad_image_is_a_4xx_naming_its_index(server_tiny, triton_client, images):
     with pytest.raises(InferenceServerException) as refused:
         triton_client.infer(
             MODEL,
             [triton_input([images["bag.png"], b"not an image"], binary=True)],
-            headers=torchserve_tiny.inference_headers,
+            headers=server_tiny.inference_headers,
         )
     assert refused.value.status() == "400"
     assert "index 1 (of 2)" in refused.value.message()
 
 
-def test_tritonclient_without_the_token_is_refused(triton_client, images):
+def test_tritonclient_without_the_token_is_refused(server_tiny, triton_client, images):
     with pytest.raises(InferenceServerException) as refused:
         triton_client.infer(MODEL, [triton_input([images["bag.png"]], binary=True)])
-    assert refused.value.status() == "400"  # TorchServe 0.12's answer to a missing token
+    assert refused.value.status() == str(server_tiny.token_refusal[0])
 
 
 def kserve_request(images: list[bytes], **parameters) -> InferRequest:
@@ -179,10 +179,10 @@ async def kserve_infer(server, request: InferRequest, explain: bool = False) -> 
         await client.close()
 
 
-def test_kserve_sdk_predicts_one_and_several_images(torchserve_tiny, images, solo_answers):
+def test_kserve_sdk_predicts_one_and_several_images(server_tiny, images, solo_answers):
     for names in (NAMES[:1], NAMES):
         request = kserve_request([images[n] for n in names], topk=3)
-        response = asyncio.run(kserve_infer(torchserve_tiny, request))
+        response = asyncio.run(kserve_infer(server_tiny, request))
         assert response.id == "k-1" and response.model_name == MODEL
         outputs = {o.name: o.as_numpy() for o in response.outputs}
         assert outputs["probabilities"].shape == (len(names), 10)
@@ -191,9 +191,9 @@ def test_kserve_sdk_predicts_one_and_several_images(torchserve_tiny, images, sol
         assert_answers(answers, [solo_answers[n] for n in names])
 
 
-def test_kserve_sdk_explanations(torchserve_tiny, images, solo_answers):
+def test_kserve_sdk_explanations(server_tiny, images, solo_answers):
     request = kserve_request([images["bag.png"]], steps=8)
-    response = asyncio.run(kserve_infer(torchserve_tiny, request, explain=True))
+    response = asyncio.run(kserve_infer(server_tiny, request, explain=True))
     outputs = {o.name: o.as_numpy() for o in response.outputs}
     assert outputs["attributions"].shape == (1, 28, 28)
     predicted = next(iter(solo_answers["bag.png"]))
@@ -203,22 +203,22 @@ def test_kserve_sdk_explanations(torchserve_tiny, images, solo_answers):
     )
 
 
-def test_kserve_sdk_bad_image_is_a_4xx_with_the_protocol_error(torchserve_tiny, images):
+def test_kserve_sdk_bad_image_is_a_4xx_with_the_protocol_error(server_tiny, images):
     import httpx
 
     request = kserve_request([images["bag.png"], images["bag.png"], b"\x89PNG broken"])
     with pytest.raises(httpx.HTTPStatusError) as refused:
-        asyncio.run(kserve_infer(torchserve_tiny, request))
+        asyncio.run(kserve_infer(server_tiny, request))
     assert refused.value.response.status_code == 400
     assert "index 2 (of 3)" in refused.value.response.json()["error"]
 
 
 def test_concurrent_v2_requests_are_batched_and_each_gets_its_own_answer(
-    torchserve_tiny, images, solo_answers
+    server_tiny, images, solo_answers
 ):
     """48 requests sent at once by the kserve SDK's async client: each answer matches its
     image's solo answer, and the worker's batch fill (batch_requests) shows batches."""
-    server = torchserve_tiny
+    server = server_tiny
     names = sorted(images) * 4
 
     async def send_all() -> list[InferResponse]:

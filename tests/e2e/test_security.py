@@ -1,12 +1,16 @@
 """What config.properties promises: tokens required, registration only from the model store
-and only with the management token, loopback only, Prometheus metrics, quiet logs."""
+and only with the management token, loopback only, Prometheus metrics, quiet logs; and what
+the kserve runtime promises the same way (fashion_serve.kserve_server)."""
 
 from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from benchmarks.security import REGISTER_REFUSED
+from benchmarks.security import REGISTER_REFUSED, listening_sockets
 from tests.e2e.e2e_helpers import SAMPLES_DIR, assert_prediction, post_raw
 
 pytestmark = pytest.mark.e2e
@@ -14,17 +18,23 @@ pytestmark = pytest.mark.e2e
 GOOD_PNG = (SAMPLES_DIR / "coat.png").read_bytes()
 
 
-def test_inference_without_or_with_a_wrong_token_is_refused(torchserve_tiny):
-    """TorchServe 0.12.0 answers 400 (not 401) with type InvalidKeyException."""
-    server = torchserve_tiny
+def test_inference_without_or_with_a_wrong_token_is_refused(server_tiny):
+    """TorchServe 0.12.0 answers 400 (not 401) with type InvalidKeyException; the kserve
+    runtime 401 Unauthorized, on every route but health and /metrics."""
+    server = server_tiny
+    status, error_type = server.token_refusal
     for headers in ({}, {"Authorization": "Bearer wrong-token"}, server.management_headers):
-        response = post_raw(server.predictions_url, headers, GOOD_PNG)
-        assert response.status_code == 400, (headers, response.text)
-        assert response.json()["type"] == "InvalidKeyException"
+        for url in (
+            server.predictions_url,
+            f"{server.inference_url}/v2/models/{server.model}/infer",
+        ):
+            response = post_raw(url, headers, GOOD_PNG)
+            assert response.status_code == status, (url, headers, response.text)
+            assert response.json()["type"] == error_type
 
 
-def test_inference_with_the_token_passes(torchserve_tiny):
-    server = torchserve_tiny
+def test_inference_with_the_token_passes(server_tiny):
+    server = server_tiny
     response = post_raw(server.predictions_url, server.inference_headers, GOOD_PNG)
     assert response.status_code == 200, response.text
     assert_prediction(response.json())
@@ -124,3 +134,56 @@ def test_logs_hold_no_per_request_lines(torchserve_tiny):
     model_log = (logs / "model_log.log").read_text()
     assert "Loaded fashion" in model_log  # the worker's INFO lines do reach the log
     assert "Backend received inference" not in model_log
+
+
+def test_the_kserve_runtime_listens_on_loopback_only(kserve_tiny):
+    server = kserve_tiny
+    pids = [server.frontend_pid(), *(worker["pid"] for worker in server.workers())]
+    sockets = listening_sockets(pids)
+    assert sockets and all(s.startswith("127.0.0.1:") for s in sockets), sockets
+    ports = {int(s.rsplit(":", 1)[1]) for s in sockets}
+    assert ports == {server.ports["INFERENCE_PORT"], server.ports["GRPC_INFERENCE_PORT"]}
+
+
+def test_the_kserve_runtime_key_file_is_private_and_fresh_per_start(kserve_tiny):
+    key_file = kserve_tiny.run_dir / "key_file.json"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    keys = kserve_tiny.keys()
+    assert len({keys["inference"]["key"], keys["management"]["key"]}) == 2
+
+
+def test_the_kserve_model_repository_needs_the_management_token(kserve_tiny):
+    server = kserve_tiny
+    url = f"{server.inference_url}/v2/repository/models/{server.model}/unload"
+    for headers in ({}, server.inference_headers):
+        response = requests.post(url, headers=headers, timeout=10)
+        assert response.status_code == 401, (headers, response.text)
+    assert requests.get(f"{server.inference_url}/v2/health/ready", timeout=10).status_code == 200
+
+
+def test_kserve_metrics_need_no_token_and_add_up_over_the_workers(kserve_tiny):
+    """Requests spread over both worker processes; /metrics (any worker answers it) counts
+    every one of them, exactly."""
+    server = kserve_tiny
+    assert len(server.workers()) == 2
+
+    def count() -> float:
+        text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("fashion_requests_total{") and 'kind="prediction"' in line
+        )
+
+    before = count()
+    sent = 40
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(
+            lambda _: post_raw(server.predictions_url, server.inference_headers, GOOD_PNG),
+            range(sent),
+        ))  # fmt: skip
+    assert all(a.status_code == 200 for a in answers)
+    deadline = time.monotonic() + 10  # counters are flushed at most once a second
+    while count() - before < sent and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert count() - before == sent

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fashion_handler
+from fashion_serve.torchserve_runtime import TorchServeHandler
 from tests.handler.helpers import make_context
 
 
 @pytest.fixture(scope="module")
 def handler_and_context(tiny_export_dir):
-    """A FashionHandler initialized as TorchServe would, over the tiny exported model."""
+    """A TorchServeHandler initialized as TorchServe would, over the tiny exported model."""
     context = make_context(tiny_export_dir)
-    handler = fashion_handler.FashionHandler()
+    handler = TorchServeHandler()
     handler.initialize(context)
     return handler, context
 

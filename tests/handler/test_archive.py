@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from fashion_settings import HandlerSettings
+from fashion_serve.settings import HandlerSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HANDLER_DIR = REPO_ROOT / "handler"

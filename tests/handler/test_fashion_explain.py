@@ -10,10 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fashion_contract import load_torchscript
-from fashion_explain import (
+from fashion_serve.contract import load_torchscript
+from fashion_serve.explain import (
     HEATMAP_SCALE,
-    METHODS,
     attribute,
     black_baseline,
     gradient_model,
@@ -24,6 +23,7 @@ from fashion_explain import (
     png_bytes,
     round_attributions,
 )
+from fashion_serve.options import METHODS
 
 PANEL = 28 * HEATMAP_SCALE  # one 28x28 panel, enlarged
 HEATMAP_SIZE = (2 * PANEL + 4, PANEL)  # input, gap, overlay

@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-import fashion_handler
-from fashion_contract import FASHION_MNIST_CLASSES
-from fashion_handler import FashionHandler, wants_explanation
-from fashion_settings import HandlerSettings
+from fashion_serve import service as fashion_service
+from fashion_serve.contract import FASHION_MNIST_CLASSES
+from fashion_serve.service import Request
+from fashion_serve.settings import HandlerSettings
+from fashion_serve.torchserve_runtime import TorchServeHandler, wants_explanation
 from tests.handler.helpers import encode, garment, make_context, png_bytes, set_requests
 
 EXPLAIN = {"explain": "True"}
@@ -36,8 +37,8 @@ def test_settings_come_from_model_config_with_defaults():
 
 def test_initialize_loads_the_contract_and_runs_on_cpu(handler_and_context):
     handler, _ = handler_and_context
-    assert handler.contract.class_names == FASHION_MNIST_CLASSES
-    assert handler.device == torch.device("cpu")
+    assert handler.service.contract.class_names == FASHION_MNIST_CLASSES
+    assert handler.service.device == torch.device("cpu")
     assert handler.initialized
 
 
@@ -46,17 +47,18 @@ def test_initialize_sets_torch_threads_from_config(tiny_export_dir):
     # keep_torch_threads fixture puts the process's count back afterwards.
     torch.set_num_threads(1)
     context = make_context(tiny_export_dir, {"handler": {"torch_threads": 2}})
-    FashionHandler().initialize(context)
+    TorchServeHandler().initialize(context)
     assert torch.get_num_threads() == 2
 
 
-def test_requests_parse_on_a_fresh_handler_with_the_context_given(tiny_export_dir):
-    """Only initialize() has run: parsing needs nothing but the context it is handed."""
+def test_requests_parse_on_a_fresh_handler(tiny_export_dir):
+    """Only initialize() has run: parsing needs nothing but the requests it is handed."""
     context = make_context(tiny_export_dir)
-    handler = FashionHandler()
+    handler = TorchServeHandler()
     handler.initialize(context)
-    set_requests(context, [{"X-Topk": "2"}, {}])
-    prepared = handler.parse_requests([{"body": png_bytes()}, {"body": b"not an image"}], context)
+    prepared = handler.service.parse_requests(
+        [Request({"body": png_bytes()}, {"X-Topk": "2"}), Request({"body": b"not an image"})]
+    )
     assert prepared.indices == [0] and prepared.options[0].topk == 2
     assert prepared.refused[1].code == 400
 
@@ -76,7 +78,7 @@ def test_mixed_batch_gets_per_request_statuses_and_answers(handler_and_context):
     assert context.get_response_status(1) == (400, "Bad Request")
     assert all(context.get_response_content_type(i) == "application/json" for i in range(6))
     # Answers and refusals alike name the version that made them (a rollout serves two).
-    version = handler.contract.version
+    version = handler.service.contract.version
     assert all(context.get_response_headers(i)["X-Model-Version"] == version for i in range(6))
 
     assert len(responses[0]) == 5 and len(responses[2]) == 2 and len(responses[4]) == 5
@@ -100,9 +102,11 @@ def test_predictions_match_the_model_run_directly(handler_and_context):
     image = garment(28, 28)
     responses, _ = run_batch(handler, context, [{"body": encode(image, "PNG")}])
     pixels = np.asarray(image, dtype=np.float32) / 255.0
-    x = torch.from_numpy((pixels - handler.contract.mean[0]) / handler.contract.std[0])
+    x = torch.from_numpy(
+        (pixels - handler.service.contract.mean[0]) / handler.service.contract.std[0]
+    )
     with torch.no_grad():
-        expected = torch.softmax(handler.model(x.view(1, 1, 28, 28)), dim=1)[0]
+        expected = torch.softmax(handler.service.model(x.view(1, 1, 28, 28)), dim=1)[0]
     best = int(expected.argmax())
     name, probability = next(iter(responses[0].items()))
     assert name == FASHION_MNIST_CLASSES[best]
@@ -156,42 +160,44 @@ def test_explanations_split_across_the_path_threads_only_while_no_other_worker_r
     """fashion_workers says whether another worker runs (tested on real processes in
     test_fashion_workers); here, that the handler splits only when none does."""
     handler, context = handler_and_context
-    assert handler.path_threads is not None and handler.path_threads.count == 2
+    assert handler.service.path_threads is not None and handler.service.path_threads.count == 2
     given = []
-    real_attribute = fashion_handler.attribute
+    real_attribute = fashion_service.attribute
 
     def recording_attribute(*args):
         given.append(args[-1])
         return real_attribute(*args)
 
-    monkeypatch.setattr(fashion_handler, "attribute", recording_attribute)
+    monkeypatch.setattr(fashion_service, "attribute", recording_attribute)
     answers = []
     for running in (False, True):
-        monkeypatch.setattr(handler.siblings, "any_running", lambda running=running: running)
+        monkeypatch.setattr(
+            handler.service.siblings, "any_running", lambda running=running: running
+        )
         # One image: its 16 points in two passes of 8 when split.
         responses, statuses = run_batch(
             handler, context, [{"body": png_bytes()}], [{**EXPLAIN, "X-Steps": "16"}]
         )
         assert statuses == [200]
         answers += responses
-    assert given == [handler.path_threads, None]
+    assert given == [handler.service.path_threads, None]
     assert all(answer["attributions"] == answers[0]["attributions"] for answer in answers)
 
 
 def test_no_more_path_threads_than_usable_cores(tiny_export_dir, monkeypatch):
-    monkeypatch.setattr(fashion_handler, "usable_cores", lambda: 1)
-    handler = FashionHandler()
+    monkeypatch.setattr(fashion_service, "usable_cores", lambda: 1)
+    handler = TorchServeHandler()
     handler.initialize(make_context(tiny_export_dir))
-    assert handler.path_threads is None  # one core: splitting would only add hand-offs
-    monkeypatch.setattr(fashion_handler, "usable_cores", lambda: 16)
+    assert handler.service.path_threads is None  # one core: splitting would only add hand-offs
+    monkeypatch.setattr(fashion_service, "usable_cores", lambda: 16)
     handler.initialize(make_context(tiny_export_dir, {"handler": {"explain_threads": 3}}))
-    assert handler.path_threads.count == 3
+    assert handler.service.path_threads.count == 3
 
 
 def test_saliency_alone_does_not_look_at_the_siblings(handler_and_context, monkeypatch):
     handler, context = handler_and_context
     looked = []
-    monkeypatch.setattr(handler.siblings, "any_running", lambda: looked.append(1) or True)
+    monkeypatch.setattr(handler.service.siblings, "any_running", lambda: looked.append(1) or True)
     _, statuses = run_batch(
         handler, context, [{"body": png_bytes()}], [{**EXPLAIN, "X-Method": "saliency"}]
     )
@@ -202,9 +208,9 @@ def test_saliency_alone_does_not_look_at_the_siblings(handler_and_context, monke
 
 def test_explain_threads_1_keeps_every_explanation_on_the_workers_thread(tiny_export_dir):
     context = make_context(tiny_export_dir, {"handler": {"explain_threads": 1}})
-    handler = FashionHandler()
+    handler = TorchServeHandler()
     handler.initialize(context)
-    assert handler.path_threads is None
+    assert handler.service.path_threads is None
 
 
 def test_explain_header_is_read_per_request():
@@ -215,7 +221,7 @@ def test_explain_header_is_read_per_request():
 
 def test_decompression_bomb_in_a_batch_is_413_for_that_request_only(tiny_export_dir):
     context = make_context(tiny_export_dir, {"handler": {"max_image_pixels": 10_000}})
-    handler = FashionHandler()
+    handler = TorchServeHandler()
     handler.initialize(context)
     big = encode(Image.new("L", (101, 100)), "PNG")
     responses, statuses = run_batch(handler, context, [{"body": big}, {"body": png_bytes()}])
@@ -225,14 +231,14 @@ def test_decompression_bomb_in_a_batch_is_413_for_that_request_only(tiny_export_
 
 def test_an_unexpected_failure_fails_only_its_request(handler_and_context, monkeypatch):
     handler, context = handler_and_context
-    real_prepare = fashion_handler.prepare_image_with_facts
+    real_prepare = fashion_service.prepare_image_with_facts
 
     def flaky_prepare(image_bytes, *args):
         if image_bytes == b"boom":
             raise RuntimeError("a bug")
         return real_prepare(image_bytes, *args)
 
-    monkeypatch.setattr(fashion_handler, "prepare_image_with_facts", flaky_prepare)
+    monkeypatch.setattr(fashion_service, "prepare_image_with_facts", flaky_prepare)
     responses, statuses = run_batch(handler, context, [{"body": b"boom"}, {"body": png_bytes()}])
     assert statuses == [500, 200]
     assert responses[0]["type"] == "InternalError" and "a bug" not in responses[0]["message"]
@@ -245,7 +251,7 @@ def test_failed_explanations_leave_the_predictions_standing(handler_and_context,
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(fashion_handler, "attribute", out_of_memory)
+    monkeypatch.setattr(fashion_service, "attribute", out_of_memory)
     requests = [{"body": png_bytes()}, {"body": png_bytes()}]
     responses, statuses = run_batch(handler, context, requests, [{}, EXPLAIN])
     assert statuses == [200, 500]
@@ -266,7 +272,7 @@ def test_settings_refuse_an_unknown_key_and_list_the_known_ones():
 def test_worker_with_a_mistyped_setting_fails_to_load(tiny_export_dir):
     context = make_context(tiny_export_dir, {"handler": {"topk": 3, "ig_step": 20}})
     with pytest.raises(ValueError, match="unknown key 'ig_step'"):
-        FashionHandler().initialize(context)
+        TorchServeHandler().initialize(context)
 
 
 def test_each_request_gets_the_explanation_method_it_asked_for(handler_and_context):

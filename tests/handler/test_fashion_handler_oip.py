@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-import fashion_handler
-from fashion_contract import FASHION_MNIST_CLASSES
+from fashion_serve import service as fashion_service
+from fashion_serve.contract import FASHION_MNIST_CLASSES
 from tests.handler.helpers import encode, garment, png_bytes, set_requests
 
 EXPLAIN = {"explain": "True"}
@@ -70,7 +70,7 @@ def test_several_images_in_each_form_match_their_solo_answers(handler_and_contex
     assert as_kserve == {"predictions": expected}
 
     assert as_oip["id"] == "x-1" and as_oip["model_name"] == "fashion"
-    assert as_oip["model_version"] == handler.model_version
+    assert as_oip["model_version"] == handler.service.model_version
     tensors = outputs(as_oip)
     assert tensors["probabilities"].shape == (3, 10)
     assert tensors["classes"].shape == (3, 5)
@@ -188,15 +188,15 @@ def test_describe_answers_the_model_metadata(handler_and_context):
     set_requests(context, [{"describe": "True"}])
     (described,) = handler.handle([{}], context)
     metadata = json.loads(described)
-    assert metadata["name"] == "fashion" and metadata["versions"] == [handler.model_version]
+    assert metadata["name"] == "fashion" and metadata["versions"] == [handler.service.model_version]
     assert metadata["inputs"][0]["datatype"] == "BYTES"
 
 
 def test_no_heatmap_is_drawn_where_the_request_does_not_want_one(handler_and_context, monkeypatch):
     handler, context = handler_and_context
     drawn = []
-    draw = fashion_handler.heatmap_base64
-    monkeypatch.setattr(fashion_handler, "heatmap_base64", lambda *a: drawn.append(1) or draw(*a))
+    draw = fashion_service.heatmap_base64
+    monkeypatch.setattr(fashion_service, "heatmap_base64", lambda *a: drawn.append(1) or draw(*a))
     requests = [
         {"body": oip_request([DARK], outputs=[{"name": "attributions"}, {"name": "delta"}])},
         {"body": oip_request([DARK], parameters={"heatmap": False, "steps": 4})},

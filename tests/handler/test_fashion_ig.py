@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from fashion_contract import load_torchscript
-from fashion_explain import attribute, black_baseline, gradient_model, integrated_gradients
-from fashion_ig import PathThreads, ReluChain
+from fashion_serve.contract import load_torchscript
+from fashion_serve.explain import attribute, black_baseline, gradient_model, integrated_gradients
+from fashion_serve.ig import PathThreads, ReluChain
 
 SHAPE = (1, 28, 28)
 

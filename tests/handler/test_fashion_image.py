@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-import fashion_errors as errors
-from fashion_image import (
+from fashion_serve import errors
+from fashion_serve.image import (
     border_pixels,
     decode_image,
     fit_to_size,

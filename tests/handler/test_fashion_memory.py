@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import fashion_memory
+from fashion_serve import memory as fashion_memory
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 
@@ -21,7 +21,7 @@ HANDLER_DIR = Path(fashion_memory.__file__).parent
 PROBE = """
 import ctypes, sys
 sys.path.insert(0, sys.argv[1])
-import fashion_memory
+from fashion_serve import memory as fashion_memory
 libc = ctypes.CDLL(None)
 libc.malloc.restype = libc.sbrk.restype = ctypes.c_void_p
 libc.malloc.argtypes, libc.free.argtypes = [ctypes.c_size_t], [ctypes.c_void_p]

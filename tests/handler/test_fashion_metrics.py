@@ -20,9 +20,9 @@ import yaml
 from PIL import Image
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-import fashion_metrics as fm
-from fashion_contract import ModelContract
-from fashion_handler import FashionHandler
+from fashion_serve import metrics as fm
+from fashion_serve.contract import ModelContract
+from fashion_serve.torchserve_runtime import TorchServeHandler
 from tests.conftest import REPO_ROOT, make_contract
 from tests.handler.helpers import encode, garment, make_context, png_bytes, set_requests
 from training.__main__ import class_prior
@@ -95,7 +95,7 @@ def metered_handler(tiny_export_dir):
     cache.initialize_cache()
     cache.model_name = context.model_name
     context.metrics = cache
-    handler = FashionHandler()
+    handler = TorchServeHandler()
     return handler, context
 
 
@@ -106,7 +106,7 @@ def test_load_records_the_training_reference_and_zeroed_counters(metered_handler
     lines = metric_lines(caplog)
     assert totals(lines, fm.WORKER_LOADS.name) == {(): 1}
     prior = totals(lines, fm.CLASS_PRIOR.name, "class")
-    assert prior == {(name,): pytest.approx(0.1) for name in handler.contract.class_names}
+    assert prior == {(name,): pytest.approx(0.1) for name in handler.service.contract.class_names}
     assert totals(lines, fm.PIXEL_MEAN.name) == {(): pytest.approx(0.286)}
     zeroed = totals(lines, fm.PREDICTIONS.name, "class", "confidence")
     assert len(zeroed) == 10 * len(fm.BAND_NAMES) and set(zeroed.values()) == {0}
@@ -123,7 +123,7 @@ def test_a_batch_records_latency_answers_refusals_and_inputs(metered_handler, ca
     caplog.clear()
     with caplog.at_level(logging.INFO):
         responses = handler.handle(requests, context)
-        handler.recorder.flush()  # counters go out once a second; now, for the test
+        handler.service.recorder.flush()  # counters go out once a second; now, for the test
     failed = [r for r in caplog.records if "update metric with name:fashion_" in r.getMessage()]
     assert not failed
     lines = metric_lines(caplog)
@@ -132,7 +132,7 @@ def test_a_batch_records_latency_answers_refusals_and_inputs(metered_handler, ca
     assert sorted(kind for _, kind in latency) == ["explanation", "prediction"]  # one per batch
     assert len({v for v, _ in latency}) == 1 and 0 < latency[0][0] < 60  # seconds
     requests = totals(lines, fm.REQUESTS.name, "kind", "version")
-    version = handler.model_version
+    version = handler.service.model_version
     assert requests == {("prediction", version): 3, ("explanation", version): 1}
     assert totals(lines, fm.BATCHES.name) == {(): 1}
     assert totals(lines, fm.REFUSALS.name, "code", "type") == {("400", "InvalidImage"): 1}
@@ -161,7 +161,7 @@ def test_methods_without_steps_or_delta_and_several_images_are_counted(metered_h
     caplog.clear()
     with caplog.at_level(logging.INFO):
         responses = handler.handle([{"body": png_bytes()}, {"body": several}], context)
-        handler.recorder.flush()
+        handler.service.recorder.flush()
     assert responses[0]["method"] == "saliency" and len(responses[1]) == 3
     lines = metric_lines(caplog)
     assert not [r for r in caplog.records if "Recording the metrics" in r.getMessage()]
@@ -185,12 +185,12 @@ def test_counters_are_summed_until_the_next_flush(metered_handler, caplog, monke
             set_requests(context, [{}] * 8)
             handler.handle(full, context)
         held = metric_lines(caplog)
-        handler.recorder.flush()
+        handler.service.recorder.flush()
     assert [name for name, *_ in held].count(fm.LATENCY.name) == 3
     assert fm.REQUESTS.name not in {name for name, *_ in held}  # held until the flush
     sent = metric_lines(caplog)[len(held) :]
     assert totals(sent, fm.REQUESTS.name, "kind", "version") == {
-        ("prediction", handler.model_version): 24
+        ("prediction", handler.service.model_version): 24
     }
     assert sum(totals(sent, fm.PREDICTIONS.name, "class", "confidence").values()) == 24
     assert [name for name, *_ in sent].count(fm.PREDICTIONS.name) <= 5  # one line a band
@@ -205,19 +205,19 @@ def test_brightness_is_the_mean_input_pixel(metered_handler, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO):
         handler.handle([{"body": encode(Image.fromarray(pixels), "PNG")}], context)
-        handler.recorder.flush()
+        handler.service.recorder.flush()
     assert totals(metric_lines(caplog), fm.BRIGHTNESS_SUM.name) == {(): pytest.approx(0.5)}
 
 
 def test_metrics_false_records_nothing(tiny_export_dir, caplog):
     context = make_context(tiny_export_dir, {"handler": {"metrics": False}})
     context.metrics = MetricsCacheYamlImpl(str(METRICS_FILE))
-    handler = FashionHandler()
+    handler = TorchServeHandler()
     with caplog.at_level(logging.INFO):
         handler.initialize(context)
         set_requests(context, [{}])
         handler.handle([{"body": png_bytes()}], context)
-    assert handler.recorder is None and metric_lines(caplog) == []
+    assert handler.service.recorder is None and metric_lines(caplog) == []
 
 
 def test_contract_class_prior_round_trips_and_old_contracts_load():
@@ -242,7 +242,7 @@ def test_a_failure_in_the_metrics_never_fails_the_batch(metered_handler, monkeyp
     def broken(outcome):
         raise RuntimeError("a metrics bug")
 
-    monkeypatch.setattr(handler.recorder, "record_batch", broken)
+    monkeypatch.setattr(handler.service.recorder, "record_batch", broken)
     set_requests(context, [{}])
     (answer,) = handler.handle([{"body": png_bytes()}], context)
     assert context.get_response_status(0)[0] == 200 and len(answer) == 5

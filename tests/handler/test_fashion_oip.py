@@ -8,8 +8,7 @@ import struct
 
 import pytest
 
-import fashion_errors as errors
-import fashion_oip as oip
+from fashion_serve import errors, oip
 from tests.handler.helpers import png_bytes
 
 IMAGE = png_bytes()

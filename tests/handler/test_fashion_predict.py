@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from fashion_contract import load_torchscript
-from fashion_predict import inference_model, top_k_batch
+from fashion_serve.contract import load_torchscript
+from fashion_serve.predict import inference_model, top_k_batch
 
 NAMES = ("a", "b", "c", "d")
 

@@ -7,19 +7,17 @@ import json
 
 import pytest
 
-import fashion_errors as errors
-from fashion_contract import FASHION_MNIST_CLASSES
-from fashion_request import (
+from fashion_serve import errors
+from fashion_serve.contract import FASHION_MNIST_CLASSES
+from fashion_serve.options import OptionLimits, RequestOptions, parse_options
+from fashion_serve.request import (
     KSERVE_V1,
     LIST,
     OIP,
     SINGLE,
-    OptionLimits,
-    RequestOptions,
     decode_base64,
     is_oip_request,
     options_from_headers,
-    parse_options,
     parse_request,
     shape_answer,
 )

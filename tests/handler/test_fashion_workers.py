@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-import fashion_workers
-from fashion_workers import SiblingWorkers
+from fashion_serve import workers as fashion_workers
+from fashion_serve.workers import SiblingWorkers
 
 FAMILY = """
 import subprocess, sys, time

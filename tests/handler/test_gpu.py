@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import fashion_handler
 from benchmarks import device_parity as parity
 from benchmarks.gpu_proof import tf32
+from fashion_serve.torchserve_runtime import TorchServeHandler
 from tests.handler.helpers import make_context, png_bytes, set_requests
 
 pytestmark = [
@@ -22,14 +22,14 @@ CONFIG = {"handler": {"topk": 5, "ig_steps": 8, "bf16_gradients": False}}
 
 
 def answers(tiny_export_dir, gpu_id):
-    handler = fashion_handler.FashionHandler()
+    handler = TorchServeHandler()
     context = make_context(tiny_export_dir, CONFIG, gpu_id=gpu_id)
     handler.initialize(context)
     requests = [{"body": png_bytes()}, {"body": b"not an image"}, {"body": png_bytes()}]
     set_requests(context, [{}, {}, {**EXPLAIN, "X-Target": "Bag", "X-Steps": "16"}])
     responses = handler.handle(requests, context)
     statuses = [context.get_response_status(i)[0] for i in range(len(requests))]
-    return handler.device, responses, statuses
+    return handler.service.device, responses, statuses
 
 
 def delta_tolerance(explanation: dict, tolerances: parity.Tolerances) -> float:

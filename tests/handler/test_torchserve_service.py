@@ -7,6 +7,7 @@ import base64
 import json
 import shutil
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import ts
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.model_loader import TsModelLoader
 
-from fashion_contract import FASHION_MNIST_CLASSES
+from fashion_serve.contract import FASHION_MNIST_CLASSES
 from tests.handler.helpers import png_bytes
 
 HANDLER_DIR = Path(__file__).resolve().parents[2] / "handler"
@@ -22,10 +23,16 @@ HANDLER_DIR = Path(__file__).resolve().parents[2] / "handler"
 
 @pytest.fixture(scope="module")
 def service(tiny_export_dir, tmp_path_factory):
-    """A model dir laid out like an unpacked archive from scripts/archive.sh."""
+    """A model dir laid out like an unpacked archive from scripts/archive.sh, on sys.path
+    first as the frontend puts it on a worker's PYTHONPATH."""
     model_dir = tmp_path_factory.mktemp("unpacked_mar")
-    for path in [*HANDLER_DIR.glob("*.py"), HANDLER_DIR / "model-config.yaml"]:
+    for path in (HANDLER_DIR / "fashion_handler.py", HANDLER_DIR / "model-config.yaml"):
         shutil.copy(path, model_dir)
+    shutil.copytree(
+        HANDLER_DIR / "fashion_serve",
+        model_dir / "fashion_serve",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     for name in ("model.pt", "index_to_name.json"):
         shutil.copy(tiny_export_dir / name, model_dir)
     (model_dir / "MAR-INF").mkdir()
@@ -40,11 +47,15 @@ def service(tiny_export_dir, tmp_path_factory):
     (model_dir / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
     metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
     metrics.initialize_cache()
-    loaded = TsModelLoader().load(
-        "fashion", str(model_dir), "fashion_handler.py", None, 8, None, True, metrics
-    )
-    loaded.set_cl_socket(None)  # the worker's socket to the frontend; unused by predict here
-    return loaded
+    sys.path.insert(0, str(model_dir))
+    try:
+        loaded = TsModelLoader().load(
+            "fashion", str(model_dir), "fashion_handler.py", None, 8, None, True, metrics
+        )
+        loaded.set_cl_socket(None)  # the worker's socket to the frontend; unused here
+        yield loaded
+    finally:
+        sys.path.remove(str(model_dir))
 
 
 def frontend_request(request_id: str, parameters: dict, headers: dict | None = None) -> dict:

@@ -1,6 +1,7 @@
 """A real Prometheus, started with the shipped scrape config and rules, scraping a real
-TorchServe that serves known traffic: each handler series holds exactly what was sent,
-the rules load, and every dashboard query returns data.
+server that serves known traffic, on each runtime in turn (TorchServe's metrics port; the
+kserve runtime's /metrics, summed over its two worker processes): each handler series holds
+exactly what was sent, the rules load, and every dashboard query returns data.
 
 Traffic (sent one at a time, so each request is its own batch):
 20 sneakers, 2 sneakers on a light background (auto-inverted), 1 large JPEG,
@@ -17,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fashion_metrics as fm
-from benchmarks.servers import TorchServe
-from fashion_image import prepare_image
+from benchmarks.servers import KServeRuntime, TorchServe
+from fashion_serve import metrics as fm
+from fashion_serve.image import prepare_image
 from tests.e2e.e2e_helpers import SAMPLES_DIR, post_raw
 from tests.monitoring.prometheus_helpers import DASHBOARD, running_prometheus, tool
 
@@ -44,16 +45,15 @@ def traffic_images() -> dict[str, bytes]:
     return {"sneaker": sneaker, "light": png(255 - pixels), "jpeg": buffer.getvalue()}
 
 
-@pytest.fixture(scope="module")
-def monitored(tiny_export_dir, tmp_path_factory):
-    """(TorchServe, Prometheus, what was sent and answered); both always stopped."""
-    tool("prometheus")  # skip before starting TorchServe when Prometheus is missing
+@pytest.fixture(scope="module", params=[TorchServe, KServeRuntime], ids=["torchserve", "kserve"])
+def monitored(request, tiny_export_dir, tmp_path_factory):
+    """(server, Prometheus, what was sent and answered); both always stopped."""
+    tool("prometheus")  # skip before starting a server when Prometheus is missing
     work = tmp_path_factory.mktemp("monitoring")
-    with (
-        TorchServe(work / "run", tiny_export_dir, start_timeout_s=180) as server,
-        running_prometheus(int(server.ports["METRICS_PORT"]), work / "prometheus") as prom,
-    ):
-        yield server, prom, send_traffic(server)
+    with request.param(work / "run", tiny_export_dir, start_timeout_s=180) as server:
+        metrics_port = int(server.metrics_url.rsplit(":", 1)[1])
+        with running_prometheus(metrics_port, work / "prometheus") as prom:
+            yield server, prom, send_traffic(server)
 
 
 def send_traffic(server: TorchServe) -> dict:

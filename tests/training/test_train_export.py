@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from fashion_contract import FASHION_MNIST_CLASSES, INDEX_TO_NAME_FILE, load_torchscript
+from fashion_serve.contract import FASHION_MNIST_CLASSES, INDEX_TO_NAME_FILE, load_torchscript
 from tests.conftest import make_contract
 from tests.training.idx_files import write_dataset
 from training import data, export

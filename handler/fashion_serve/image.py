@@ -16,13 +16,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-import fashion_errors as errors
+from fashion_serve import errors
 
 ACCEPTED_FORMATS = "PNG, JPEG, WebP, BMP, GIF (first frame) or TIFF"
 # Above this border brightness (0..1) the background is taken to be light, so the image is
 # inverted to light-on-black like FashionMNIST. See should_invert.
 AUTO_INVERT_BORDER_BRIGHTNESS = 0.5
-INVERT_MODES = ("auto", "true", "false")
 # decode_image leaves (format, width, height) as sent under this key of Image.info.
 SOURCE_INFO = "fashion_source"
 

@@ -22,13 +22,9 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Occlusion, Saliency
 from PIL import Image
 
-from fashion_contract import quiet_jit
-from fashion_ig import PathThreads, ReluChain
-
-INTEGRATED_GRADIENTS = "integrated_gradients"
-METHODS = (INTEGRATED_GRADIENTS, "saliency", "input_x_gradient", "occlusion")
-METHOD_ALIASES = {"ig": INTEGRATED_GRADIENTS, "ixg": "input_x_gradient"}
-SIGNS = ("positive", "all")  # heatmap: evidence for the target only, or for and against
+from fashion_serve.contract import quiet_jit
+from fashion_serve.ig import PathThreads, ReluChain
+from fashion_serve.options import INTEGRATED_GRADIENTS
 
 OCCLUSION_WINDOW = 4  # px, a square patch
 # px between patches: (28 - 4) / 3 + 1 = 9 positions per side, 81 occluded copies. Captum

@@ -28,7 +28,8 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import fashion_errors as errors
+from fashion_serve import errors
+from fashion_serve.options import OPTION_KEYS
 
 INPUT_NAME = "images"
 PREDICTION_OUTPUTS = ("probabilities", "classes")
@@ -43,7 +44,6 @@ EXPLANATION_OUTPUTS = (
     HEATMAP_OUTPUT,
 )
 BINARY_HEADER = "inference-header-content-length"
-OPTION_KEYS = ("topk", "target", "invert", "steps", "method", "sign", "heatmap")
 ACCEPTED = (
     f'{{"inputs": [{{"name": "{INPUT_NAME}", "datatype": "BYTES", "shape": [N], '
     '"data": ["<base64 image>", ...]}]}'
@@ -167,13 +167,14 @@ def _tensor_images(tensor: Mapping, name: str, binary) -> list[str | bytes]:
             raise errors.invalid_json(
                 f"Input {name!r} gives binary_data_size {size!r}, which the body does not hold."
             )
-        return _bytes_elements(bytes(binary[:size]), name)
+        return bytes_elements(bytes(binary[:size]), name)
     data = tensor.get("data")
     if not isinstance(data, list):
         raise errors.invalid_json(f'Input {name!r} needs "data": a list of base64 strings.')
     flat = [item for row in data for item in (row if isinstance(row, list) else [row])]
     for index, item in enumerate(flat):
-        if not isinstance(item, str):
+        # bytes come only from a binary transport (gRPC's BYTES contents): JSON has none.
+        if not isinstance(item, str | bytes):
             raise errors.invalid_json(
                 f"Element {index} of input {name!r} is a {type(item).__name__}; "
                 "send each image as a base64 string."
@@ -181,7 +182,7 @@ def _tensor_images(tensor: Mapping, name: str, binary) -> list[str | bytes]:
     return flat
 
 
-def _bytes_elements(raw: bytes, name: str) -> list[bytes]:
+def bytes_elements(raw: bytes, name: str) -> list[bytes]:
     """BYTES tensor in the binary extension: each element a uint32 LE length, then bytes."""
     elements, offset = [], 0
     while offset < len(raw):

@@ -1,5 +1,9 @@
 """The handler's Prometheus metrics: names, labels, bands, and a recorder fed with a batch.
 
+The recorder knows no server: it hands each observation to the runtime's `emit(spec, value,
+label_values)` (torchserve_runtime writes TorchServe metric lines, kserve_runtime feeds
+prometheus_client). The names and labels are the same on both, so monitoring/ serves either.
+
 TorchServe 0.12 only publishes a custom metric that is declared, with the same dimension
 names in the same order, under `model_metrics:` of the metrics file the server starts
 with (`metrics_config`, `metrics_mode=prometheus`): monitoring/metrics.yaml declares every
@@ -24,25 +28,18 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from ts.metrics.dimension import Dimension
-from ts.metrics.metric_type_enum import MetricTypes
 
-from fashion_contract import ModelContract
-from fashion_image import ImageFacts
+from fashion_serve.contract import ModelContract
+from fashion_serve.image import ImageFacts
 
 COUNTER = "counter"
 GAUGE = "gauge"
 HISTOGRAM = "histogram"
-_METRIC_TYPES = {
-    COUNTER: MetricTypes.COUNTER,
-    GAUGE: MetricTypes.GAUGE,
-    HISTOGRAM: MetricTypes.HISTOGRAM,
-}
 
 
 @dataclass(frozen=True)
@@ -51,6 +48,9 @@ class MetricSpec:
     kind: str  # COUNTER, GAUGE or HISTOGRAM
     unit: str
     labels: tuple[str, ...]  # our own; TorchServe appends ModelName, Level (and Hostname)
+
+
+Emit = Callable[[MetricSpec, float, tuple[str, ...]], None]
 
 
 # One observation per batch and kind, not per request: every request of a batch waits the
@@ -152,21 +152,14 @@ class BatchOutcome:
 
 
 class HandlerMetrics:
-    """Records a batch's outcomes through TorchServe's metrics cache (context.metrics)."""
+    """Records a batch's outcomes through the runtime's `emit` (see the module docstring)."""
 
-    def __init__(
-        self,
-        metrics,
-        contract: ModelContract,
-        model_name: str,
-        model_version: str = "",
-    ) -> None:
-        self._metrics = metrics
+    def __init__(self, emit: Emit, contract: ModelContract, model_version: str = "") -> None:
+        self._emit = emit
         self._pending: Counter = Counter()  # (counter spec, label values) -> sum not yet sent
         self._lock = threading.Lock()
         self._flushed_at = time.monotonic()
         self.contract = contract
-        self.model_name = model_name
         self.model_version = label_value(model_version)
         self.class_labels = [label_value(name) for name in contract.class_names]
         self.input_size = tuple(contract.input_shape[1:])
@@ -175,18 +168,7 @@ class HandlerMetrics:
         threading.Thread(target=self._flush_every_interval, daemon=True).start()
 
     def _add(self, spec: MetricSpec, value: float, *label_values: str) -> None:
-        dimensions = [
-            Dimension(name, label) for name, label in zip(spec.labels, label_values, strict=True)
-        ]
-        # ModelName and Level given here, as TorchServe would add them: without request ids
-        # (at load, or in a test's context) the cache would label the line Level=Error.
-        dimensions += [Dimension("ModelName", self.model_name), Dimension("Level", "Model")]
-        if spec.kind == COUNTER:
-            self._metrics.add_counter(spec.name, value, None, dimensions)
-        else:
-            self._metrics.add_metric(
-                spec.name, value, spec.unit, None, dimensions, _METRIC_TYPES[spec.kind]
-            )
+        self._emit(spec, value, label_values)
 
     def record_model(self) -> None:
         """At load: one more worker (re)load, the training reference the drift panels and

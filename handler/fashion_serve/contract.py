@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -105,11 +106,13 @@ def save_torchscript(module: torch.jit.ScriptModule, path: Path, contract: Model
 
 
 def load_torchscript(
-    path: Path | str, map_location: str | torch.device | None = None
+    path: Path | str | BinaryIO, map_location: str | torch.device | None = None
 ) -> tuple[torch.jit.ScriptModule, ModelContract]:
+    """The module and its contract, from a file or a file object (e.g. read from an archive)."""
     extra_files = {CONTRACT_FILE: ""}
+    source = path if hasattr(path, "read") else str(path)
     with quiet_jit():
-        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra_files)
+        module = torch.jit.load(source, map_location=map_location, _extra_files=extra_files)
     if not extra_files[CONTRACT_FILE]:
         raise ValueError(
             f"{path} holds no {CONTRACT_FILE}: export it with `python -m training export`"

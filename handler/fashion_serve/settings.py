@@ -4,7 +4,7 @@ torch-model-archiver packs model-config.yaml into the archive (--config-file) an
 TorchServe hands it to the handler as context.model_yaml_config.
 
 Check a config before packing it (scripts/archive.sh does):
-    python handler/fashion_settings.py handler/model-config.yaml
+    python -m fashion_serve.settings handler/model-config.yaml
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fashion_contract import quiet_jit
+from fashion_serve.contract import quiet_jit
 
 PROBABILITY_DECIMALS = 6
 
