@@ -12,9 +12,9 @@ Speed: ms of CPU per explained image (one process, one torch thread), at batch 1
 the served batch size, for
 - "before": Captum's IntegratedGradients on the exported TorchScript as loaded, contiguous
   layout (how the handler explained before its gradient copy);
-- "via Captum": Captum on the handler's gradient copy (how it explained before fashion_ig),
+- "via Captum": Captum on the handler's gradient copy (how it explained before fashion_serve.ig),
   also the reference's method;
-- "in fp32": fashion_ig's chain with fp32 gradients (the handler's on CPUs without bf16);
+- "in fp32": fashion_serve.ig's chain with fp32 gradients (the handler's on CPUs without bf16);
 - the handler's own `attribute` as configured, for each method and step count.
 With --served, also explanations/s served by TorchServe (the repository's archive, config
 and model-config.yaml) for each of the handler's settings, chosen per request with the
@@ -139,7 +139,7 @@ def run(args) -> dict:
             s,
         )
 
-    # The reference: Captum on the gradient copy in fp32, independent of fashion_ig.
+    # The reference: Captum on the gradient copy in fp32, independent of fashion_serve.ig.
     reference, _ = chunked(handler_method(INTEGRATED_GRADIENTS, args.reference_steps, None),
                            examples, size=2)  # fmt: skip
     default = handler.service.limits.default_steps

@@ -181,7 +181,7 @@ def prove_parity(export_dir: Path, device: torch.device, samples: dict[str, byte
 
     batches = parity.request_sets(samples)
     # fp32 gradients on the CPU too: where its CPU computes bf16 natively, the handler's
-    # default would round the reference's gradients to bf16 (fashion_ig).
+    # default would round the reference's gradients to bf16 (fashion_serve.ig).
     config = model_config()
     config["handler"] = {**(config.get("handler") or {}), "bf16_gradients": False}
     cpu_handler, cpu_context = initialized_handler(

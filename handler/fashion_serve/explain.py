@@ -80,7 +80,7 @@ def attribute(
     the convergence deltas (N,): how far the attributions' sum is from f(input) -
     f(baseline), near zero when the steps were enough. `baseline` is one (C, H, W) input (a
     black image, normalized). `forward_model` needs no gradients (occlusion uses it);
-    integrated gradients run on `chain` where the model is one (fashion_ig, which takes
+    integrated gradients run on `chain` where the model is one (fashion_serve.ig, which takes
     f(input) from `logits` where given, and splits the path points across `threads` where
     given), else on `gradient_model` through Captum."""
     targets = list(targets)

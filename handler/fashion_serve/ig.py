@@ -14,7 +14,7 @@ bf16 backward convolutions (figures: docs/performance.md#explanations). What it 
   rounded; over the steps' sum that stays far below the quadrature's own error.
 
 `ReluChain.from_model` returns None for a model that is not such a chain; the handler then
-uses Captum on its gradient copy (fashion_explain.integrated_gradients).
+uses Captum on its gradient copy (fashion_serve.explain.integrated_gradients).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ SELF_CHECK_TOLERANCE = 1e-3
 
 class PathThreads(ThreadPoolExecutor):
     """Threads that an explanation's path points are split across while the server's other
-    workers are idle (fashion_workers), so that it uses their cores. Threads of their own,
+    workers are idle (fashion_serve.workers), so that it uses their cores. Threads of their own,
     not torch's intra-op threads: those spin while they wait, which slows everything on the
     cores where two workers' explanations meet; these sleep
     (docs/performance.md#explanations). Each runs torch on the worker's

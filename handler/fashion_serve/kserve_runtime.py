@@ -31,6 +31,7 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import grpc
 import torch
@@ -357,9 +358,17 @@ async def _send_json(send, status: int, body, headers=()) -> None:
 
 async def request_inputs(request: HttpRequest) -> dict:
     """An HTTP request's named inputs as TorchServe's worker hands them to a handler: a form
-    as one entry per field (files as bytes), JSON as its object, text as str, else bytes."""
+    as one entry per field (files as bytes), JSON as its object, text as str, else bytes.
+    Unlike TorchServe (500), a binary body labelled a urlencoded form is taken as the body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+    if content_type == "application/x-www-form-urlencoded":
+        body = await request.body()
+        try:  # `curl --data-binary @shirt.png` labels the image's bytes a form: take them as sent
+            text = body.decode("ascii")
+        except UnicodeDecodeError:
+            return {"body": body}
+        return dict(parse_qsl(text, keep_blank_values=True))
+    if content_type == "multipart/form-data":
         try:
             form = await request.form()
         except Exception as exc:  # starlette's parser: malformed multipart or encoding

@@ -36,8 +36,8 @@ def inference_model(model: torch.jit.ScriptModule, device: torch.device) -> torc
     convolutions and oneDNN layouts (torch.jit.optimize_for_inference): faster on CPU
     (docs/performance.md), with the same outputs within float rounding
     (tests/handler/test_fashion_predict.py). It records no gradients: explanations use
-    their own copy (fashion_explain.gradient_model) or fashion_ig's chain. On other devices
-    `model` is returned unchanged."""
+    their own copy (fashion_serve.explain.gradient_model) or fashion_serve.ig's chain. On
+    other devices `model` is returned unchanged."""
     if device.type != "cpu":
         return model
     with quiet_jit():

@@ -2,7 +2,7 @@
 
 A request holds one image (raw bytes, multipart, JSON `data`) or several: a JSON `data`
 list, KServe v1 `instances`, an Open Inference Protocol (KServe v2) BYTES tensor
-(fashion_oip). Its images share its options and are predicted together.
+(fashion_serve.oip). Its images share its options and are predicted together.
 
 How TorchServe 0.12 hands a request to the handler (frontend InferenceRequestHandler
 .parseRequest, worker otf_message_handler._retrieve_input_data):
@@ -46,7 +46,7 @@ ACCEPTED_BODIES = (
 SINGLE = "single"  # one image: the answer object itself, as always
 LIST = "list"  # JSON {"data": [...]}: a list of answer objects, one per image
 KSERVE_V1 = "kserve_v1"  # several KServe v1 instances: {"predictions": [...]}
-OIP = "oip"  # an Open Inference Protocol response (fashion_oip)
+OIP = "oip"  # an Open Inference Protocol response (fashion_serve.oip)
 
 _DATA_URL = re.compile(r"^data:[^,]{0,200},", re.IGNORECASE)
 _LINE_BREAKS = re.compile(r"[\r\n\t]+")
@@ -176,7 +176,7 @@ def is_oip_request(request: Mapping, headers: Mapping) -> bool:
 
 
 def shape_answer(parsed: ParsedRequest, answers: list[dict], explain: bool):
-    """A request's answer from its images' answers (not for OIP: see fashion_oip)."""
+    """A request's answer from its images' answers (not for OIP: see fashion_serve.oip)."""
     if parsed.form == SINGLE:
         return answers[0]
     if parsed.form == KSERVE_V1:

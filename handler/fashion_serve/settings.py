@@ -25,14 +25,14 @@ class HandlerSettings:
     max_ig_steps: int = 200
     torch_threads: int = 1
     # Threads integrated gradients split their path points across while no other worker is
-    # running (fashion_workers), so that an explanation uses the idle cores; 1: none.
+    # running (fashion_serve.workers), so that an explanation uses the idle cores; 1: none.
     explain_threads: int = 2
     max_image_pixels: int = 36_000_000
     max_image_bytes: int = 16 * 1024 * 1024
     max_images_per_request: int = 16
-    metrics: bool = True  # the handler's Prometheus metrics (fashion_metrics); false: none
+    metrics: bool = True  # the handler's Prometheus metrics (fashion_serve.metrics); false: none
     # Integrated gradients' backward convolutions in bf16 on a CPU that computes bf16
-    # natively (fashion_ig; the forward pass stays fp32); false: fp32 throughout.
+    # natively (fashion_serve.ig; the forward pass stays fp32); false: fp32 throughout.
     bf16_gradients: bool = True
 
     def __post_init__(self) -> None:

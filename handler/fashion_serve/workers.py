@@ -1,7 +1,7 @@
 """The worker's siblings: the other processes its parent started, which under TorchServe are
 the frontend's other workers (of every model it serves). Whether any of them is running now
 tells the handler whether another worker competes for the cores, so that one explanation may
-use more than one of them (fashion_ig.PathThreads; docs/performance.md#explanations).
+use more than one of them (fashion_serve.ig.PathThreads; docs/performance.md#explanations).
 
 It assumes the frontend starts the workers itself, as it does unless TorchServe's
 `cpu_launcher` is on (then each worker's parent is its own launcher, and a worker sees no

@@ -30,7 +30,7 @@ from tests.handler.helpers import encode, noise
 pytestmark = pytest.mark.e2e
 
 SAMPLE = SAMPLES_DIR / "ankle_boot.png"
-# A worker sends its counter sums within two flush intervals of a batch (fashion_metrics).
+# A worker sends its counter sums within two flush intervals of a batch (fashion_serve.metrics).
 COUNTERS_SETTLE_S = 2 * FLUSH_INTERVAL_S + 0.5
 
 

@@ -157,7 +157,7 @@ def test_explanations_use_each_requests_own_target(handler_and_context):
 def test_explanations_split_across_the_path_threads_only_while_no_other_worker_runs(
     handler_and_context, monkeypatch
 ):
-    """fashion_workers says whether another worker runs (tested on real processes in
+    """fashion_serve.workers says whether another worker runs (tested on real processes in
     test_fashion_workers); here, that the handler splits only when none does."""
     handler, context = handler_and_context
     assert handler.service.path_threads is not None and handler.service.path_threads.count == 2

@@ -1,4 +1,4 @@
-"""Integrated gradients written out for a chain of layers (fashion_ig): the known answer on a
+"""Integrated gradients written out for a chain of layers (fashion_serve.ig): the known answer on a
 tiny chain, Captum's answer on the exported FashionCNN, and Captum where the model is no chain."""
 
 from __future__ import annotations

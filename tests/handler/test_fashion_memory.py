@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from fashion_serve import memory as fashion_memory
+from fashion_serve import memory
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 
-HANDLER_DIR = Path(fashion_memory.__file__).parent
+HANDLER_DIR = Path(memory.__file__).parent
 # An 8 MiB block is above glibc's default mmap threshold (128 KiB) and below the handler's
 # 32 MiB: from the heap it lies below the program break, mmapped far above it. A 20 MiB
 # block freed at the heap's top is given back (the break drops) unless the trim threshold
@@ -21,13 +21,13 @@ HANDLER_DIR = Path(fashion_memory.__file__).parent
 PROBE = """
 import ctypes, sys
 sys.path.insert(0, sys.argv[1])
-from fashion_serve import memory as fashion_memory
+from fashion_serve import memory
 libc = ctypes.CDLL(None)
 libc.malloc.restype = libc.sbrk.restype = ctypes.c_void_p
 libc.malloc.argtypes, libc.free.argtypes = [ctypes.c_size_t], [ctypes.c_void_p]
 libc.sbrk.argtypes = [ctypes.c_ssize_t]
 if sys.argv[2] == "set":
-    print(fashion_memory.keep_freed_memory())
+    print(memory.keep_freed_memory())
 block = libc.malloc(8 << 20)
 print("heap" if block < libc.sbrk(0) else "mmap")
 top = libc.malloc(20 << 20)
@@ -38,7 +38,7 @@ print("kept" if libc.sbrk(0) >= end else "trimmed")
 
 
 def probe(action: str, **env: str) -> list[str]:
-    names = {name for _, name, _, _ in fashion_memory.THRESHOLDS} | {"GLIBC_TUNABLES"}
+    names = {name for _, name, _, _ in memory.THRESHOLDS} | {"GLIBC_TUNABLES"}
     clean = {k: v for k, v in os.environ.items() if k not in names}
     result = subprocess.run(
         [sys.executable, "-c", PROBE, str(HANDLER_DIR), action],

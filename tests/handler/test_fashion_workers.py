@@ -1,4 +1,4 @@
-"""fashion_workers on real processes: a parent with one child that spins and one that
+"""fashion_serve.workers on real processes: a parent with one child that spins and one that
 sleeps, as a TorchServe frontend has busy and idle workers."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from fashion_serve import workers as fashion_workers
+from fashion_serve import workers
 from fashion_serve.workers import SiblingWorkers
 
 FAMILY = """
@@ -74,7 +74,7 @@ def test_the_siblings_by_their_stat_lines(monkeypatch, tmp_path):
     """Command names with parentheses and spaces, this process itself, a stranger, a thread
     other than the first that runs, and a sibling that starts later (seen at the refresh).
     The fake pids are above Linux's largest (2**22), so none is this process's."""
-    monkeypatch.setattr(fashion_workers, "PROC", tmp_path)
+    monkeypatch.setattr(workers, "PROC", tmp_path)
     frontend, worker, stranger, late = 5_000_050, 5_000_061, 5_000_070, 5_000_080
     (tmp_path / "self").mkdir()  # not a pid
     fake_process(tmp_path, frontend, "java", 1, ["S"])
@@ -89,18 +89,18 @@ def test_the_siblings_by_their_stat_lines(monkeypatch, tmp_path):
     shutil.rmtree(tmp_path / str(worker))  # gone: not running
     fake_process(tmp_path, late, "python", frontend, ["R"])
     assert not siblings.any_running()  # not known before the refresh
-    monkeypatch.setattr(fashion_workers, "REFRESH_S", 0.0)
+    monkeypatch.setattr(workers, "REFRESH_S", 0.0)
     assert siblings.any_running() and siblings.pids == [late]
 
 
 def test_without_proc_the_siblings_count_as_running(monkeypatch, tmp_path):
     """Nothing is split where the siblings cannot be seen."""
-    monkeypatch.setattr(fashion_workers, "PROC", tmp_path / "no-proc")
+    monkeypatch.setattr(workers, "PROC", tmp_path / "no-proc")
     assert SiblingWorkers(os.getpid()).any_running()
 
 
 def test_an_unreadable_stat_line_is_no_sibling(monkeypatch, tmp_path):
-    monkeypatch.setattr(fashion_workers, "PROC", tmp_path)
+    monkeypatch.setattr(workers, "PROC", tmp_path)
     (tmp_path / "5000001").mkdir()
     (tmp_path / "5000001" / "stat").write_text("")  # read as the process vanished
     siblings = SiblingWorkers(parent=1)

@@ -17,7 +17,7 @@ pytestmark = [
 ]
 EXPLAIN = {"explain": "True"}
 # fp32 gradients on the CPU too: where the CPU computes bf16 natively, the handler's default
-# would round the reference's gradients to bf16 (fashion_ig).
+# would round the reference's gradients to bf16 (fashion_serve.ig).
 CONFIG = {"handler": {"topk": 5, "ig_steps": 8, "bf16_gradients": False}}
 
 
