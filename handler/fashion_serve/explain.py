@@ -1,4 +1,8 @@
-"""Explanations with Captum, and a heatmap a person can read.
+"""Explanations, and a heatmap a person can read.
+
+Integrated gradients run on fashion_serve.ig's chain, written out for the FashionCNN's plain
+chain of layers (the default); Captum computes them on a model that is no such chain, and
+computes the other methods.
 
 Methods (the request's `method` option; docs/api.md says what each shows and costs):
 - integrated_gradients (default): attributions along the straight path from a black image,
@@ -23,7 +27,7 @@ from captum.attr import InputXGradient, IntegratedGradients, Occlusion, Saliency
 from PIL import Image
 
 from fashion_serve.contract import quiet_jit
-from fashion_serve.ig import PathThreads, ReluChain
+from fashion_serve.ig import POINTS_PER_PASS, PathThreads, ReluChain
 from fashion_serve.options import INTEGRATED_GRADIENTS
 
 OCCLUSION_WINDOW = 4  # px, a square patch
@@ -31,7 +35,6 @@ OCCLUSION_WINDOW = 4  # px, a square patch
 # runs the input, then the copies 64 at a time: 3 forward passes (the input, 64, 17).
 OCCLUSION_STRIDE = 3
 OCCLUSION_PATCHES_PER_PASS = 64  # occluded copies per forward pass
-IG_SAMPLES_PER_PASS = 128  # path points per forward/backward pass: cache-sized on a CPU
 
 ATTRIBUTION_SIGNIFICANT_DIGITS = 4
 HEATMAP_SCALE = 6  # 28x28 -> 168x168 per panel: larger costs PNG-encoding time per answer
@@ -112,7 +115,7 @@ def integrated_gradients(
             baselines=_channels_last(baselines),
             target=list(targets),
             n_steps=steps,
-            internal_batch_size=max(IG_SAMPLES_PER_PASS, steps),
+            internal_batch_size=max(POINTS_PER_PASS, steps),
             return_convergence_delta=True,
         )
     return attributions.detach(), deltas.detach()

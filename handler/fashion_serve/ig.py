@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 CHANNELS_LAST = torch.channels_last
-# Path points per forward/backward pass: one image's points at the default 50 steps
-# (handler.ig_steps), so a lone explanation on one thread is one pass. Fewer points a pass
+# Path points per forward/backward pass, here and in Captum's (explain.integrated_gradients):
+# one image's points at the default 50 steps (handler.ig_steps), so a lone explanation on one
+# thread is one pass. Fewer points a pass
 # on one thread were slower (docs/performance.md#explanations).
 POINTS_PER_PASS = 50
 # The fewest path points a thread is given: two passes of 4 (8 steps on two threads) were

@@ -8,9 +8,9 @@ stands in for it and each request of a batch gets its own response.
 Request: one BYTES input, shape [N] (or [N, 1]), one encoded image per element: base64
 text in JSON, as OIP clients send BYTES in JSON, or the image bytes themselves with the
 binary-data extension (tritonclient's default: a JSON header of `Inference-Header-Content-Length`
-bytes, then each element as a 4-byte little-endian length and its bytes). Options
-(topk, target, invert, steps, method, sign) as `parameters` of the request or of the input
-(the input's win).
+bytes, then each element as a 4-byte little-endian length and its bytes), or bytes as gRPC
+carries them (the kserve runtime). Options (topk, target, invert, steps, method, sign,
+heatmap) as `parameters` of the request or of the input (the input's win).
 
 Response outputs (data flattened row-major, as the protocol has it):
     prediction    probabilities FP32 [N, C]; classes BYTES [N, k] (top-k names, highest first)

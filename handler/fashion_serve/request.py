@@ -82,7 +82,8 @@ class PreparedBatch:
 
 
 def options_from_headers(headers: Mapping) -> dict:
-    """The X-Topk / X-Target / X-Invert / X-Steps / X-Method / X-Sign headers, by option name."""
+    """The X-Topk, X-Target, X-Invert, X-Steps, X-Method, X-Sign and X-Heatmap headers, by
+    option name."""
     wanted = {HEADER_PREFIX + key: key for key in OPTION_KEYS}
     return {
         wanted[name.lower()]: value
