@@ -11,11 +11,13 @@ always count as running, and nothing is split.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
 
 PROC = Path("/proc")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 # How long a list of siblings is trusted: TorchServe starts and restarts workers at any time,
 # and a scan of /proc costs about a millisecond.
 REFRESH_S = 10.0
@@ -39,11 +41,60 @@ class SiblingWorkers:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on: its CPU affinity where the OS keeps one (a cgroup's
-    CPU quota is not counted)."""
+    """The cores this process may keep busy: its CPU affinity, and no more than its cgroup's
+    CPU quota (a container's or a Kubernetes pod's CPU limit) allows, rounded down, at least 1."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return cores if quota is None else max(1, min(cores, math.floor(quota)))
+
+
+def cgroup_cpu_quota(proc: Path = PROC, root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs this process's cgroup and its ancestors may use (the smallest quota / period):
+    cgroup v2's cpu.max or v1's cpu.cfs_quota_us; None without a limit or a readable cgroup."""
+    try:
+        lines = (proc / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if hierarchy == "0" and not controllers:  # v2: one unified tree
+            limits += _limits_along(root, path, _v2_quota)
+        elif "cpu" in controllers.split(","):  # v1: the cpu controller's own tree
+            limits += _limits_along(root / controllers, path, _v1_quota)
+    return min(limits) if limits else None
+
+
+def _limits_along(tree: Path, path: str, read_quota) -> list[float]:
+    """The quotas set on `path` and each of its ancestors in `tree`. Inside a container the
+    path is often the host's and not mounted: then the tree's root is the container's own."""
+    parts = [part for part in path.split("/") if part]
+    limits = []
+    for depth in range(len(parts) + 1):
+        quota = read_quota(tree.joinpath(*parts[:depth]))
+        if quota is not None:
+            limits.append(quota)
+    return limits
+
+
+def _v2_quota(directory: Path) -> float | None:
+    try:
+        quota, period = (directory / "cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _v1_quota(directory: Path) -> float | None:
+    try:
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
 
 
 def _children(parent: int) -> list[int] | None:

@@ -105,3 +105,44 @@ def test_an_unreadable_stat_line_is_no_sibling(monkeypatch, tmp_path):
     (tmp_path / "5000001" / "stat").write_text("")  # read as the process vanished
     siblings = SiblingWorkers(parent=1)
     assert not siblings.any_running() and siblings.pids == []
+
+
+def fake_cgroup(tmp_path, cgroup_lines: str, files: dict[str, str]):
+    """A /proc/self/cgroup and a /sys/fs/cgroup tree: (proc, root)."""
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    (tmp_path / "proc" / "self" / "cgroup").write_text(cgroup_lines)
+    root = tmp_path / "cgroup"
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    return tmp_path / "proc", root
+
+
+@pytest.mark.parametrize(
+    ("cgroup_lines", "files", "quota"),
+    [
+        ("0::/\n", {"cpu.max": "max 100000\n"}, None),  # v2, no limit
+        ("0::/\n", {"cpu.max": "150000 100000\n"}, 1.5),  # a container's 1.5 CPUs
+        ("0::/kubepods/pod1/c1\n",  # a pod's limit above the container's own
+         {"kubepods/pod1/cpu.max": "100000 100000", "kubepods/pod1/c1/cpu.max": "max 100000"},
+         1.0),
+        ("0::/host/path/not/mounted\n", {"cpu.max": "200000 100000"}, 2.0),
+        ("12:cpu,cpuacct:/docker/abc\n",  # v1
+         {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "50000",
+          "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000"}, 0.5),
+        ("12:cpu,cpuacct:/\n", {"cpu,cpuacct/cpu.cfs_quota_us": "-1",
+                                "cpu,cpuacct/cpu.cfs_period_us": "100000"}, None),
+        ("0::/\n", {}, None),  # no cpu controller files
+    ],
+    ids=["v2-max", "v2-1.5", "v2-ancestor", "v2-host-path", "v1-0.5", "v1-none", "none"],
+)  # fmt: skip
+def test_the_cgroup_cpu_quota_is_found(tmp_path, cgroup_lines, files, quota):
+    proc, root = fake_cgroup(tmp_path, cgroup_lines, files)
+    assert workers.cgroup_cpu_quota(proc, root) == quota
+
+
+def test_usable_cores_never_exceed_the_quota_nor_fall_below_one(monkeypatch):
+    affinity = len(os.sched_getaffinity(0))
+    for quota, expected in ((None, affinity), (0.5, 1), (1.9, 1), (64.0, affinity)):
+        monkeypatch.setattr(workers, "cgroup_cpu_quota", lambda quota=quota: quota)
+        assert workers.usable_cores() == expected
