@@ -8,7 +8,7 @@ URLs and tokens come from the run directory that `scripts/serve.sh start` filled
 Exit status: 0 if every file was answered, 1 if any request was refused, 2 on usage or
 connection errors.
 
-The one reader of those two files; the shell scripts ask it instead of parsing them:
+The shell scripts ask it for what those two files hold instead of parsing them:
     python scripts/client.py url predictions      # the model's predictions URL (call.sh)
     python scripts/client.py token [--management] # the key; empty without a key file
     python scripts/client.py endpoints            # endpoints.json as "name: value" lines
