@@ -3,37 +3,64 @@
 torch-model-archiver packs model-config.yaml into the archive (--config-file) and
 TorchServe hands it to the handler as context.model_yaml_config.
 
-Check a config before packing it (scripts/archive.sh does):
+Check a config before packing it (scripts/archive.sh does), or print the table of every
+setting that docs/deployment.md holds (a test keeps the two equal):
     python -m fashion_serve.settings handler/model-config.yaml
+    python -m fashion_serve.settings --table
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import yaml
+
+
+def setting(default, help: str):
+    """A field with its one explanation: docs/deployment.md's table is made from these."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class HandlerSettings:
     """The `handler:` section of model-config.yaml, with defaults for keys left out."""
 
-    topk: int = 5
-    ig_steps: int = 50
-    max_ig_steps: int = 200
-    torch_threads: int = 1
-    # Threads integrated gradients split their path points across while no other worker is
-    # running (fashion_serve.workers), so that an explanation uses the idle cores; 1: none.
-    explain_threads: int = 2
-    max_image_pixels: int = 36_000_000
-    max_image_bytes: int = 16 * 1024 * 1024
-    max_images_per_request: int = 16
-    metrics: bool = True  # the handler's Prometheus metrics (fashion_serve.metrics); false: none
-    # Integrated gradients' backward convolutions in bf16 on a CPU that computes bf16
-    # natively (fashion_serve.ig; the forward pass stays fp32); false: fp32 throughout.
-    bf16_gradients: bool = True
+    topk: int = setting(5, "classes per prediction unless the request asks for k")
+    ig_steps: int = setting(50, "integrated-gradients steps unless the request asks")
+    max_ig_steps: int = setting(200, "the most integrated-gradients steps a request may ask")
+    torch_threads: int = setting(
+        1, "torch threads per worker: more spin and contend for the cores of a small CPU"
+    )
+    explain_threads: int = setting(
+        2,
+        "threads an explanation's integrated-gradients path points are split across while no "
+        "other worker of the server is running, so that it uses the idle cores "
+        "([performance.md](performance.md#explanations)); at most the cores the worker may "
+        "use (its affinity and its cgroup's CPU limit), on the CPU only; 1: none",
+    )
+    max_image_pixels: int = setting(
+        36_000_000, "larger images are refused from their header, before decoding"
+    )
+    max_image_bytes: int = setting(
+        16 * 1024 * 1024,
+        "larger images are refused; a check per image for when requests may be larger than "
+        "this (the servers' own cap, `max_request_size` / `--max-request-bytes`, is 1 MiB: "
+        "below it this never fires)",
+    )
+    max_images_per_request: int = setting(
+        16, "images in one request (a JSON list, KServe `instances`, an OIP tensor)"
+    )
+    metrics: bool = setting(
+        True, "the handler's Prometheus metrics ([monitoring.md](monitoring.md)); false: none"
+    )
+    bf16_gradients: bool = setting(
+        True,
+        "on a CPU that computes bf16 natively (AVX512-BF16 or AMX), integrated gradients' "
+        "backward convolutions run in bf16 ([performance.md](performance.md#explanations)); "
+        "false: fp32 throughout",
+    )
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -67,8 +94,22 @@ def _parse(key: str, value) -> int | bool:
     return int(value)
 
 
+def settings_table() -> str:
+    """The Markdown table of every handler setting, its default and its meaning."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for item in fields(HandlerSettings):
+        default = item.default if item.default is not MISSING else ""
+        shown = str(default).lower() if isinstance(default, bool) else default
+        rows.append(f"| `handler.{item.name}` | {shown} | {item.metadata['help']} |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: list[str]) -> int:
-    """Exit 1 with the reason if the model-config.yaml at argv[0] would fail a worker's load."""
+    """Exit 1 with the reason if the model-config.yaml at argv[0] would fail a worker's load;
+    `--table`: print the settings table (docs/deployment.md holds it)."""
+    if argv == ["--table"]:
+        print(settings_table(), end="")
+        return 0
     (config_path,) = argv
     try:
         HandlerSettings.from_model_yaml(yaml.safe_load(Path(config_path).read_text()))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
-from fashion_serve.settings import HandlerSettings
+from fashion_serve.settings import HandlerSettings, settings_table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HANDLER_DIR = REPO_ROOT / "handler"
@@ -26,9 +27,20 @@ def archive(export_dir: Path, handler_dir: Path, model_store: Path) -> subproces
     )
 
 
-def test_shipped_model_config_is_accepted():
+def test_shipped_model_config_is_accepted_and_sets_the_defaults():
     config = yaml.safe_load((HANDLER_DIR / "model-config.yaml").read_text())
-    HandlerSettings.from_model_yaml(config)  # raises on an unknown key or a value below 1
+    # raises on an unknown key or a value below 1; the file names each key at its default,
+    # so the one table of meanings (docs/deployment.md) also tells what is shipped
+    assert HandlerSettings.from_model_yaml(config) == HandlerSettings()
+    assert set(config["handler"]) == {item.name for item in fields(HandlerSettings)}
+
+
+def test_the_settings_table_in_the_docs_is_the_one_the_code_makes():
+    docs = (REPO_ROOT / "docs" / "deployment.md").read_text()
+    start = docs.index("<!-- handler-settings: python -m fashion_serve.settings --table -->\n")
+    end = docs.index("<!-- /handler-settings -->")
+    generated = docs[start:end].split("\n", 1)[1]
+    assert generated == settings_table(), "run: python -m fashion_serve.settings --table"
 
 
 def test_archive_refuses_an_unknown_handler_setting_before_packing(tiny_export_dir, tmp_path):
