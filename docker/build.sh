@@ -85,13 +85,15 @@ esac
 # A small build context: only what the Dockerfile copies (the repo root holds .venv).
 context=$(mktemp -d "${TMPDIR:-/tmp}/fashion-serve-context.XXXXXX")
 trap 'rm -rf "$context"' EXIT
-mkdir -p "${context}/docker" "${context}/scripts" "${context}/handler" "${context}/export" \
-    "${context}/wheelhouse" "${context}/monitoring"
+mkdir -p "${context}/docker" "${context}/scripts" "${context}/handler/fashion_serve" \
+    "${context}/export" "${context}/wheelhouse" "${context}/monitoring"
 cp "${repo_root}/monitoring/metrics.yaml" "${context}/monitoring/"
 cp "${repo_root}"/docker/{Dockerfile,requirements.txt,entrypoint.sh,healthcheck.py,config.properties,log4j2.xml} \
     "${context}/docker/"
 cp "${repo_root}/scripts/archive.sh" "${repo_root}/scripts/rollout.py" "${context}/scripts/"
 cp "${repo_root}"/handler/*.py "${repo_root}/handler/model-config.yaml" "${context}/handler/"
+# The serving package's sources only (no __pycache__): the archive and the image's copy.
+cp "${repo_root}"/handler/fashion_serve/*.py "${context}/handler/fashion_serve/"
 if [[ -n "$export_dir" ]]; then
     cp "${export_dir}/model.pt" "${export_dir}/index_to_name.json" "${context}/export/"
 fi

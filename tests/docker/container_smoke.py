@@ -18,11 +18,15 @@ explanation through the published port with the token from the container's key f
 update to a second version and a rollback inside the running container
 (`fashion-serve-rollout`, X-Model-Version of the answers), `podman stop` time and exit
 code (SIGTERM must stop it cleanly, well before the 10 s kill), and the peak disk used.
+Then the same image once more with RUNTIME=kserve: ready by the same healthcheck, a
+prediction (and none without the token) over REST, OIP v2 REST and OIP gRPC through the
+published ports, the same model version as TorchServe served, and a clean stop.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shutil
@@ -41,6 +45,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/fashion-serve-base:bookworm"
 IMAGE = "localhost/fashion-serve:smoke"
 CONTAINER = "fashion-serve-smoke"
+KSERVE_CONTAINER = "fashion-serve-smoke-kserve"  # the same image with RUNTIME=kserve
+KSERVE_GRPC_PORT = 7070  # in the container (docker/entrypoint.sh, EXPOSE)
 KEY_FILE = "/home/model-server/run/key_file.json"
 REQUIRED_TOOLS = ("buildah", "podman", "runc", "debootstrap")
 MIN_FREE_GB = 10
@@ -89,8 +95,9 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 class Smoke:
-    def __init__(self, work: Path, port: int) -> None:
-        self.work, self.port = work, port
+    def __init__(self, work: Path, port: int, grpc_port: int) -> None:
+        self.work, self.port, self.grpc_port = work, port, grpc_port
+        self.container = CONTAINER  # the one the methods below act on
         storage = [
             "--root", str(work / "storage"),
             "--runroot", str(work / "runroot"),
@@ -162,29 +169,38 @@ class Smoke:
         ).stdout
         self.image_gb = round(int(size.strip()) / BYTES_PER_GB, 2)
 
-    def start(self) -> None:
+    def start(self, container: str = CONTAINER, runtime: str = "torchserve") -> None:
+        """`podman run` the image as `container` with RUNTIME=`runtime`; returns once the
+        image's own healthcheck passes."""
+        self.container = container
+        publish = ["--publish", f"127.0.0.1:{self.port}:8080"]
+        if runtime == "kserve":
+            publish += ["--publish", f"127.0.0.1:{self.grpc_port}:{KSERVE_GRPC_PORT}"]
+        prefix = "" if runtime == "torchserve" else f"{runtime}_"
         start = time.monotonic()
         run(
             [
-                *self.podman, "run", "--detach", "--name", CONTAINER,
+                *self.podman, "run", "--detach", "--name", container,
                 "--runtime", "runc",
                 "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000",
-                "--publish", f"127.0.0.1:{self.port}:8080",
+                "--env", f"RUNTIME={runtime}",
+                *publish,
                 IMAGE,
             ],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        self.timings["run_s"] = round(time.monotonic() - start, 1)
+        self.timings[f"{prefix}run_s"] = round(time.monotonic() - start, 1)
         deadline = start + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            # The image's own HEALTHCHECK command: exit 0 once the model has a READY worker.
+            # The image's own HEALTHCHECK command (it follows the container's RUNTIME): exit 0
+            # once the model has a READY worker (TorchServe) or answers ready (KServe).
             check = subprocess.run(
-                [*self.podman, "exec", CONTAINER, "fashion-serve-healthcheck"],
+                [*self.podman, "exec", container, "fashion-serve-healthcheck"],
                 capture_output=True,
                 text=True,
             )
             if check.returncode == 0:
-                self.timings["start_to_ready_s"] = round(time.monotonic() - start, 1)
+                self.timings[f"{prefix}start_to_ready_s"] = round(time.monotonic() - start, 1)
                 return
             state = self.container_state()
             if state != "running":
@@ -194,7 +210,7 @@ class Smoke:
 
     def container_state(self) -> str:
         return subprocess.run(
-            [*self.podman, "inspect", "--format", "{{.State.Status}}", CONTAINER],
+            [*self.podman, "inspect", "--format", "{{.State.Status}}", self.container],
             capture_output=True,
             text=True,
             check=True,
@@ -202,12 +218,14 @@ class Smoke:
 
     def logs(self) -> str:
         result = subprocess.run(
-            [*self.podman, "logs", CONTAINER], capture_output=True, text=True, check=False
+            [*self.podman, "logs", self.container], capture_output=True, text=True, check=False
         )
         return (result.stdout + result.stderr)[-4000:]
 
     def inference_key(self) -> str:
-        keys = run([*self.podman, "exec", CONTAINER, "cat", KEY_FILE], capture_output=True).stdout
+        keys = run(
+            [*self.podman, "exec", self.container, "cat", KEY_FILE], capture_output=True
+        ).stdout
         return json.loads(keys)["inference"]["key"]
 
     def answered_by(self, body: bytes, token: str) -> str | None:
@@ -223,26 +241,38 @@ class Smoke:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.headers.get("X-Model-Version")
 
-    def post(self, path: str, body: bytes, token: str | None) -> tuple[int, dict | str]:
+    def post(
+        self, path: str, body: bytes, token: str | None, content_type: str | None = None
+    ) -> tuple[int, dict | str]:
+        """(status, JSON answer or the error's text); the answer's headers in last_headers."""
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}{path}",
             data=body,
-            headers={"Content-Type": "application/octet-stream"},
+            headers={"Content-Type": content_type or "application/octet-stream"},
         )
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
+                self.last_headers = response.headers
                 return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+
+    def get_text(self, path: str) -> tuple[int, str]:
+        """GET without a token: (status, body)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
+                return r.status, r.read().decode(errors="replace")
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode(errors="replace")
 
     def stop(self) -> tuple[float, int]:
         start = time.monotonic()
-        run([*self.podman, "stop", "--time", "10", CONTAINER], stdout=subprocess.DEVNULL)
+        run([*self.podman, "stop", "--time", "10", self.container], stdout=subprocess.DEVNULL)
         stop_s = round(time.monotonic() - start, 1)
         exit_code = run(
-            [*self.podman, "inspect", "--format", "{{.State.ExitCode}}", CONTAINER],
+            [*self.podman, "inspect", "--format", "{{.State.ExitCode}}", self.container],
             capture_output=True,
         ).stdout.strip()
         return stop_s, int(exit_code)
@@ -304,8 +334,8 @@ def check_update(smoke: Smoke, export_dir: Path, sample: Path) -> dict:
     run([str(REPO_ROOT / "scripts" / "archive.sh"), str(smoke.work / "export-next")], env=env)
     mar = f"{MODEL_NAME}-{new_version}.mar"
     store = "/home/model-server/model-store"
-    run([*smoke.podman, "cp", str(stage / f"{MODEL_NAME}.mar"), f"{CONTAINER}:{store}/{mar}"])
-    rollout = [*smoke.podman, "exec", CONTAINER, "fashion-serve-rollout"]
+    run([*smoke.podman, "cp", str(stage / f"{MODEL_NAME}.mar"), f"{smoke.container}:{store}/{mar}"])
+    rollout = [*smoke.podman, "exec", smoke.container, "fashion-serve-rollout"]
     start = time.monotonic()
     run([*rollout, "update", "--mar", mar])
     smoke.timings["update_s"] = round(time.monotonic() - start, 1)
@@ -326,13 +356,83 @@ def check_update(smoke: Smoke, export_dir: Path, sample: Path) -> dict:
     return {"versions": versions}
 
 
-def smoke_test(export_dir: Path, sample: Path, expect: str | None, port: int) -> dict:
+def check_kserve(smoke: Smoke, sample: Path, expect: str | None) -> dict:
+    """The image with RUNTIME=kserve (started and healthy): REST, OIP v2 REST and OIP gRPC
+    through the published ports, with the token from the container's key file."""
+    image_bytes = sample.read_bytes()
+    token = smoke.inference_key()
+    checks: dict = {}
+    path = f"/predictions/{MODEL_NAME}"
+    checks["no_token_status"] = smoke.post(path, image_bytes, token=None)[0]
+    if checks["no_token_status"] == 200:
+        raise AssertionError("kserve: a prediction without a token was answered")
+    status, prediction = smoke.post(path, image_bytes, token)
+    if status != 200 or not isinstance(prediction, dict) or len(prediction) != 5:
+        raise AssertionError(f"kserve: prediction failed: {status} {prediction}")
+    checks["top_class"] = max(prediction, key=prediction.get)
+    checks["model_version"] = smoke.last_headers.get("X-Model-Version")
+    if expect is not None and checks["top_class"] != expect:
+        raise AssertionError(f"kserve: predicted {checks['top_class']!r}, expected {expect!r}")
+
+    image_b64 = base64.b64encode(image_bytes).decode("ascii")
+    tensor = {"name": "images", "datatype": "BYTES", "shape": [1], "data": [image_b64]}
+    body = json.dumps({"id": "smoke", "inputs": [tensor]}).encode()
+    status, answer = smoke.post(
+        f"/v2/models/{MODEL_NAME}/infer", body, token, content_type="application/json"
+    )
+    if status != 200 or not isinstance(answer, dict):
+        raise AssertionError(f"kserve: OIP v2 infer failed: {status} {answer}")
+    outputs = {output["name"]: output for output in answer["outputs"]}
+    checks["v2_classes"] = outputs["classes"]["data"]
+    # Prometheus scrapes the REST port without a token, as TorchServe's metrics port.
+    status, metrics = smoke.get_text("/metrics")
+    checks["metrics_status"] = status
+    if status != 200 or "# TYPE" not in metrics:
+        raise AssertionError(f"kserve: /metrics answered {status}: {metrics[:300]}")
+    checks["grpc"] = check_grpc(f"127.0.0.1:{smoke.grpc_port}", token, image_bytes)
+    return checks
+
+
+def check_grpc(address: str, token: str, image_bytes: bytes) -> dict:
+    """OIP gRPC through the published port: open health, token on the rest, a prediction."""
+    import grpc  # kserve's stubs, from the dev environment running this test
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as oip
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    checks: dict = {}
+    with grpc.insecure_channel(address) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        try:
+            checks["live"] = stub.ServerLive(oip.ServerLiveRequest(), timeout=30).live
+            try:
+                stub.ModelReady(oip.ModelReadyRequest(name=MODEL_NAME), timeout=30)
+                checks["no_token"] = "answered"
+            except grpc.RpcError as error:
+                checks["no_token"] = error.code().name
+            metadata = [("authorization", f"Bearer {token}")]
+            tensor = oip.ModelInferRequest.InferInputTensor(
+                name="images", datatype="BYTES", shape=[1],
+                contents={"bytes_contents": [image_bytes]},
+            )  # fmt: skip
+            request = oip.ModelInferRequest(model_name=MODEL_NAME, inputs=[tensor])
+            answer = stub.ModelInfer(request, metadata=metadata, timeout=30)
+        except grpc.RpcError as error:
+            raise AssertionError(f"kserve: gRPC on {address} failed: {error}") from error
+        checks["outputs"] = sorted(output.name for output in answer.outputs)
+    if not checks["live"] or checks["no_token"] != "UNAUTHENTICATED":
+        raise AssertionError(f"kserve: gRPC health or token check failed: {checks}")
+    return checks
+
+
+def smoke_test(
+    export_dir: Path, sample: Path, expect: str | None, port: int, grpc_port: int
+) -> dict:
     work_parent = Path(os.environ.get("SMOKE_WORKDIR", "/var/tmp"))
     reason = missing_requirements(work_parent)
     if reason:
         return {"skipped": reason}
     work = Path(tempfile.mkdtemp(prefix="fashion-serve-smoke.", dir=work_parent))
-    smoke = Smoke(work, port)
+    smoke = Smoke(work, port, grpc_port)
     disk = DiskPeak(work_parent)
     report: dict = {"work_dir": str(work), "passed": False}
     try:
@@ -348,6 +448,15 @@ def smoke_test(export_dir: Path, sample: Path, expect: str | None, port: int) ->
         report["container_log_tail"] = smoke.logs()[-1500:]
         if stop_s > MAX_CLEAN_STOP_S or exit_code == 137:
             raise AssertionError(f"podman stop took {stop_s} s, exit {exit_code}: SIGTERM ignored")
+
+        smoke.start(KSERVE_CONTAINER, runtime="kserve")
+        kserve = report["kserve"] = check_kserve(smoke, sample, expect)
+        kserve["stop_s"], kserve["stop_exit_code"] = smoke.stop()
+        kserve["container_log_tail"] = smoke.logs()[-1500:]
+        if kserve["stop_s"] > MAX_CLEAN_STOP_S or kserve["stop_exit_code"] != 0:
+            raise AssertionError(
+                f"kserve: podman stop took {kserve['stop_s']} s, exit {kserve['stop_exit_code']}"
+            )
         report["passed"] = True
     except (subprocess.CalledProcessError, RuntimeError, AssertionError) as error:
         report["error"] = str(error)
@@ -375,10 +484,19 @@ def main() -> int:
     parser.add_argument(
         "--port", type=int, default=0, help="host port on 127.0.0.1 (default: a free one)"
     )
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=0,
+        help="host port on 127.0.0.1 for the KServe runtime's gRPC (default: a free one)",
+    )
     parser.add_argument("--report", type=Path, help="also write the report here as JSON")
     args = parser.parse_args()
 
-    report = smoke_test(args.export_dir, args.sample, args.expect, args.port or free_ports(1)[0])
+    free = [port for port in free_ports(3) if port not in (args.port, args.grpc_port)]
+    port = args.port or free.pop()
+    grpc_port = args.grpc_port or free.pop()
+    report = smoke_test(args.export_dir, args.sample, args.expect, port, grpc_port)
     text = json.dumps(report, indent=2)
     print(text)
     if args.report:

@@ -1,4 +1,5 @@
-"""The CPU image, built with buildah and run with podman, serves the model (container_smoke.py).
+"""The CPU image, built with buildah and run with podman, serves the model on either runtime
+(container_smoke.py): TorchServe, then RUNTIME=kserve.
 
 Several minutes and ~7 GB of disk; skips without root, buildah, podman, runc, debootstrap
 or ~10 GB free. Run by hand: python -m tests.docker.container_smoke --help
@@ -60,4 +61,12 @@ def test_image_builds_serves_and_stops_cleanly(model_and_expectation, tmp_path):
     versions = report["versions"]  # an update and a rollback inside the running container
     assert versions["after_update"] != versions["before"] == versions["after_rollback"]
     assert report["stop_exit_code"] != 137 and report["stop_s"] < 8
+    # The same image and archive on the KServe runtime: tokens on REST and gRPC, the same
+    # model version, and SIGTERM stops the supervisor and its workers with exit 0.
+    kserve = report["kserve"]
+    assert kserve["no_token_status"] == 401
+    assert kserve["grpc"]["no_token"] == "UNAUTHENTICATED"
+    assert kserve["grpc"]["outputs"] == ["classes", "probabilities"]
+    assert kserve["model_version"] == versions["before"]
+    assert kserve["stop_exit_code"] == 0 and kserve["stop_s"] < 8
     assert not report["left_behind"]

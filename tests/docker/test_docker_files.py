@@ -1,6 +1,6 @@
 """The image's scripts, run without building: what build.sh puts in the build context and
-passes to the engine, what run.sh publishes, how the entrypoint starts TorchServe; and the
-rules its files keep (one torch pin, every requirement pinned)."""
+passes to the engine, what run.sh publishes, how the entrypoint starts either runtime; and
+the rules its files keep (one torch pin, every requirement pinned, ports agree)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -115,10 +117,15 @@ def test_build_stages_a_small_context_and_passes_build_args(fake_engine, tiny_ex
         "./docker/Dockerfile", "./docker/entrypoint.sh", "./docker/requirements.txt",
         "./scripts/archive.sh", "./scripts/rollout.py",
         "./handler/fashion_handler.py", "./handler/model-config.yaml",
+        # the serving package: packed into the archive and installed for the KServe runtime
+        "./handler/fashion_serve/__init__.py", "./handler/fashion_serve/kserve_server.py",
+        "./handler/fashion_serve/torchserve_runtime.py",
         "./export/model.pt", "./export/index_to_name.json",
         "./wheelhouse/example-1.0-py3-none-any.whl",
     } <= context  # fmt: skip
-    assert not any(".venv" in path or "egg-info" in path for path in context)
+    assert not any(
+        ".venv" in path or "egg-info" in path or "__pycache__" in path for path in context
+    )
 
 
 def test_build_gpu_uses_cuda_base_and_torch(fake_engine, tiny_export_dir):
@@ -209,16 +216,25 @@ def test_run_without_any_engine_says_what_to_do(tmp_path):
 
 
 def run_entrypoint(
-    tmp_path: Path, model_store: Path, rollout: str = "no-such-rollout"
+    tmp_path: Path,
+    model_store: Path,
+    rollout: str = "no-such-rollout",
+    args: tuple[str, ...] = (),
+    **settings: str,
 ) -> subprocess.CompletedProcess:
-    """docker/entrypoint.sh with a stand-in `torchserve` that prints its arguments and cwd."""
+    """docker/entrypoint.sh with stand-ins for `torchserve` and `python` (the KServe runtime)
+    that print their name, cwd and arguments; `settings` are environment variables."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    fake = bin_dir / "torchserve"
-    fake.write_text('#!/usr/bin/env bash\necho "cwd=$PWD"\nprintf "%s\\n" "$@"\n')
-    fake.chmod(0o755)
-    env = dict(
-        os.environ,
+    for name in ("torchserve", "python"):
+        fake = bin_dir / name
+        fake.write_text(
+            f'#!/usr/bin/env bash\necho "ran={name}"\necho "cwd=$PWD"\nprintf "%s\\n" "$@"\n'
+        )
+        fake.chmod(0o755)
+    unset = ("RUNTIME", "MODEL_NAME", "DISABLE_TOKEN_AUTHORIZATION")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update(
         PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         MODEL_STORE=str(model_store),
         TS_RUN_DIR=str(tmp_path / "run"),
@@ -226,9 +242,18 @@ def run_entrypoint(
         LOG_LOCATION=str(tmp_path / "logs"),
         ROLLOUT=rollout,
     )
+    env.update(settings)
     return subprocess.run(
-        [str(DOCKER_DIR / "entrypoint.sh")], env=env, capture_output=True, text=True
+        [str(DOCKER_DIR / "entrypoint.sh"), *args], env=env, capture_output=True, text=True
     )
+
+
+def model_store_with(tmp_path: Path, *archives: str) -> Path:
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in archives:
+        (store / name).write_bytes(b"")
+    return store
 
 
 def test_entrypoint_refuses_an_empty_model_store(tmp_path):
@@ -244,6 +269,7 @@ def test_entrypoint_serves_the_store_from_the_run_dir(tmp_path):
     result = run_entrypoint(tmp_path, store)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    assert "ran=torchserve" in lines  # RUNTIME unset: TorchServe, the image's default
     # key_file.json is written to TorchServe's working directory: the run dir.
     assert f"cwd={tmp_path / 'run'}" in lines
     args = lines[lines.index(f"cwd={tmp_path / 'run'}") + 1 :]
@@ -269,3 +295,175 @@ def test_entrypoint_serves_the_version_an_update_left_serving(tmp_path):
     assert result.returncode == 0, result.stderr
     args = result.stdout.splitlines()
     assert args[args.index("--models") + 1] == "fashion-cnn=fashion-cnn-2.0.mar"
+
+
+def dockerfile_text() -> str:
+    return re.sub(r"\\\n", " ", (DOCKER_DIR / "Dockerfile").read_text())
+
+
+def exposed_ports() -> set[int]:
+    (line,) = re.findall(r"^EXPOSE (.+)$", dockerfile_text(), re.MULTILINE)
+    return {int(port) for port in line.split()}
+
+
+def kserve_arguments(result: subprocess.CompletedProcess) -> list[str]:
+    """What the entrypoint passed to `python` (the KServe runtime)."""
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "ran=python" in lines, result.stdout
+    return lines[lines.index("ran=python") + 2 :]  # after its name and cwd
+
+
+def test_entrypoint_runtime_kserve_execs_the_kserve_server_on_the_exposed_ports(tmp_path):
+    store = model_store_with(tmp_path, "fashion-cnn.mar")
+    result = run_entrypoint(tmp_path, store, RUNTIME="kserve")
+    args = kserve_arguments(result)
+    assert args[:2] == ["-m", "fashion_serve.kserve_server"]
+    assert args[args.index("--archive") + 1] == str(store / "fashion-cnn.mar")
+    # The run dir the healthcheck reads the key file from (TS_RUN_DIR, as TorchServe's).
+    assert args[args.index("--run-dir") + 1] == str(tmp_path / "run")
+    # All interfaces inside the container; publishing or a Service decides who reaches it.
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    http_port, grpc_port = (
+        int(args[args.index("--http-port") + 1]),
+        int(args[args.index("--grpc-port") + 1]),
+    )
+    assert (http_port, grpc_port) == (8080, 7070)
+    assert {http_port, grpc_port} <= exposed_ports()
+    assert "--disable-token-authorization" not in args  # tokens on unless asked
+    assert "HTTP :8080, gRPC :7070" in result.stdout
+
+
+def test_entrypoint_kserve_passes_the_token_opt_out_and_extra_arguments(tmp_path):
+    store = model_store_with(tmp_path, "fashion-cnn.mar")
+    result = run_entrypoint(
+        tmp_path,
+        store,
+        args=("--workers", "1"),
+        RUNTIME="kserve",
+        DISABLE_TOKEN_AUTHORIZATION="true",
+    )
+    args = kserve_arguments(result)
+    assert "--disable-token-authorization" in args
+    assert args[-2:] == ["--workers", "1"]  # the container's arguments go to the server
+    assert "token authorization OFF" in result.stdout
+
+
+def test_entrypoint_kserve_serves_the_only_archive_whatever_its_name(tmp_path):
+    """A store mounted from KServe's storage (MODEL_STORE=/mnt/models) holding one .mar."""
+    store = model_store_with(tmp_path, "fashion-cnn-2.0.mar")
+    args = kserve_arguments(run_entrypoint(tmp_path, store, RUNTIME="kserve"))
+    assert args[args.index("--archive") + 1] == str(store / "fashion-cnn-2.0.mar")
+
+
+def test_entrypoint_kserve_prefers_model_name_mar_among_several(tmp_path):
+    store = model_store_with(tmp_path, "fashion-cnn.mar", "fashion-cnn-2.0.mar")
+    args = kserve_arguments(run_entrypoint(tmp_path, store, RUNTIME="kserve"))
+    assert args[args.index("--archive") + 1] == str(store / "fashion-cnn.mar")
+
+
+def test_entrypoint_kserve_refuses_to_guess_among_several_archives(tmp_path):
+    store = model_store_with(tmp_path, "a.mar", "b.mar")
+    result = run_entrypoint(tmp_path, store, RUNTIME="kserve")
+    assert result.returncode == 1
+    assert "none is fashion-cnn.mar" in result.stderr and "MODEL_NAME" in result.stderr
+
+
+def test_entrypoint_kserve_serves_the_version_an_update_left_serving(tmp_path):
+    store = model_store_with(tmp_path, "fashion-cnn.mar", "fashion-cnn-2.0.mar")
+    (tmp_path / "run").mkdir()
+    history = [
+        {"version": "1.0", "mar": "fashion-cnn.mar"},
+        {"version": "2.0", "mar": "fashion-cnn-2.0.mar"},
+    ]
+    (tmp_path / "run" / "versions.json").write_text(json.dumps(history))
+    rollout = str(REPO_ROOT / "scripts" / "rollout.py")
+    args = kserve_arguments(run_entrypoint(tmp_path, store, rollout, RUNTIME="kserve"))
+    assert args[args.index("--archive") + 1] == str(store / "fashion-cnn-2.0.mar")
+
+
+def test_entrypoint_refuses_an_unknown_runtime(tmp_path):
+    store = model_store_with(tmp_path, "fashion-cnn.mar")
+    result = run_entrypoint(tmp_path, store, RUNTIME="triton")
+    assert result.returncode == 1
+    assert "RUNTIME=triton" in result.stderr and "kserve" in result.stderr
+    assert "ran=" not in result.stdout
+
+
+def test_dockerfile_defaults_to_torchserve_and_makes_fashion_serve_importable():
+    dockerfile = dockerfile_text()
+    assert re.search(r"^ENV .*\bRUNTIME=torchserve\b", dockerfile, re.MULTILINE)
+    # Installed into the venv, not put on PYTHONPATH: TorchServe puts PYTHONPATH ahead of
+    # each unpacked archive, so a PYTHONPATH copy would shadow the code a .mar carries.
+    instructions = [line for line in dockerfile.splitlines() if not line.startswith("#")]
+    assert not [line for line in instructions if "PYTHONPATH" in line]
+    assert re.search(r'cp -r /tmp/build/handler/fashion_serve "\$\{site_packages\}', dockerfile)
+    assert "import fashion_serve.kserve_runtime" in dockerfile  # fails the build, not the pod
+
+
+def test_requirements_pin_the_kserve_runtime():
+    pins = dict(
+        line.split("#", 1)[0].strip().split("==")
+        for line in (DOCKER_DIR / "requirements.txt").read_text().splitlines()
+        if line.split("#", 1)[0].strip()
+    )
+    assert pins["kserve"] == "0.21.0"
+    # What kserve 0.21.0 asks for, which the TorchServe stack alone had pinned higher.
+    assert int(pins["psutil"].split(".")[0]) < 6
+    assert int(pins["python-dateutil"].split(".")[0]) < 3
+
+
+def test_run_kserve_publishes_rest_and_grpc_on_loopback(fake_engine):
+    engine, log = fake_engine
+    result = run_script("run.sh", "--runtime", "kserve", engine=engine)
+    assert result.returncode == 0, result.stderr
+    args = log.read_text().splitlines()
+    assert args[args.index("--env") + 1] == "RUNTIME=kserve"
+    published = [args[i + 1] for i, arg in enumerate(args) if arg == "--publish"]
+    assert published == ["127.0.0.1:8080:8080", "127.0.0.1:7070:7070"]
+
+
+def test_run_kserve_has_no_management_port_to_publish(fake_engine):
+    engine, log = fake_engine
+    result = run_script("run.sh", "--runtime", "kserve", "--management-port", "9081", engine=engine)
+    assert result.returncode == 1
+    assert "no management API" in result.stderr
+    assert not log.exists()
+
+
+def pypi_answers() -> bool:
+    try:
+        with urllib.request.urlopen("https://pypi.org/simple/kserve/", timeout=10):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_the_image_requirements_resolve_to_themselves_and_one_torch(tmp_path):
+    """pip's resolver, as the image build runs it (docker/torch.txt, then requirements.txt),
+    installs exactly the pinned packages and the pinned torch: nothing unpinned, no other torch."""
+    if not pypi_answers():
+        pytest.skip("PyPI cannot be reached from here")
+    report = tmp_path / "report.json"
+    subprocess.run(
+        [
+            sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+            "--quiet", "--retries", "0", "--report", str(report),
+            "-r", str(DOCKER_DIR / "torch.txt"), "-r", str(DOCKER_DIR / "requirements.txt"),
+        ],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    installed = {
+        re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    pins = dict(
+        line.split("#", 1)[0].strip().lower().split("==")
+        for line in (DOCKER_DIR / "requirements.txt").read_text().splitlines()
+        if line.split("#", 1)[0].strip()
+    )
+    assert installed.pop("torch").split("+")[0] == pinned_torch_version()
+    assert not [name for name in installed if name.startswith("nvidia-")]  # a CUDA torch's
+    assert installed == pins

@@ -1,9 +1,11 @@
-"""The KServe manifests: valid against KServe's own CRD schemas (made strict), and in
-agreement with the image's own files (ports, healthcheck, run dir, uid) where a deployment
-depends on it."""
+"""The KServe manifests: valid against KServe's own CRD schemas (made strict), in
+agreement with the image's own files (ports, healthcheck, run dir, uid, the KServe runtime's
+routes) where a deployment depends on it, and within the rules KServe's admission webhook
+and Knative apply (as code: no cluster runs here)."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import re
@@ -26,7 +28,12 @@ CUSTOM_MANIFESTS = (
     "inferenceservice-autoscale.yaml",
     "inferenceservice-canary.yaml",
 )
-RAW_MANIFESTS = CUSTOM_MANIFESTS[:3]  # RawDeployment: rolling updates, an HPA
+# This image with RUNTIME=kserve (KServe's Python model server): REST and gRPC ports.
+KSERVE_RUNTIME_MANIFEST = "inferenceservice-kserve-runtime.yaml"
+# RawDeployment: rolling updates, an HPA, several ports.
+RAW_MANIFESTS = (*CUSTOM_MANIFESTS[:3], KSERVE_RUNTIME_MANIFEST)
+# Every predictor that is a container of this project's image.
+IMAGE_MANIFESTS = (*CUSTOM_MANIFESTS, KSERVE_RUNTIME_MANIFEST)
 CANARY_MANIFEST = "inferenceservice-canary.yaml"  # Serverless: traffic split by revision
 # Several pods, several TorchServe tokens: token auth off in the pod, auth at the ingress.
 INGRESS_AUTH_MANIFESTS = ("inferenceservice-autoscale.yaml", CANARY_MANIFEST)
@@ -35,7 +42,8 @@ AUTHORIZATION_POLICY = "authorizationpolicy-istio.yaml"
 KUBERNETES_VERSION = "1.33"  # the core kinds' schemas, from the kubernetes-validate package
 RUNTIME_MANIFEST = "inferenceservice-torchserve-runtime.yaml"
 RUNTIME_V2_MANIFEST = "inferenceservice-torchserve-runtime-v2.yaml"
-ALL_MANIFESTS = (*CUSTOM_MANIFESTS, RUNTIME_MANIFEST, RUNTIME_V2_MANIFEST)
+ALL_MANIFESTS = (*IMAGE_MANIFESTS, RUNTIME_MANIFEST, RUNTIME_V2_MANIFEST)
+KSERVE_RUNTIME_SOURCE = REPO_ROOT / "handler" / "fashion_serve" / "kserve_runtime.py"
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # A label value: empty, or up to 63 of [A-Za-z0-9-_.] starting and ending alphanumeric.
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
@@ -328,3 +336,143 @@ def test_authorization_policy_matches_strict_istio_schema():
         ports = {port for to in rule["to"] for port in to["operation"]["ports"]}
         if inference_port in ports:  # inference only with a JWT the ingress verified
             assert all(source["source"]["requestPrincipals"] for source in rule["from"])
+
+
+# --- the image's KServe runtime (RUNTIME=kserve) -----------------------------------------------
+
+
+def kserve_runtime_open_paths() -> set[str]:
+    """The routes the KServe runtime answers without a token (OPEN_PATHS), read from its
+    source: checking a manifest needs neither kserve nor torch imported."""
+    tree = ast.parse(KSERVE_RUNTIME_SOURCE.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "OPEN_PATHS" for target in node.targets
+        ):
+            return set(ast.literal_eval(node.value))
+    raise AssertionError(f"no OPEN_PATHS in {KSERVE_RUNTIME_SOURCE}")
+
+
+def kserve_image_ports() -> dict[str, int]:
+    """The ports the entrypoint gives the KServe runtime (tests/docker/test_docker_files.py
+    checks they reach its command line)."""
+    entrypoint = (REPO_ROOT / "docker" / "entrypoint.sh").read_text()
+    return {
+        name: int(re.search(rf"^kserve_{name}_port=(\d+)$", entrypoint, re.M)[1])
+        for name in ("http", "grpc")
+    }
+
+
+def exposed_ports() -> set[int]:
+    (line,) = re.findall(r"^EXPOSE (.+)$", dockerfile_text(), re.M)
+    return {int(port) for port in line.split()}
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {item["name"]: item.get("value") for item in container.get("env", [])}
+
+
+def probes(container: dict) -> dict[str, dict]:
+    kinds = ("startupProbe", "readinessProbe", "livenessProbe")
+    return {kind: container[kind] for kind in kinds if kind in container}
+
+
+def check_kserve_runtime_manifest(manifest: dict) -> None:
+    """Asserts that the manifest runs the image's KServe runtime as the image serves it."""
+    image, ports = image_paths_and_ports(), kserve_image_ports()
+    predictor = manifest["spec"]["predictor"]
+    container = predictor_container(manifest)
+    env = env_of(container)
+    assert env["RUNTIME"] == "kserve"
+    default_model = re.search(r"^ARG MODEL_NAME=(\S+)$", dockerfile_text(), re.M)[1]
+    assert env["MODEL_NAME"] == default_model  # the archive the image bakes in
+    # HTTP first (KServe's Service maps port 80 to the first port), then OIP gRPC; both are
+    # the entrypoint's and exposed by the image.
+    declared = [(port["name"], port["containerPort"]) for port in container["ports"]]
+    assert declared == [("http1", ports["http"]), ("grpc", ports["grpc"])]
+    assert {ports["http"], ports["grpc"]} <= exposed_ports()
+    # Prometheus scrapes /metrics on the REST port, without a token.
+    annotations = manifest["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(ports["http"])
+    assert annotations["prometheus.io/path"] in kserve_runtime_open_paths()
+    # The kubelet sends no token: every probe is an HTTP GET on a route open without one.
+    assert set(probes(container)) == {"startupProbe", "readinessProbe", "livenessProbe"}
+    for kind, probe in probes(container).items():
+        assert probe["httpGet"]["port"] == ports["http"], kind
+        assert probe["httpGet"]["path"] in kserve_runtime_open_paths(), kind
+    assert probes(container)["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert predictor["securityContext"]["runAsUser"] == int(image["uid"])
+    assert predictor["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    # The key file (and the workers' metrics files) land in a writable, pod-private volume at
+    # the run dir the entrypoint and the healthcheck use.
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    (volume,) = [v for v in predictor["volumes"] if v["name"] == mounts[image["run_dir"]]]
+    assert "emptyDir" in volume
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+def test_kserve_runtime_manifest_agrees_with_the_image():
+    check_kserve_runtime_manifest(load(KSERVE_RUNTIME_MANIFEST))
+
+
+@pytest.mark.parametrize(
+    "breaks",
+    [
+        # a probe on a route that needs a token: the pod never becomes ready
+        lambda c: c["readinessProbe"]["httpGet"].update(path="/v2/models/fashion-cnn/ready"),
+        lambda c: c["startupProbe"]["httpGet"].update(path="/ping"),  # TorchServe's, not here
+        lambda c: c["ports"][1].update(containerPort=8081),  # gRPC where nothing listens
+        lambda c: c["livenessProbe"]["httpGet"].update(port=8082),
+        lambda c: c["ports"].reverse(),  # gRPC first would become the Service's port 80
+        lambda c: c["env"].pop(0),  # no RUNTIME: TorchServe, which has no /v2/health routes
+    ],
+    ids=["token-route", "ts-ping", "grpc-port", "probe-port", "port-order", "no-runtime"],
+)
+def test_a_wrong_port_or_path_in_the_kserve_runtime_manifest_fails(breaks):
+    manifest = load(KSERVE_RUNTIME_MANIFEST)
+    breaks(predictor_container(manifest))
+    with pytest.raises((AssertionError, KeyError)):
+        check_kserve_runtime_manifest(manifest)
+
+
+def test_kserve_runtime_manifest_keeps_token_auth_on_with_one_replica():
+    """The runtime makes random keys per start: one replica, whose keys kubectl exec reads."""
+    manifest = load(KSERVE_RUNTIME_MANIFEST)
+    env = env_of(predictor_container(manifest))
+    assert env.get("DISABLE_TOKEN_AUTHORIZATION", "false") != "true"
+    assert manifest["spec"]["predictor"]["maxReplicas"] == 1
+
+
+# KServe's admission webhook (pkg/apis/serving/v1beta1/inference_service_validation.go,
+# predictor_custom.go, pkg/validation/env_policy.go) and Knative's, as code.
+ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # IsvcNameFmt: starts with a letter
+KSERVE_BLOCKED_ENV = {"PYTHONPATH"}  # DefaultBlockedEnvVars, since KServe 0.18
+KSERVE_PROTOCOLS = {"v1", "v2"}  # what a custom predictor's PROTOCOL may say
+KNATIVE_PORT_NAMES = {"http1", "h2c"}  # Serverless: one port, and one of these names
+
+
+@pytest.mark.parametrize("name", ALL_MANIFESTS)
+def test_names_pass_kserve_webhook(name):
+    assert ISVC_NAME.match(load(name)["metadata"]["name"])
+
+
+@pytest.mark.parametrize("name", IMAGE_MANIFESTS)
+def test_custom_predictors_pass_kserve_webhook_and_knative_rules(name):
+    manifest = load(name)
+    container = predictor_container(manifest)
+    # KServe finds the predictor's container by this name (CustomPredictor.GetContainer).
+    assert container["name"] == "kserve-container"
+    env = env_of(container)
+    assert not KSERVE_BLOCKED_ENV & env.keys(), "KServe's webhook refuses these variables"
+    assert env.get("PROTOCOL", "v1") in KSERVE_PROTOCOLS
+    ports = container["ports"]
+    if mode(manifest) == "Serverless":
+        # Knative serves one port per revision: HTTP and gRPC together need RawDeployment.
+        assert len(ports) == 1 and ports[0]["name"] in KNATIVE_PORT_NAMES
+    else:
+        assert mode(manifest) == "RawDeployment"
+    # Istio picks each port's protocol from its name (KServe copies it to the Service).
+    for port in ports:
+        assert re.match(r"^(http|grpc|h2c)", port["name"]), port
+    assert len({port["containerPort"] for port in ports}) == len(ports)
