@@ -243,12 +243,15 @@ class ServerCounters:
         received = Counter("ts_inference_requests_total", "Inference requests received",
                            ("model_name", "model_version", "hostname"))  # fmt: skip
         self.received = received.labels(model_name, model_version, hostname)
+        # Gauges only for their names: prometheus_client adds `_total` to a counter's, and
+        # the alerts read TorchServe's `Requests5XX`. Only ever increased, summed over workers.
         self.by_class = {
-            digit: Counter(
-                f"Requests{digit}XX", f"{digit}XX responses", ("Level", "Hostname")
+            digit: Gauge(
+                f"Requests{digit}XX", f"{digit}XX responses", ("Level", "Hostname"),
+                multiprocess_mode="sum",
             ).labels("Host", hostname)
             for digit in "245"
-        }
+        }  # fmt: skip
 
     def responded(self, status: int) -> None:
         counter = self.by_class.get(str(status)[0])
