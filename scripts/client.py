@@ -22,6 +22,7 @@ import base64
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -49,6 +50,42 @@ class ServerError(Exception):
 
     def __str__(self) -> str:
         return f"HTTP {self.status} {self.error_type}: {self.message}"
+
+    def is_token_refusal(self) -> bool:
+        """A missing, wrong or expired token: TorchServe's 400, the kserve runtime's 401."""
+        refusals = ((400, "InvalidKeyException"), (401, "Unauthorized"))
+        return (self.status, self.error_type) in refusals
+
+
+def key_file_renewal(key_file: Path, management_url: str | None):
+    """A FashionClient's renew_token over a server's key file: the file's inference key when
+    it differs from the refused one (the server restarted, or someone renewed it); else, on
+    TorchServe, a renewal with the file's API key (GET /token?type=inference on the
+    management API, which rewrites the file: keys expire after token_expiration_min)."""
+
+    def renew(refused: str | None) -> str | None:
+        keys = _read_keys(key_file)
+        current = (keys.get("inference") or {}).get("key")
+        if current and current != refused:
+            return current
+        api_key = (keys.get("API") or {}).get("key")
+        if not (api_key and management_url):
+            return None  # the kserve runtime: its keys never expire
+        url = f"{management_url.rstrip('/')}/token?type=inference"
+        try:
+            requests.get(url, headers={"Authorization": f"Bearer {api_key}"}, timeout=TIMEOUT_S)
+        except requests.ConnectionError:
+            return None
+        return (_read_keys(key_file).get("inference") or {}).get("key")
+
+    return renew
+
+
+def _read_keys(key_file: Path) -> dict:
+    try:
+        return json.loads(key_file.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def read_token(key_file: Path, api: str = "inference") -> str:
@@ -124,12 +161,29 @@ def worker_states(management_url: str, model: str, token: str | None) -> list[st
 class FashionClient:
     """Thin wrapper over the inference API: one image per request, JSON answers."""
 
-    def __init__(self, base_url: str, token: str | None, model: str = DEFAULT_MODEL_NAME):
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        model: str = DEFAULT_MODEL_NAME,
+        renew_token: Callable[[str | None], str | None] | None = None,
+    ):
+        """`renew_token(refused_token)` returns a token to try once more after a token
+        refusal (e.g. key_file_renewal: the key file's, renewed first where it expired), or
+        None; without it a refusal is raised."""
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.session = requests.Session()
+        self.token = token
+        self.renew_token = renew_token
+        self._use(token)
+
+    def _use(self, token: str | None) -> None:
+        self.token = token
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+        else:
+            self.session.headers.pop("Authorization", None)
 
     def predict(self, image_bytes: bytes, topk: int | None = None) -> dict[str, float]:
         """{class_name: probability}, highest first."""
@@ -149,6 +203,18 @@ class FashionClient:
         return self._post(f"/explanations/{self.model}", image_bytes, options)
 
     def _post(self, path: str, image_bytes: bytes, options: dict):
+        try:
+            return self._post_once(path, image_bytes, options)
+        except ServerError as error:
+            if not (error.is_token_refusal() and self.renew_token):
+                raise
+            fresh = self.renew_token(self.token)
+            if not fresh or fresh == self.token:
+                raise
+            self._use(fresh)
+            return self._post_once(path, image_bytes, options)
+
+    def _post_once(self, path: str, image_bytes: bytes, options: dict):
         # A multipart upload: TorchServe 0.12 drops query parameters before the handler,
         # form fields reach it.
         fields = {key: str(value) for key, value in options.items() if value is not None}
@@ -276,11 +342,14 @@ def print_server_facts(args: argparse.Namespace) -> None:
 def send_images(args: argparse.Namespace) -> int:
     """The predict and explain commands; returns how many files the server refused."""
     endpoints = read_endpoints(args.run_dir)
-    token = args.token or read_token(args.key_file or args.run_dir / "key_file.json")
+    key_file = args.key_file or args.run_dir / "key_file.json"
+    token = args.token or read_token(key_file)
     client = FashionClient(
         args.url or endpoints.get("inference", DEFAULT_URL),
         token,
         args.model or endpoints.get("model", DEFAULT_MODEL_NAME),
+        # An explicit --token is used as given; the key file's is renewed when it expires.
+        None if args.token else key_file_renewal(key_file, endpoints.get("management")),
     )
     refused = 0
     for path in args.files:
@@ -301,8 +370,8 @@ def send_images(args: argparse.Namespace) -> int:
         except ServerError as error:
             refused += 1
             hint = ""
-            if error.status == 400 and error.error_type == "InvalidKeyException":
-                hint = " (tokens expire after 60 min: restart, or renew via the management API)"
+            if error.is_token_refusal():
+                hint = " (pass this server's key with --token, or its key file with --key-file)"
             print(f"{path}: refused: {error}{hint}", file=sys.stderr)
     return refused
 

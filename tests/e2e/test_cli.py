@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -122,3 +123,40 @@ def test_client_token_reads_either_key_and_is_empty_when_auth_is_off(tmp_path):
     (tmp_path / "key_file.json").write_text(json.dumps(keys))
     assert run(token, tmp_path).stdout == "inference-key\n"
     assert run([*token, "--management"], tmp_path).stdout == "management-key\n"
+
+
+def load_client():
+    spec = importlib.util.spec_from_file_location("client", REPO_ROOT / "scripts" / "client.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_client_takes_a_new_key_from_the_key_file_after_a_refusal(server_tiny):
+    """A long-running caller whose key went stale (the server restarted, or a key expired
+    and was renewed) tries once more with the key file's."""
+    client_module = load_client()
+    key_file = server_tiny.run_dir / "key_file.json"
+    client = client_module.FashionClient(
+        server_tiny.inference_url, "a-stale-key", server_tiny.model,
+        client_module.key_file_renewal(key_file, None),
+    )  # fmt: skip
+    assert_prediction(client.predict(SAMPLE.read_bytes()))
+    assert client.token == server_tiny.inference_token
+    without_renewal = client_module.FashionClient(server_tiny.inference_url, "a-stale-key")
+    with pytest.raises(client_module.ServerError) as refused:
+        without_renewal.predict(SAMPLE.read_bytes())
+    assert refused.value.is_token_refusal()
+
+
+def test_an_expired_torchserve_key_is_renewed_with_the_api_key(torchserve_tiny):
+    """TorchServe's keys expire (token_expiration_min): when the file's own key is refused,
+    the client renews it on the management API with the file's API key."""
+    client_module = load_client()
+    key_file = torchserve_tiny.run_dir / "key_file.json"
+    old = torchserve_tiny.inference_token
+    renew = client_module.key_file_renewal(key_file, torchserve_tiny.management_url)
+    new = renew(old)  # as after a refusal of the file's current key
+    assert new and new != old and new == torchserve_tiny.inference_token
+    assert_prediction(client_module.FashionClient(torchserve_tiny.inference_url, new).predict(
+        SAMPLE.read_bytes()))  # fmt: skip
