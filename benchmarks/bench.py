@@ -1,4 +1,5 @@
-"""Benchmark the FashionMNIST model in-process, behind TorchServe and behind LitServe, in one run.
+"""Benchmark the FashionMNIST model in-process, behind TorchServe, the kserve runtime and
+LitServe, in one run.
 
     python -m benchmarks.bench                      # full run
     python -m benchmarks.bench --markdown artifacts/bench/bench.md   # also the tables as Markdown
@@ -11,11 +12,15 @@ initialized as in a worker, on raw image bodies, then the worker's json.dumps): 
 batch 1 and at the served batch size; the machine's ceiling (one such process per core at
 the served batch size, summed); integrated gradients per image.
 Served (benchmarks.servers: TorchServe via scripts/archive.sh + scripts/serve.sh with the
-repo's config.properties and handler/model-config.yaml; LitServe via
-benchmarks/litserve_app.py): wrk pinned to one core POSTs one sample image for a fixed time
-at each concurrency (benchmarks.load); for TorchServe also the CPU milliseconds its Java
-frontend and its workers spend per request. Prints the tables and the targets
-(benchmarks.report) and writes everything to --out (JSON).
+repo's config.properties and handler/model-config.yaml; the kserve runtime from the same
+archive via serve.sh start --runtime kserve; LitServe via benchmarks/litserve_app.py): wrk
+pinned to one core POSTs one sample image for a fixed time at each concurrency
+(benchmarks.load); for TorchServe and the kserve runtime the same series (PNG bytes,
+explanations, JSON base64, OIP v2 JSON) and the CPU milliseconds per request of TorchServe's
+Java frontend or the kserve supervisor, and of the workers; for the kserve runtime also OIP
+gRPC ModelInfer from stock tritonclient threads in a process pinned to wrk's core
+(benchmarks.grpc_load; a Python client, so its own limit shows at high rates). Prints the
+tables and the targets (benchmarks.report) and writes everything to --out (JSON).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import os
 import platform
 import pstats
 import re
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -37,11 +43,13 @@ from pathlib import Path
 import torch
 import yaml
 
+from benchmarks.grpc_load import GRPC_JSON_PREFIX
 from benchmarks.inprocess import Pipeline, in_process, prepare
-from benchmarks.load import CONCURRENCIES, LoadSettings, load_points
+from benchmarks.load import CONCURRENCIES, LoadSettings, load_points, summary
 from benchmarks.report import check_targets, markdown, table
 from benchmarks.servers import (
     REPO_ROOT,
+    KServeRuntime,
     LitServe,
     TorchServe,
     command_line,
@@ -53,7 +61,7 @@ from benchmarks.servers import (
 from fashion_serve.image import to_batch_tensor
 
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "bench" / "bench.json"
-PARTS = ("in-process", "torchserve", "litserve")
+PARTS = ("in-process", "torchserve", "kserve", "litserve")
 
 
 def litserve_configs() -> dict:
@@ -71,12 +79,22 @@ def litserve_configs() -> dict:
     }
 
 
-def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path, full: bool):
+def served_run(
+    args,
+    name: str,
+    overrides: dict,
+    env: dict,
+    json_body: Path,
+    full: bool,
+    server_class: type[TorchServe] = TorchServe,
+):
     """Serve with `overrides` (model-config keys, config.<key>) and serve.sh `env`, then load
     predictions (and with `full`, explanations, the JSON body and the Open Inference Protocol
-    body, `v2_body_path(json_body)`) at each concurrency."""
+    body, `v2_body_path(json_body)`) at each concurrency. `server_class` KServeRuntime: the
+    same archive on the kserve runtime (and with `full`, its OIP gRPC series too)."""
     # archive.sh passes extra files as a comma-separated list: keep the path plain.
-    work = temp_dir(f"bench-{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}-")
+    runtime = server_class.runtime
+    work = temp_dir(f"bench-{runtime}-{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}-")
     config_keys = {k[7:]: v for k, v in overrides.items() if k.startswith("config.")}
     overrides = {k: v for k, v in overrides.items() if not k.startswith("config.")}
     if config_keys:  # config.<key>=value: a copy of config.properties with these keys
@@ -84,15 +102,18 @@ def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path,
     handler_dir = handler_dir_with(overrides, work) if overrides else None
     serve_env = {"MODEL_LOG_LEVEL": args.model_log_level} if args.model_log_level else {}
     serve_env.update(env)
-    server = TorchServe(work / "run", args.export_dir, handler_dir=handler_dir, env=serve_env)
-    print(f"TorchServe [{name}] {overrides or ''} {env or ''}", flush=True)
+    server = server_class(work / "run", args.export_dir, handler_dir=handler_dir, env=serve_env)
+    print(f"{runtime} [{name}] {overrides or ''} {env or ''}", flush=True)
     result = {"overrides": overrides, "env": serve_env}
     with server:
         token = server.inference_token
         worker_pids = server.ready_worker_pids()
         result["workers"] = len(worker_pids)
         result["config"] = model_config(handler_dir)
-        processes = {"frontend": [server.frontend_pid()], "workers": worker_pids}
+        # TorchServe's Java frontend (warm_up waits for its JIT), or the kserve supervisor,
+        # which only watches its workers (they share its HTTP socket).
+        front = "frontend" if runtime == "torchserve" else "supervisor"
+        processes = {front: [server.frontend_pid()], "workers": worker_pids}
         octet, json_type = "application/octet-stream", "application/json"
         predict, explain = server.predictions_url, server.explanations_url
         series = [("predict", "predictions", predict, args.image, octet, args.duration)]
@@ -122,7 +143,36 @@ def torchserve_run(args, name: str, overrides: dict, env: dict, json_body: Path,
                 load_settings(args),
                 processes,
             )
+        if full and runtime == "kserve" and not args.no_grpc:
+            print("  OIP gRPC ModelInfer (tritonclient, pinned to wrk's core):", flush=True)
+            result["grpc"] = grpc_points(args, server)
     return result
+
+
+def grpc_points(args, server: KServeRuntime) -> dict:
+    """benchmarks.grpc_load in its own process (tritonclient and kserve must not share one),
+    pinned to the core wrk uses, at each concurrency for --duration seconds."""
+    command = [
+        sys.executable, "-m", "benchmarks.grpc_load",
+        "--address", server.grpc_address, "--rest", server.inference_url,
+        "--key-file", str(server.run_dir / "key_file.json"), "--model", server.model,
+        "--image", str(args.image), "--duration", str(args.duration),
+        "--warmup-s", str(args.warmup_s),
+        "--concurrency", *map(str, args.concurrency),
+    ]  # fmt: skip
+    if args.wrk_cpu != "none" and shutil.which("taskset"):
+        command = ["taskset", "-c", args.wrk_cpu, *command]
+    seconds = len(args.concurrency) * (args.duration + 5) + args.warmup_s + 120
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=seconds, check=False
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith(GRPC_JSON_PREFIX):
+            points = json.loads(line[len(GRPC_JSON_PREFIX) :])
+            for key, point in points.items():
+                print(f"  {key}: {summary(point)}", flush=True)
+            return points
+    raise RuntimeError(f"grpc_load gave no result ({done.returncode}): {done.stderr[-2000:]}")
 
 
 def v2_body_path(json_body: Path) -> Path:
@@ -264,8 +314,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a model-config.yaml key for the main TorchServe run "
-        "(handler.<key> for the handler section; env.<NAME> for serve.sh)",
+        help="override a model-config.yaml key for the main TorchServe run and the kserve "
+        "runtime's (handler.<key> for the handler section; env.<NAME> for serve.sh)",
     )
     parser.add_argument(
         "--variant",
@@ -290,12 +340,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--no-json-body",
         action="store_true",
-        help="skip TorchServe with LitServe's JSON base64 body",
+        help="skip TorchServe's and the kserve runtime's series with LitServe's JSON base64 body",
     )
     parser.add_argument(
         "--no-v2-body",
         action="store_true",
-        help="skip TorchServe with an Open Inference Protocol (v2) body",
+        help="skip TorchServe's and the kserve runtime's Open Inference Protocol (v2) series",
+    )
+    parser.add_argument(
+        "--no-grpc",
+        action="store_true",
+        help="skip the kserve runtime's OIP gRPC series",
     )
     parser.add_argument(
         "--profile",
@@ -381,14 +436,18 @@ def main(argv=None) -> int:
             args.processes, args.device,
         )  # fmt: skip
     if args.device == "cpu":
+        overrides, env = parse_overrides(args.set)
         if "torchserve" not in args.skip:
-            overrides, env = parse_overrides(args.set)
-            results["torchserve"] = torchserve_run(args, "main", overrides, env, json_body, True)
+            results["torchserve"] = served_run(args, "main", overrides, env, json_body, True)
         for spec in args.variant:
             name, _, items = spec.partition(":")
-            overrides, env = parse_overrides([i for i in items.split(",") if i])
-            variant = torchserve_run(args, name, overrides, env, json_body, False)
+            variant_overrides, variant_env = parse_overrides([i for i in items.split(",") if i])
+            variant = served_run(args, name, variant_overrides, variant_env, json_body, False)
             results.setdefault("variants", {})[name] = variant
+        if "kserve" not in args.skip:
+            results["kserve"] = served_run(
+                args, "main", overrides, env, json_body, True, KServeRuntime
+            )
         if "litserve" not in args.skip:
             results["litserve"] = litserve_runs(args, json_body)
     results["targets"] = check_targets(results)

@@ -10,8 +10,12 @@ import time
 from benchmarks.servers import TorchServe, http_call
 from benchmarks.traffic import count_statuses, predict_headers, run_load, same_answer
 
+NEW_WORKER_TIMEOUT_S = 120
 
-def wait_for_new_worker(server: TorchServe, old_pids: list[int], timeout_s=120) -> int | None:
+
+def wait_for_new_worker(
+    server: TorchServe, old_pids: list[int], timeout_s=NEW_WORKER_TIMEOUT_S
+) -> int | None:
     """The pid of a READY worker that is not one of `old_pids` (None after `timeout_s`)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -41,13 +45,18 @@ def check_kill(server, image, reference, args) -> dict:
             kill_at["ready_s"] = time.perf_counter() - load_started
             kill_at["new_pid"] = new_pid
 
-        def start_killer(load_started: float) -> None:
-            threading.Thread(target=killer, args=(load_started,), daemon=True).start()
+        killers = []
+
+        def start_killer(load_started: float, killers=killers) -> None:
+            killers.append(threading.Thread(target=killer, args=(load_started,), daemon=True))
+            killers[0].start()
 
         outcomes = run_load(
             server, image, reference, args.concurrency, duration_s=args.kill_load_s,
             on_start=start_killer,
         )  # fmt: skip
+        # The replacement may take longer than the load lasts: wait for it (or its timeout).
+        killers[0].join(timeout=NEW_WORKER_TIMEOUT_S + 30)
         killed = kill_at["s"]
         failed = [o for o in outcomes if not o.valid]
         resumed = [o for o in outcomes if o.valid and o.sent_s >= killed]
@@ -61,7 +70,9 @@ def check_kill(server, image, reference, args) -> dict:
                 "failed": len(failed),
                 "failed_statuses": count_statuses(failed),
                 "failed_sent_before_kill": sum(o.sent_s < killed for o in failed),
-                "new_worker_ready_after_s": round(kill_at["ready_s"] - killed, 2),
+                "new_worker_ready_after_s": round(kill_at["ready_s"] - killed, 2)
+                if "ready_s" in kill_at
+                else None,
                 "serving_resumed_after_s": round(resumed[0].done_s - killed, 2)
                 if resumed
                 else None,

@@ -1,24 +1,36 @@
-"""Reliability checks against a real TorchServe, started the way users start it (serve.sh).
+"""Reliability checks against a real server, started the way users start it (serve.sh), on
+TorchServe or on the kserve runtime (the same archive, the same core).
 
-    python -m benchmarks.reliability                     # all checks, 10,000 requests
+    python -m benchmarks.reliability                     # all checks on TorchServe, 10,000 requests
+    python -m benchmarks.reliability --runtime kserve    # the same checks on the kserve runtime
+    python -m benchmarks.reliability --runtime torchserve kserve   # both, one after the other
     python -m benchmarks.reliability --requests 500 --kills 1 --checks load corpus
 
-Checks (each passes or fails; the exit status is 1 if any fails):
-- security: without a token every inference and management call is refused (400 in 0.12),
-  a wrong or swapped token too; no model can be registered from a URL; every port the
-  server listens on is bound to loopback;
+Checks (each passes, fails, or is skipped where the runtime lacks what it needs; the exit
+status is 1 if any fails):
+- security: without the right token every inference and management call is refused (the
+  runtime's own status: 400 on TorchServe 0.12, 401 on kserve), a wrong or swapped token too;
+  TorchServe registers no model from a URL; on kserve the model repository (REST and gRPC)
+  is closed to the inference key and gRPC calls need it; every port the server listens on
+  is bound to loopback;
 - corpus: >= 25 malformed or hostile requests each get their 4xx JSON error, none a 5xx,
-  the worker is never restarted (same pid), and good requests in between all succeed;
+  the workers are never restarted (same pids), and good requests in between all succeed;
+  with both runtimes, the cases they answered differently are listed;
 - load: N predictions at concurrency C all answer 200 with a valid body (same answer as a
   reference request); the worker's RSS after is within 10 % of before (after a warm-up);
-- kill: SIGKILL the worker mid-load: TorchServe starts a new one; failed requests are
-  counted and the time until predictions succeed again is measured;
-- update: under load at concurrency C the whole time, serve.sh update to a second version
-  (the served model with its last bias moved), then serve.sh rollback: every answer is a 200
-  from the old or the new version (X-Model-Version) with that version's body, and worker
-  memory is back to one model's worth after each swap (benchmarks/update.py);
-- restart: serve.sh stop + start: the model comes back with no manual step.
-Results go to --out as JSON.
+- kill: SIGKILL a worker mid-load: TorchServe's frontend or the kserve supervisor starts a
+  new one; failed requests are counted and the time until predictions succeed again is
+  measured;
+- update (TorchServe only: the kserve runtime serves one version per start): under load at
+  concurrency C the whole time, serve.sh update to a second version (the served model with
+  its last bias moved), then serve.sh rollback: every answer is a 200 from the old or the
+  new version (X-Model-Version) with that version's body, and worker memory is back to one
+  model's worth after each swap (benchmarks/update.py);
+- restart: serve.sh stop + start: the model comes back with no manual step;
+- grpc (kserve only: TorchServe's OIP gRPC is not the stock service): --grpc-requests
+  ModelInfer calls at concurrency C with stock tritonclient.grpc, none failed, each the REST
+  answer; one call with 16 images answers all 16; an explanation (benchmarks/grpc_load.py).
+Results go to --out as JSON (another runtime's beside it, reliability-<runtime>.json).
 """
 
 from __future__ import annotations
@@ -26,15 +38,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from benchmarks.faults import check_kill, check_restart
-from benchmarks.hostile import check_corpus
+from benchmarks.grpc_load import check_grpc
+from benchmarks.hostile import check_corpus, corpus_differences
 from benchmarks.security import check_security
 from benchmarks.servers import (
     REPO_ROOT,
+    KServeRuntime,
     TorchServe,
     command_line,
     http_call,
@@ -51,7 +66,16 @@ CHECKS = {
     "kill": check_kill,
     "update": check_update,
     "restart": check_restart,
+    "grpc": check_grpc,
 }
+RUNTIMES = {"torchserve": TorchServe, "kserve": KServeRuntime}
+# Checks only one runtime can run, and why the other skips them.
+ONLY_ON = {
+    "update": ("torchserve", "serve.sh update/rollback swap versions through TorchServe's "
+               "management API; the kserve runtime serves one version per start"),
+    "grpc": ("kserve", "TorchServe 0.12's OIP gRPC is not the stock inference."
+             "GRPCInferenceService (pytorch/serve#3394): tritonclient.grpc gets UNIMPLEMENTED"),
+}  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +89,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=500,
         help="predictions before the RSS 'before' reading (default 500)",
     )
+    parser.add_argument(
+        "--runtime",
+        nargs="+",
+        choices=list(RUNTIMES),
+        default=["torchserve"],
+        help="the runtime(s) to check, one after the other (default torchserve)",
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="default 32")
+    parser.add_argument(
+        "--grpc-requests",
+        type=int,
+        default=10_000,
+        help="ModelInfer calls in the grpc check (default 10000)",
+    )
     parser.add_argument("--kills", type=int, default=1, help="worker kills (default 1)")
     parser.add_argument(
         "--kill-after-s", type=float, default=2, help="seconds of load before each kill (default 2)"
@@ -94,10 +131,87 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--run-dir",
         type=Path,
         default=None,
-        help="TorchServe run directory (default: a new temporary one)",
+        help="the server's run directory, <dir>/<runtime> with several runtimes "
+        "(default: a new temporary one)",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="JSON results (TorchServe's; another runtime's go beside it, <name>-<runtime>.json)",
+    )
     return parser.parse_args(argv)  # fmt: skip
+
+
+def out_path(out: Path, runtime: str) -> Path:
+    return out if runtime == "torchserve" else out.with_name(f"{out.stem}-{runtime}{out.suffix}")
+
+
+def run_checks(runtime: str, args, image: bytes) -> dict:
+    """Start `runtime` on the model, run the chosen checks, stop it; the results."""
+    run_dir = args.run_dir or temp_dir("reliability-") / "run"
+    if args.run_dir and len(args.runtime) > 1:
+        run_dir = args.run_dir / runtime
+    server = RUNTIMES[runtime](run_dir, args.export_dir, env={"MODEL_LOG_LEVEL": "info"})
+    results: dict = {
+        "runtime": runtime,
+        "run_dir": str(run_dir),
+        "load_average_at_start": os.getloadavg(),
+    }
+    print(f"{runtime} in {run_dir}", flush=True)
+    try:
+        with server:
+            checks_on(server, args, image, results)
+    except (RuntimeError, subprocess.TimeoutExpired) as error:  # serve.sh start or stop failed
+        results["server_error"] = f"{type(error).__name__}: {error}"
+        print(f"{runtime}: {results['server_error']}", flush=True)
+    results["load_average_at_end"] = os.getloadavg()
+    return results
+
+
+def checks_on(server, args, image: bytes, results: dict) -> None:
+    """The chosen checks, in order, against a running server; into `results`."""
+    status, body = http_call(
+        "POST", server.predictions_url, image, predict_headers(server.inference_token)
+    )
+    if status != 200:
+        print(f"the reference prediction failed: {status} {body[:300]!r}")
+        results["reference_failed"] = {
+            "status": status,
+            "body": body[:300].decode("utf-8", "replace"),
+        }
+        return
+    reference = json.loads(body)
+    for name, check in CHECKS.items():
+        if name not in args.checks:
+            continue
+        only_on, reason = ONLY_ON.get(name, (server.runtime, ""))
+        if only_on != server.runtime:
+            results[name] = {"passed": None, "skipped": reason}
+            print(f"{name}: SKIP ({reason})", flush=True)
+            continue
+        started = time.perf_counter()
+        print(f"{name}...", flush=True)
+        try:
+            results[name] = check(server, image, reference, args)
+        except Exception as error:  # a crashed check is a failed check, the rest still run
+            results[name] = {"passed": False, "error": f"{type(error).__name__}: {error}"}
+        results[name]["seconds"] = round(time.perf_counter() - started, 1)
+        print(f"{name}: {'PASS' if results[name]['passed'] else 'FAIL'}", flush=True)
+
+
+def verdict(result: dict | None) -> str:
+    if result is None:
+        return "-"
+    return "SKIP" if result.get("skipped") else "PASS" if result["passed"] else "FAIL"
+
+
+def passed(results: dict, checks: list[str]) -> bool:
+    """The server started and stopped, the reference answered, and no chosen check failed
+    (a skipped one does not count)."""
+    if "reference_failed" in results or "server_error" in results:
+        return False
+    return all(results[name].get("skipped") or bool(results[name]["passed"]) for name in checks)
 
 
 def main(argv=None) -> int:
@@ -106,38 +220,25 @@ def main(argv=None) -> int:
         print(f"no model at {args.export_dir}/model.pt: export one (python -m training export)")
         return 2
     image = args.image.read_bytes()
-    run_dir = args.run_dir or temp_dir("reliability-") / "run"
-    server = TorchServe(run_dir, args.export_dir, env={"MODEL_LOG_LEVEL": "info"})
-    results: dict = {"run_dir": str(run_dir), "load_average_at_start": os.getloadavg()}
-    print(f"TorchServe in {run_dir}", flush=True)
-    with server:
-        status, body = http_call(
-            "POST", server.predictions_url, image, predict_headers(server.inference_token)
-        )
-        if status != 200:
-            print(f"the reference prediction failed: {status} {body[:300]!r}")
-            return 1
-        reference = json.loads(body)
-        for name, check in CHECKS.items():
-            if name not in args.checks:
-                continue
-            started = time.perf_counter()
-            print(f"{name}...", flush=True)
-            try:
-                results[name] = check(server, image, reference, args)
-            except Exception as error:  # a crashed check is a failed check, the rest still run
-                results[name] = {"passed": False, "error": f"{type(error).__name__}: {error}"}
-            results[name]["seconds"] = round(time.perf_counter() - started, 1)
-            print(f"{name}: {'PASS' if results[name]['passed'] else 'FAIL'}", flush=True)
-    results["load_average_at_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k != "corpus"}, indent=2))
-    if "corpus" in results:
-        corpus = {k: v for k, v in results["corpus"].items() if k != "all"}
-        print(json.dumps({"corpus": corpus}, indent=2))
-    print(f"wrote {args.out}")
-    return 0 if all(results[name]["passed"] for name in args.checks) else 1
+    runs: dict[str, dict] = {}
+    for runtime in dict.fromkeys(args.runtime):  # each once, in the order given
+        results = runs[runtime] = run_checks(runtime, args, image)
+        theirs = runs.get("torchserve", {}).get("corpus", {})
+        ours = results.get("corpus", {})
+        if runtime != "torchserve" and "all" in theirs and "all" in ours:
+            ours["differences_from_torchserve"] = corpus_differences(theirs, ours)
+        out = out_path(args.out, runtime)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        print(json.dumps({k: v for k, v in results.items() if k != "corpus"}, indent=2))
+        if "corpus" in results:
+            corpus = {k: v for k, v in results["corpus"].items() if k != "all"}
+            print(json.dumps({"corpus": corpus}, indent=2))
+        print(f"wrote {out}")
+    print("\n| check | " + " | ".join(runs) + " |\n|---|" + "---|" * len(runs))
+    for name in args.checks:
+        print(f"| {name} | " + " | ".join(verdict(r.get(name)) for r in runs.values()) + " |")
+    return 0 if all(passed(results, args.checks) for results in runs.values()) else 1
 
 
 if __name__ == "__main__":

@@ -14,9 +14,15 @@ from pathlib import Path
 CEILING_FRACTION_TARGET = 0.80
 P50_C1_EXTRA_MS_TARGET = 2.5
 EXPLAIN_FRACTION_TARGET = 0.90
+KSERVE_PEER_FACTOR_TARGET = 2.0  # the kserve runtime's requests/s at the highest concurrency
 
 
 def check_targets(results: dict) -> list[dict]:
+    """Each target's verdict from the run's own figures (none where a part is missing)."""
+    return torchserve_targets(results) + kserve_targets(results)
+
+
+def torchserve_targets(results: dict) -> list[dict]:
     local = results.get("in_process")
     served = results.get("torchserve")
     if not local or not served:
@@ -73,6 +79,71 @@ def check_targets(results: dict) -> list[dict]:
     return checks
 
 
+def best_litserve(results: dict, point: str, key: str, best=max) -> float | None:
+    """LitServe's best figure at `point` over its configurations (None if none ran it)."""
+    figures = [
+        run["predict"][point][key]
+        for run in results.get("litserve", {}).values()
+        if point in run["predict"]
+    ]
+    return best(figures) if figures else None
+
+
+def kserve_targets(results: dict) -> list[dict]:
+    """The kserve runtime against LitServe's best and TorchServe, in the same run: p50 at the
+    lowest concurrency, requests/s at the highest, explanations at both."""
+    kserve = results.get("kserve")
+    if not kserve or "predict" not in kserve:
+        return []
+    torchserve = results.get("torchserve", {})
+    first = f"c{min(results['concurrency'])}"
+    last = f"c{max(results['concurrency'])}"
+    checks = []
+    p50 = kserve["predict"][first]["p50_ms"]
+    peer_p50 = best_litserve(results, first, "p50_ms", best=min)
+    ts_p50 = torchserve.get("predict", {}).get(first, {}).get("p50_ms")
+    if peer_p50 is not None and ts_p50 is not None:
+        checks.append(
+            {
+                "target": f"KServe runtime at {first}: p50 below LitServe's best and below "
+                "TorchServe's",
+                "value": f"{p50:.2f} ms vs LitServe {peer_p50:.2f} ms, TorchServe {ts_p50:.2f} ms",
+                "met": p50 < peer_p50 and p50 < ts_p50,
+            }
+        )
+    rps = kserve["predict"][last]["requests_per_s"]
+    peer_rps = best_litserve(results, last, "requests_per_s")
+    if peer_rps is not None:
+        ts_rps = torchserve.get("predict", {}).get(last, {}).get("requests_per_s")
+        gap = f"; TorchServe {ts_rps:.0f} ({rps / ts_rps:.2f}x)" if ts_rps else ""
+        checks.append(
+            {
+                "target": f"KServe runtime at {last}: at least {KSERVE_PEER_FACTOR_TARGET:g}x "
+                "LitServe's best",
+                "value": f"{rps:.0f} vs {peer_rps:.0f} req/s = {rps / peer_rps:.2f}x{gap}",
+                "met": rps >= KSERVE_PEER_FACTOR_TARGET * peer_rps,
+            }
+        )
+    ours, theirs = kserve.get("explain", {}), torchserve.get("explain", {})
+    points = [point for point in dict.fromkeys((first, last)) if point in ours and point in theirs]
+    if points:
+        checks.append(
+            {
+                "target": "Explanations: no fewer per second than TorchServe's at "
+                + " and ".join(points),
+                "value": ", ".join(
+                    f"{point} {ours[point]['requests_per_s']:.1f} vs "
+                    f"{theirs[point]['requests_per_s']:.1f}/s"
+                    for point in points
+                ),
+                "met": all(
+                    ours[p]["requests_per_s"] >= theirs[p]["requests_per_s"] for p in points
+                ),
+            }
+        )
+    return checks
+
+
 def table(results: dict) -> str:
     lines = []
     local = results.get("in_process")
@@ -109,6 +180,17 @@ def table(results: dict) -> str:
             rows.append(("TorchServe predict (v2 JSON base64)", served["predict_v2"]))
         if "explain" in served:
             rows.append(("TorchServe explain (PNG bytes)", served["explain"]))
+    if "kserve" in results:
+        served = results["kserve"]
+        for key, label in (
+            ("predict", "predict (PNG bytes)"),
+            ("predict_json", "predict (JSON base64)"),
+            ("predict_v2", "predict (v2 JSON base64)"),
+            ("explain", "explain (PNG bytes)"),
+            ("grpc", "gRPC ModelInfer (Python tritonclient)"),
+        ):
+            if key in served:
+                rows.append((f"KServe runtime {label}", served[key]))
     for name, run in results.get("litserve", {}).items():
         rows.append((f"LitServe {name} (JSON base64)", run["predict"]))
     for name, run in results.get("variants", {}).items():
@@ -121,12 +203,14 @@ def table(results: dict) -> str:
             "| server | conc. | req/s | p50 ms | p95 ms | p99 ms | errors "
             "| CPU ms/req frontend + workers |"
         ]
+        # (the kserve runtime's "frontend" is its supervisor: the workers share its socket)
         lines += ["|---|---:|---:|---:|---:|---:|---:|---:|"]
         for label, points in rows:
             for point, stats in points.items():
-                errors = stats["non_2xx"] + stats["socket_errors"]
+                errors = stats["non_2xx"] + stats["socket_errors"]  # gRPC: failed calls
                 cpu = stats.get("cpu_ms_per_request")
-                cpu_text = f"{cpu['frontend']:.2f} + {cpu['workers']:.2f}" if cpu else ""
+                front = cpu and cpu.get("frontend", cpu.get("supervisor"))
+                cpu_text = f"{front:.2f} + {cpu['workers']:.2f}" if cpu else ""
                 lines.append(
                     f"| {label} | {point[1:]} | {stats['requests_per_s']:.1f} | "
                     f"{stats['p50_ms']:.2f} | {stats['p95_ms']:.2f} | {stats['p99_ms']:.2f} | "

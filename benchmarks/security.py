@@ -1,15 +1,20 @@
 """Security checks: no call without the right token, no model registered from outside the
-store (nor from it without the management token), every listening socket on loopback."""
+store (nor from it without the management token), every listening socket on loopback.
+
+Each runtime is checked on what it has: TorchServe's management API (registration,
+scaling); the kserve runtime's model repository routes (REST /v2/repository/*, which need
+the management key) and its OIP gRPC service, whose calls need the inference key and whose
+repository calls must not be open to it either."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import os
-from pathlib import Path
 from urllib.parse import urlencode
 
-from benchmarks.servers import MODEL_NAME, http_call
+import grpc
+
+from benchmarks.servers import MODEL_NAME, http_call, listening_sockets
 
 # Registration is on (scripts/serve.sh update), from the model store only: TorchServe must
 # refuse each of these with the management token, before fetching or loading anything.
@@ -23,63 +28,67 @@ REGISTER_REFUSED = {
 }
 
 
-def listening_sockets(pids: list[int]) -> list[str]:
-    """'address:port' of every TCP socket in LISTEN state owned by these processes."""
-    inodes = set()
-    for pid in pids:
-        fd_dir = Path(f"/proc/{pid}/fd")
-        for fd in fd_dir.iterdir() if fd_dir.exists() else []:
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state != "0A" or inode not in inodes:  # 0A: LISTEN
-                continue
-            address_hex, port_hex = local.split(":")
-            raw = bytes.fromhex(address_hex)  # 32-bit words in host (little-endian) order
-            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            address = ipaddress.ip_address(words)
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-                address = address.ipv4_mapped
-            found.append(f"{address}:{int(port_hex, 16)}")
-    return sorted(found)
+GRPC_SERVICE = "/inference.GRPCInferenceService/"
+# gRPC statuses that refuse a caller (what the kserve runtime's token check answers is the first)
+GRPC_REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+UNKNOWN_MODEL = "no-such-model"  # repository calls name it: refused or not, nothing changes
 
 
 def check_security(server, image, reference, args) -> dict:
-    inference, management = server.inference_url, server.management_url
-    token, mgmt_token = server.inference_token, server.management_token
+    """Token refusals on the inference API, then the runtime's own management surface, then
+    the listening sockets."""
+    token_status, _ = server.token_refusal
     png = {"Content-Type": "application/octet-stream"}
+    wrong = {"Authorization": "Bearer not-the-key"}
+    management_key = {"Authorization": f"Bearer {server.management_token}"}
+    v2_infer = f"{server.inference_url}/v2/models/{server.model}/infer"
     calls = {
-        "predict, no token": ("POST", f"{server.predictions_url}", image, png),
-        "explain, no token": ("POST", f"{server.explanations_url}", image, png),
-        "predict v2, no token": ("POST", f"{inference}/v2/models/{MODEL_NAME}/infer", b"{}", {}),
-        "predict, wrong token": (
-            "POST", server.predictions_url, image, {**png, "Authorization": "Bearer not-the-key"},
-        ),
-        "predict, management token": (
-            "POST", server.predictions_url, image, {**png, "Authorization": f"Bearer {mgmt_token}"},
-        ),
-        "list models, no token": ("GET", f"{management}/models", None, {}),
-        "describe model, no token": ("GET", f"{management}/models/{MODEL_NAME}", None, {}),
-        "scale workers, no token": ("PUT", f"{management}/models/{MODEL_NAME}?min_worker=4",
-                                    None, {}),
-        "unregister, no token": ("DELETE", f"{management}/models/{MODEL_NAME}", None, {}),
-        "list models, inference token": (
-            "GET", f"{management}/models", None, {"Authorization": f"Bearer {token}"},
-        ),
-        "models list on inference port, no token": ("GET", f"{inference}/models", None, {}),
+        "predict, no token": ("POST", server.predictions_url, image, png),
+        "explain, no token": ("POST", server.explanations_url, image, png),
+        "predict v2, no token": ("POST", v2_infer, b"{}", {}),
+        "predict, wrong token": ("POST", server.predictions_url, image, {**png, **wrong}),
+        "predict, management token": ("POST", server.predictions_url, image,
+                                      {**png, **management_key}),
+        "models list on inference port, no token": ("GET", f"{server.inference_url}/models",
+                                                    None, {}),
     }  # fmt: skip
+    refused = {name: http_call(*call)[0] for name, call in calls.items()}
+    found = management_api(server) if server.has_management_api else model_repository(server)
+    refused.update(found.pop("refused"))
+    pids = [server.frontend_pid(), *(worker["pid"] for worker in server.workers())]
+    sockets = listening_sockets([pid for pid in pids if pid])
+    loopback = all(ipaddress.ip_address(s.rsplit(":", 1)[0]).is_loopback for s in sockets)
+    return {
+        "passed": all(status == token_status for status in refused.values())
+        and found.pop("passed")
+        and found["models_after"] == [server.model]
+        and bool(sockets)
+        and loopback,
+        "runtime": server.runtime,
+        "refused_status": token_status,
+        "refused_without_valid_token": refused,
+        **found,
+        "listening": sockets,
+        "all_loopback": loopback,
+    }
+
+
+def management_api(server) -> dict:
+    """TorchServe: its management API refuses calls without the management token, and
+    registers nothing from outside the model store even with it."""
+    management = server.management_url
+    token, mgmt_token = server.inference_token, server.management_token
     refused = {}
-    for name, (method, url, body, headers) in calls.items():
-        status, _ = http_call(method, url, body, headers)
-        refused[name] = status
+    for name, (method, url, headers) in {
+        "list models, no token": ("GET", f"{management}/models", {}),
+        "describe model, no token": ("GET", f"{management}/models/{MODEL_NAME}", {}),
+        "scale workers, no token": ("PUT", f"{management}/models/{MODEL_NAME}?min_worker=4", {}),
+        "unregister, no token": ("DELETE", f"{management}/models/{MODEL_NAME}", {}),
+        "list models, inference token": (
+            "GET", f"{management}/models", {"Authorization": f"Bearer {token}"},
+        ),
+    }.items():  # fmt: skip
+        refused[name] = http_call(method, url, None, headers)[0]
     register = {}
     # A file: URL is refused even into the store: only a bare archive name is looked up there.
     into_store = {
@@ -107,19 +116,92 @@ def check_security(server, image, reference, args) -> dict:
     models = json.loads(
         http_call("GET", f"{management}/models", None, {"Authorization": f"Bearer {mgmt_token}"})[1]
     )
-    names = sorted(m["modelName"] for m in models.get("models", []))
-    pids = [server.frontend_pid(), *server.ready_worker_pids()]
-    sockets = listening_sockets([pid for pid in pids if pid])
-    loopback = all(ipaddress.ip_address(s.rsplit(":", 1)[0]).is_loopback for s in sockets)
     return {
-        "passed": all(status == 400 for status in refused.values())
-        and all(400 <= status < 500 for status in register.values())
-        and names == [MODEL_NAME]
-        and bool(sockets)
-        and loopback,
-        "refused_without_valid_token": refused,
+        "passed": all(400 <= status < 500 for status in register.values()),
+        "refused": refused,
         "register_attempts": register,
-        "models_after": names,
-        "listening": sockets,
-        "all_loopback": loopback,
+        "models_after": sorted(m["modelName"] for m in models.get("models", [])),
     }
+
+
+def model_repository(server) -> dict:
+    """The kserve runtime: no management API, but KServe's model repository routes (REST
+    /v2/repository/*: the management key) and its gRPC service (the inference key). Over
+    gRPC every call but the health checks must be refused without the inference key, and
+    the repository calls (load, unload) even with it, as over REST. They name a model that
+    does not exist, so a call let through changes nothing."""
+    base = server.inference_url
+    inference_key = {"Authorization": f"Bearer {server.inference_token}"}
+    repository = f"{base}/v2/repository/models"
+    refused = {}
+    for name, (method, url, headers) in {
+        "v1 predict, no token": ("POST", f"{base}/v1/models/{server.model}:predict", {}),
+        "v2 explain, no token": ("POST", f"{base}/v2/models/{server.model}/explain", {}),
+        "v2 model metadata, no token": ("GET", f"{base}/v2/models/{server.model}", {}),
+        "v2 models list, no token": ("GET", f"{base}/v2/models", {}),
+        "repository index, no token": ("POST", f"{base}/v2/repository/index", {}),
+        "repository load, no token": ("POST", f"{repository}/{UNKNOWN_MODEL}/load", {}),
+        "repository unload, no token": ("POST", f"{repository}/{server.model}/unload", {}),
+        "repository unload, inference token": (
+            "POST", f"{repository}/{server.model}/unload", inference_key,
+        ),
+    }.items():  # fmt: skip
+        refused[name] = http_call(method, url, b"{}" if method == "POST" else None, headers)[0]
+    # With the management key: a model that is not in the archive cannot be loaded.
+    management_key = {"Authorization": f"Bearer {server.management_token}"}
+    load_status = http_call("POST", f"{repository}/{UNKNOWN_MODEL}/load", b"{}",
+                            management_key)[0]  # fmt: skip
+    status, body = http_call("GET", f"{base}/v2/models", None, inference_key)
+    models = sorted(json.loads(body).get("models", [])) if status == 200 else []
+    calls = grpc_calls(server)
+    return {
+        "passed": not 200 <= load_status < 300
+        and all(code in GRPC_REFUSALS for code in calls.values()),
+        "refused": refused,
+        "repository_load_unknown_model_management_key": load_status,
+        "grpc_refused": calls,
+        "models_after": models,
+    }
+
+
+def grpc_calls(server) -> dict[str, str]:
+    """The gRPC status of each call that must be refused (raw bytes: no generated stubs, so
+    no clash with another library's `inference.*` protobuf names)."""
+    token, management = server.inference_token, server.management_token
+    model = proto_string(server.model)  # field 1: model_name / name in these requests
+    unknown = proto_string(UNKNOWN_MODEL)
+    calls = {
+        "ModelInfer, no token": ("ModelInfer", model, None),
+        "ModelInfer, wrong token": ("ModelInfer", model, "not-the-key"),
+        "ModelInfer, management token": ("ModelInfer", model, management),
+        "ModelMetadata, no token": ("ModelMetadata", model, None),
+        "ModelReady, no token": ("ModelReady", model, None),
+        "RepositoryModelUnload, no token": ("RepositoryModelUnload", model, None),
+        "RepositoryModelUnload of an unknown model, inference token": (
+            "RepositoryModelUnload", unknown, token,
+        ),
+        "RepositoryModelLoad of an unknown model, inference token": (
+            "RepositoryModelLoad", unknown, token,
+        ),
+    }  # fmt: skip
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        return {
+            name: grpc_status(channel, method, request, key)
+            for name, (method, request, key) in calls.items()
+        }
+
+
+def proto_string(value: str) -> bytes:
+    """A protobuf message whose field 1 is the string `value` (shorter than 128 bytes)."""
+    data = value.encode()
+    return bytes([0x0A, len(data)]) + data
+
+
+def grpc_status(channel, method: str, request: bytes, token: str | None) -> str:
+    call = channel.unary_unary(GRPC_SERVICE + method)  # bytes in, bytes out
+    metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
+    try:
+        call(request, metadata=metadata, timeout=30)
+    except grpc.RpcError as error:
+        return error.code().name
+    return "OK"

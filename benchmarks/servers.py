@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -126,6 +127,7 @@ class TorchServe:
     runtime = "torchserve"  # serve.sh's RUNTIME
     # (status, error type) for a missing or wrong token: TorchServe 0.12 answers 400.
     token_refusal = (400, "InvalidKeyException")
+    has_management_api = True  # model registration, scaling, versions (serve.sh update)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -283,6 +285,7 @@ class KServeRuntime(TorchServe):
 
     runtime = "kserve"
     token_refusal = (401, "Unauthorized")
+    has_management_api = False  # one version per start; /v2/repository/* only
 
     @property
     def metrics_url(self) -> str:
@@ -309,14 +312,53 @@ class KServeRuntime(TorchServe):
         return [json.loads(body)]
 
     def workers(self) -> list[dict]:
-        """The supervisor's worker processes, READY when the model answers ready."""
+        """The supervisor's worker processes, each READY once it listens on the gRPC port.
+
+        The workers share the HTTP socket the supervisor bound, so an HTTP readiness call is
+        answered by whichever worker accepts it; a worker opens its own gRPC socket
+        (SO_REUSEPORT) only after its model has loaded, which tells the workers apart."""
         supervisor = self.frontend_pid()
         if supervisor is None:
             return []
-        url = f"{self.inference_url}/v2/models/{self.model}/ready"
-        ready = http_call("GET", url, headers=self.inference_headers)[0] == 200
         children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-        return [{"pid": int(pid), "status": "READY" if ready else "LOADING"} for pid in children]
+        grpc_port = f":{self.ports['GRPC_INFERENCE_PORT']}"
+        workers = []
+        for pid in map(int, children):
+            serving = any(s.endswith(grpc_port) for s in listening_sockets([pid]))
+            workers.append({"pid": pid, "status": "READY" if serving else "LOADING"})
+        return workers
+
+
+def listening_sockets(pids: list[int]) -> list[str]:
+    """'address:port' of every TCP socket in LISTEN state owned by these processes."""
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:  # the process ended (or is not ours)
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed meanwhile, or the process ended
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            address_hex, port_hex = local.split(":")
+            raw = bytes.fromhex(address_hex)  # 32-bit words in host (little-endian) order
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            address = ipaddress.ip_address(words)
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                address = address.ipv4_mapped
+            found.append(f"{address}:{int(port_hex, 16)}")
+    return sorted(found)
 
 
 def rss_kib(pid: int) -> int:

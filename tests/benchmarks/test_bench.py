@@ -1,4 +1,5 @@
-"""python -m benchmarks.bench: a short run end to end, and the clean skip without CUDA."""
+"""python -m benchmarks.bench: a short run end to end (in-process, TorchServe, the kserve
+runtime, LitServe), and the clean skip without CUDA."""
 
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ def test_short_bench_run_measures_every_part_without_errors(tiny_export_dir, tmp
     assert local["explain_batch_1"]["images_per_s"] > 0
     assert local["explain_ceiling"]["images_per_s"] > 0
     served = [results["torchserve"][key] for key in ("predict", "explain", "predict_v2")]
+    kserve = results["kserve"]  # the same archive on the kserve runtime, the same series
+    served += [kserve[key] for key in ("predict", "explain", "predict_json", "predict_v2")]
+    served.append(kserve["grpc"])  # OIP gRPC ModelInfer, each answer checked against REST
     served += [run["predict"] for run in results["litserve"].values()]
     for points in served:
         assert set(points) == {"c1", "c4"}
@@ -72,6 +76,20 @@ def test_short_bench_run_measures_every_part_without_errors(tiny_export_dir, tmp
     for windows in ts_warmup.values():
         assert len(windows) == 1 and 0 <= windows[0]["jit_cpu_share"] <= 1, windows
     assert all(len(run["warmup"]) == 1 for run in results["litserve"].values())
-    assert {check["target"].split(" ")[0] for check in results["targets"]} >= {"served", "p50"}
+    # No JVM on the kserve runtime: one window each, and no JIT share to measure.
+    assert set(kserve["warmup"]) == {"predict", "explain", "predict_json", "predict_v2"}
+    assert all(len(w) == 1 and "jit_cpu_share" not in w[0] for w in kserve["warmup"].values())
+    # The supervisor only watches: the workers do the work.
+    cpu = kserve["predict"]["c4"]["cpu_ms_per_request"]
+    assert set(cpu) == {"supervisor", "workers"} and cpu["workers"] > 0
+    targets = {check["target"] for check in results["targets"]}
+    assert {target.split(" ")[0] for target in targets} >= {"served", "p50"}
+    assert {
+        "KServe runtime at c1: p50 below LitServe's best and below TorchServe's",
+        "KServe runtime at c4: at least 2x LitServe's best",
+        "Explanations: no fewer per second than TorchServe's at c1 and c4",
+    } <= targets
     assert "| TorchServe predict (PNG bytes) | 1 |" in done.stdout
     assert "| TorchServe predict (v2 JSON base64) | 1 |" in done.stdout
+    assert "| KServe runtime predict (PNG bytes) | 4 |" in done.stdout
+    assert "| KServe runtime gRPC ModelInfer (Python tritonclient) | 1 |" in done.stdout

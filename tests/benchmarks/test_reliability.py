@@ -1,9 +1,11 @@
-"""python -m benchmarks.reliability against a real TorchServe, with small counts.
+"""python -m benchmarks.reliability against a real TorchServe and the kserve runtime (one run,
+`--runtime torchserve kserve`), with small counts.
 
-The suite starts its own server through scripts/serve.sh (free loopback ports, private run
-directory) rather than the shared e2e fixture: it kills a worker and restarts the whole
-server, which must not disturb other tests. Its rules live in the suite; this test checks
-its verdict, and that each check really ran (the update check swaps versions and back).
+The suite starts its own servers through scripts/serve.sh (free loopback ports, private run
+directories) rather than the shared e2e fixtures: it kills a worker and restarts the whole
+server, which must not disturb other tests. Its rules live in the suite; these tests check
+its verdicts, and that each check really ran (the update check swaps versions and back, the
+gRPC check sends its calls).
 """
 
 from __future__ import annotations
@@ -15,15 +17,30 @@ import sys
 
 import pytest
 
+from benchmarks.security import GRPC_REFUSALS
 from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 REQUESTS = 500
+GRPC_REQUESTS = 300
+# What the suite found on the kserve runtime and reported to the runtime's owner: answers the
+# checks refuse, by check. The suite keeps failing those checks until the runtime changes;
+# test_kserve_findings_are_fixed (strict xfail) then fails, and the entries go.
+KSERVE_FINDINGS = {
+    # headers are not limited (Netty answers 400 over 8 KiB); Starlette's {"detail": ...}
+    # answers a path with a version instead of a JSON error
+    "corpus": {"header of 64 KiB", "unknown model version"},
+    # the inference key opens KServe's repository calls over gRPC (REST asks the management key)
+    "security": {
+        "RepositoryModelUnload of an unknown model, inference token",
+        "RepositoryModelLoad of an unknown model, inference token",
+    },
+}
 
 
 @pytest.fixture(scope="module")
-def report(tiny_export_dir, tmp_path_factory) -> dict:
+def reports(tiny_export_dir, tmp_path_factory) -> dict:
     venv_bin = REPO_ROOT / ".venv" / "bin"
     has_java = (venv_bin / "java").exists() or shutil.which("java") is not None
     if not (venv_bin / "torchserve").exists() or not has_java:
@@ -31,39 +48,112 @@ def report(tiny_export_dir, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("reliability") / "reliability.json"
     command = [
         sys.executable, "-m", "benchmarks.reliability",
+        "--runtime", "torchserve", "kserve",
         "--export-dir", str(tiny_export_dir),
         "--requests", str(REQUESTS), "--warmup", "100", "--concurrency", "32",
         "--kills", "1", "--kill-after-s", "2", "--kill-load-s", "10",
-        "--update-settle-s", "2",
+        "--update-settle-s", "2", "--grpc-requests", str(GRPC_REQUESTS),
         "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200, check=False
     )
-    assert out.exists(), done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads(out.read_text())
-    results["exit_status"] = done.returncode
-    return results
+    kserve_out = out.with_name("reliability-kserve.json")
+    assert out.exists() and kserve_out.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    return {
+        "torchserve": json.loads(out.read_text()),
+        "kserve": json.loads(kserve_out.read_text()),
+        "exit_status": done.returncode,
+        "stdout": done.stdout,
+    }
 
 
-def test_every_check_passes_and_the_exit_status_says_so(report):
-    checks = ("security", "corpus", "load", "kill", "update", "restart")
-    failed = {name: report[name] for name in checks if not report[name]["passed"]}
+CHECKS = ("security", "corpus", "load", "kill", "update", "restart", "grpc")
+
+
+def test_every_check_passes_on_torchserve(reports):
+    report = reports["torchserve"]
+    assert report["runtime"] == "torchserve"
+    failed = {
+        name: report[name] for name in CHECKS if name != "grpc" and not report[name]["passed"]
+    }
     assert not failed
-    assert report["exit_status"] == 0
+    assert "pytorch/serve#3394" in report["grpc"]["skipped"]  # no stock OIP gRPC there
 
 
-def test_each_check_did_its_work(report):
+def security_findings(security: dict) -> set[str]:
+    refused = security["refused_without_valid_token"]
+    wrong_status = {
+        name for name, status in refused.items() if status != security["refused_status"]
+    }
+    let_through = {
+        name for name, code in security["grpc_refused"].items() if code not in GRPC_REFUSALS
+    }
+    return wrong_status | let_through
+
+
+def test_on_kserve_every_check_passes_but_for_the_reported_findings(reports):
+    report = reports["kserve"]
+    assert report["runtime"] == "kserve"
+    assert "one version per start" in report["update"]["skipped"]
+    for name in ("load", "kill", "restart", "grpc"):
+        assert report[name]["passed"], (name, report[name])
+    corpus = report["corpus"]
+    assert {case["name"] for case in corpus["unexpected"]} <= KSERVE_FINDINGS["corpus"]
+    assert corpus["good_requests_ok"] == f"{corpus['cases']}/{corpus['cases']}"
+    assert corpus["worker_pid_before"] == corpus["worker_pid_after"]
+    security = report["security"]
+    assert security_findings(security) <= KSERVE_FINDINGS["security"]
+    assert security["all_loopback"] and security["models_after"] == ["fashion-cnn"]
+    assert not 200 <= security["repository_load_unknown_model_management_key"] < 300
+
+
+@pytest.mark.xfail(strict=True, reason="reported findings of the kserve runtime, not yet fixed")
+def test_kserve_findings_are_fixed(reports):
+    assert reports["kserve"]["corpus"]["passed"] and reports["kserve"]["security"]["passed"]
+
+
+def test_the_exit_status_says_whether_any_check_failed(reports):
+    failed = any(
+        report[name]["passed"] is False
+        for report in (reports["torchserve"], reports["kserve"])
+        for name in CHECKS
+    )
+    assert reports["exit_status"] == (1 if failed else 0)
+    assert "| check | torchserve | kserve |" in reports["stdout"]
+    assert "| update | PASS | SKIP |" in reports["stdout"]
+
+
+def test_each_check_did_its_work(reports):
     """A pass must come from work done: the requests sent, the worker killed and replaced,
-    the server restarted, the hostile corpus sent."""
-    assert report["load"]["valid_200"] == REQUESTS
-    (kill,) = report["kill"]["kills"]
-    assert kill["requests"] > 0 and kill["new_pid"] not in (None, kill["old_pid"])
-    assert report["restart"]["new_frontend_pid"] != report["restart"]["old_frontend_pid"]
-    assert report["corpus"]["cases"] >= 25
-    assert report["security"]["listening"]
-    update = report["update"]
+    the server restarted, the hostile corpus sent, the gRPC calls answered."""
+    for runtime in ("torchserve", "kserve"):
+        report = reports[runtime]
+        assert report["load"]["valid_200"] == REQUESTS
+        (kill,) = report["kill"]["kills"]
+        assert kill["requests"] > 0 and kill["new_pid"] not in (None, kill["old_pid"])
+        assert report["restart"]["new_frontend_pid"] != report["restart"]["old_frontend_pid"]
+        assert report["corpus"]["cases"] >= 25
+        assert report["security"]["listening"]
+    update = reports["torchserve"]["update"]
     assert update["failed"] == 0 and update["requests"] > 0
     assert all(count > 0 for count in update["answers_by_version"].values())
     assert update["update_to_new_version_serving_s"] is not None
     assert update["rollback_to_old_version_serving_s"] is not None
+    grpc = reports["kserve"]["grpc"]
+    assert grpc["load"]["requests"] == GRPC_REQUESTS and grpc["load"]["failed"] == 0
+    assert grpc["batch_of_16"] == {"images": 16, "wrong_rows": []}
+    assert grpc["explanation"]["grpc_target"] == grpc["explanation"]["rest_target"] is not None
+
+
+def test_corpus_answers_are_compared_between_the_runtimes(reports):
+    """Both runtimes' corpus answers side by side: TorchServe's Netty answers an oversized
+    body with an empty 413 before the handler, the kserve runtime with its JSON error."""
+    differences = {d["name"]: d for d in reports["kserve"]["corpus"]["differences_from_torchserve"]}
+    too_big = differences["body over max_request_size"]
+    assert too_big["torchserve"] == {"status": 413, "body": ""}
+    assert too_big["kserve"]["status"] == 413
+    assert too_big["kserve"]["error"]["type"] == "PayloadTooLarge"
+    # the cases TorchServe gets wrong upstream, as the kserve runtime answers them
+    elsewhere = reports["kserve"]["corpus"]["known_upstream_elsewhere"]
+    assert elsewhere["body over max_request_size"]["ok"] is True

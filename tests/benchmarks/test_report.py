@@ -104,3 +104,55 @@ def test_report_renders_a_saved_run(tmp_path):
     out = tmp_path / "bench.md"
     assert report.main([str(saved), "--markdown", str(out)]) == 0
     assert "| TorchServe explain (PNG bytes) | 1 | 19.0 |" in out.read_text()
+
+
+def with_kserve(run: dict, c1_p50: float = 2.0, c32_rps: float = 1500, explain=(20, 31)) -> dict:
+    run["kserve"] = {
+        "predict": {"c1": point(450, c1_p50), "c32": point(c32_rps, 20.0)},
+        "explain": {"c1": point(explain[0], 45), "c32": point(explain[1], 850)},
+        "grpc": {"c1": point(200, 4.0), "c32": point(500, 60.0)},
+    }
+    run["kserve"]["predict"]["c1"]["cpu_ms_per_request"] = {"supervisor": 0.0, "workers": 2.5}
+    return run
+
+
+def test_kserve_targets_compare_with_litserves_best_and_torchserve_in_the_same_run():
+    met = verdicts(with_kserve(results()))
+    # p50 2.0 ms: below LitServe's best (2.5 ms, its 1-worker run) and TorchServe's 2.9 ms
+    assert met["KServe runtime at c1: p50 below LitServe's best and below TorchServe's"] is True
+    # 1500 req/s >= 2 x 700 (LitServe's best at c32)
+    assert met["KServe runtime at c32: at least 2x LitServe's best"] is True
+    # 20 >= 19 at c1 and 31 >= 30 at c32
+    assert met["Explanations: no fewer per second than TorchServe's at c1 and c32"] is True
+
+
+def test_kserve_targets_missed_by_the_figures():
+    met = verdicts(with_kserve(results(), c1_p50=2.7, c32_rps=1399, explain=(20, 29)))
+    assert met["KServe runtime at c1: p50 below LitServe's best and below TorchServe's"] is False
+    assert met["KServe runtime at c32: at least 2x LitServe's best"] is False
+    # one point short is a miss: 29 < 30 at c32
+    assert met["Explanations: no fewer per second than TorchServe's at c1 and c32"] is False
+
+
+def test_kserve_target_values_give_the_gap_to_torchserve():
+    checks = {c["target"]: c["value"] for c in report.check_targets(with_kserve(results()))}
+    value = checks["KServe runtime at c32: at least 2x LitServe's best"]
+    assert value == "1500 vs 700 req/s = 2.14x; TorchServe 4100 (0.37x)"
+
+
+def test_kserve_targets_need_the_peers_they_compare_with():
+    run = with_kserve(results(litserve=False))
+    del run["torchserve"]
+    assert not any(target.startswith(("KServe", "Explanations")) for target in verdicts(run))
+
+
+def test_kserve_rows_in_the_table():
+    run = with_kserve(results())
+    run["targets"] = report.check_targets(run)
+    text = report.table(run)
+    assert "| KServe runtime predict (PNG bytes) | 1 | 450.0 | 2.00 |" in text
+    assert "| KServe runtime explain (PNG bytes) | 32 | 31.0 |" in text
+    assert "| KServe runtime gRPC ModelInfer (Python tritonclient) | 32 | 500.0 |" in text
+    # the supervisor in the frontend's column: it does no work per request
+    assert "| 0 | 0.00 + 2.50 |" in text
+    assert "| KServe runtime at c1: p50 below LitServe's best and below TorchServe's |" in text
