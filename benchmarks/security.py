@@ -2,9 +2,9 @@
 store (nor from it without the management token), every listening socket on loopback.
 
 Each runtime is checked on what it has: TorchServe's management API (registration,
-scaling); the kserve runtime's model repository routes (REST /v2/repository/*, which need
-the management key) and its OIP gRPC service, whose calls need the inference key and whose
-repository calls must not be open to it either."""
+scaling); on the kserve runtime, KServe's model repository routes, off for every key (REST
+/v2/repository/*: 405; gRPC RepositoryModelLoad/Unload: UNIMPLEMENTED), and its OIP gRPC
+service, whose calls need the inference key."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ REGISTER_REFUSED = {
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 # gRPC statuses that refuse a caller (what the kserve runtime's token check answers is the first)
 GRPC_REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+REPOSITORY_OFF = (405, "UNIMPLEMENTED")  # the kserve runtime's model repository, any key
 UNKNOWN_MODEL = "no-such-model"  # repository calls name it: refused or not, nothing changes
 
 
@@ -40,18 +41,19 @@ def check_security(server, image, reference, args) -> dict:
     token_status, _ = server.token_refusal
     png = {"Content-Type": "application/octet-stream"}
     wrong = {"Authorization": "Bearer not-the-key"}
-    management_key = {"Authorization": f"Bearer {server.management_token}"}
     v2_infer = f"{server.inference_url}/v2/models/{server.model}/infer"
     calls = {
         "predict, no token": ("POST", server.predictions_url, image, png),
         "explain, no token": ("POST", server.explanations_url, image, png),
         "predict v2, no token": ("POST", v2_infer, b"{}", {}),
         "predict, wrong token": ("POST", server.predictions_url, image, {**png, **wrong}),
-        "predict, management token": ("POST", server.predictions_url, image,
-                                      {**png, **management_key}),
         "models list on inference port, no token": ("GET", f"{server.inference_url}/models",
                                                     None, {}),
     }  # fmt: skip
+    if server.has_management_api:
+        management_key = {"Authorization": f"Bearer {server.management_token}"}
+        calls["predict, management token"] = ("POST", server.predictions_url, image,
+                                              {**png, **management_key})  # fmt: skip
     refused = {name: http_call(*call)[0] for name, call in calls.items()}
     found = management_api(server) if server.has_management_api else model_repository(server)
     refused.update(found.pop("refused"))
@@ -125,40 +127,42 @@ def management_api(server) -> dict:
 
 
 def model_repository(server) -> dict:
-    """The kserve runtime: no management API, but KServe's model repository routes (REST
-    /v2/repository/*: the management key) and its gRPC service (the inference key). Over
-    gRPC every call but the health checks must be refused without the inference key, and
-    the repository calls (load, unload) even with it, as over REST. They name a model that
-    does not exist, so a call let through changes nothing."""
+    """The kserve runtime: no management API. Every call but the health checks needs the
+    inference key, over REST and gRPC; KServe's model repository (load, unload: it would act
+    on one worker only) is refused with any key. The calls name a model that does not exist
+    or the served one, so a call let through would show in `models_after`."""
     base = server.inference_url
     inference_key = {"Authorization": f"Bearer {server.inference_token}"}
     repository = f"{base}/v2/repository/models"
+    repository_calls = {
+        "repository index": ("POST", f"{base}/v2/repository/index"),
+        "repository load": ("POST", f"{repository}/{UNKNOWN_MODEL}/load"),
+        "repository unload": ("POST", f"{repository}/{server.model}/unload"),
+    }
     refused = {}
     for name, (method, url, headers) in {
         "v1 predict, no token": ("POST", f"{base}/v1/models/{server.model}:predict", {}),
         "v2 explain, no token": ("POST", f"{base}/v2/models/{server.model}/explain", {}),
         "v2 model metadata, no token": ("GET", f"{base}/v2/models/{server.model}", {}),
         "v2 models list, no token": ("GET", f"{base}/v2/models", {}),
-        "repository index, no token": ("POST", f"{base}/v2/repository/index", {}),
-        "repository load, no token": ("POST", f"{repository}/{UNKNOWN_MODEL}/load", {}),
-        "repository unload, no token": ("POST", f"{repository}/{server.model}/unload", {}),
-        "repository unload, inference token": (
-            "POST", f"{repository}/{server.model}/unload", inference_key,
-        ),
+        **{f"{name}, no token": (method, url, {})
+           for name, (method, url) in repository_calls.items()},
     }.items():  # fmt: skip
         refused[name] = http_call(method, url, b"{}" if method == "POST" else None, headers)[0]
-    # With the management key: a model that is not in the archive cannot be loaded.
-    management_key = {"Authorization": f"Bearer {server.management_token}"}
-    load_status = http_call("POST", f"{repository}/{UNKNOWN_MODEL}/load", b"{}",
-                            management_key)[0]  # fmt: skip
+    repository_off = {
+        f"{name}, inference key": http_call(method, url, b"{}", inference_key)[0]
+        for name, (method, url) in repository_calls.items()
+    }
     status, body = http_call("GET", f"{base}/v2/models", None, inference_key)
     models = sorted(json.loads(body).get("models", [])) if status == 200 else []
     calls = grpc_calls(server)
+    expected = {name: (REPOSITORY_OFF[1] if "inference key" in name else GRPC_REFUSALS)
+                for name in calls}  # fmt: skip
     return {
-        "passed": not 200 <= load_status < 300
-        and all(code in GRPC_REFUSALS for code in calls.values()),
+        "passed": all(status == REPOSITORY_OFF[0] for status in repository_off.values())
+        and all(code in expected[name] for name, code in calls.items()),
         "refused": refused,
-        "repository_load_unknown_model_management_key": load_status,
+        "repository_with_the_inference_key": repository_off,
         "grpc_refused": calls,
         "models_after": models,
     }
@@ -167,20 +171,17 @@ def model_repository(server) -> dict:
 def grpc_calls(server) -> dict[str, str]:
     """The gRPC status of each call that must be refused (raw bytes: no generated stubs, so
     no clash with another library's `inference.*` protobuf names)."""
-    token, management = server.inference_token, server.management_token
+    token = server.inference_token
     model = proto_string(server.model)  # field 1: model_name / name in these requests
     unknown = proto_string(UNKNOWN_MODEL)
     calls = {
         "ModelInfer, no token": ("ModelInfer", model, None),
         "ModelInfer, wrong token": ("ModelInfer", model, "not-the-key"),
-        "ModelInfer, management token": ("ModelInfer", model, management),
         "ModelMetadata, no token": ("ModelMetadata", model, None),
         "ModelReady, no token": ("ModelReady", model, None),
         "RepositoryModelUnload, no token": ("RepositoryModelUnload", model, None),
-        "RepositoryModelUnload of an unknown model, inference token": (
-            "RepositoryModelUnload", unknown, token,
-        ),
-        "RepositoryModelLoad of an unknown model, inference token": (
+        "RepositoryModelUnload, inference key": ("RepositoryModelUnload", model, token),
+        "RepositoryModelLoad of an unknown model, inference key": (
             "RepositoryModelLoad", unknown, token,
         ),
     }  # fmt: skip

@@ -285,7 +285,7 @@ class KServeRuntime(TorchServe):
 
     runtime = "kserve"
     token_refusal = (401, "Unauthorized")
-    has_management_api = False  # one version per start; /v2/repository/* only
+    has_management_api = False  # one version per start; KServe's model repository is off
 
     @property
     def metrics_url(self) -> str:

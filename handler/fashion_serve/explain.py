@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import threading
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -23,7 +24,6 @@ from copy import deepcopy
 
 import numpy as np
 import torch
-from captum.attr import InputXGradient, IntegratedGradients, Occlusion, Saliency
 from PIL import Image
 
 from fashion_serve.contract import quiet_jit
@@ -51,6 +51,20 @@ OPACITY_GAMMA = 1.5  # weak evidence fades faster than strong: the regions that 
 # Colour by strength: for the target dark red -> yellow, against it dark blue -> cyan.
 _POSITIVE_RGB = (np.array([200.0, 0.0, 0.0]), np.array([255.0, 230.0, 0.0]))
 _NEGATIVE_RGB = (np.array([0.0, 40.0, 200.0]), np.array([0.0, 230.0, 255.0]))
+
+
+def captum_attr():
+    """captum.attr, imported on first use: about a second of a worker's start (it brings
+    matplotlib) that the default path, fashion_serve.ig, never needs. warm_captum() imports
+    it in the background once the model is serving."""
+    import captum.attr
+
+    return captum.attr
+
+
+def warm_captum() -> None:
+    """Import Captum on a daemon thread, so that the first cheap explanation does not wait."""
+    threading.Thread(target=captum_attr, name="captum-import", daemon=True).start()
 
 
 def gradient_model(model: torch.jit.ScriptModule, device: torch.device) -> torch.nn.Module:
@@ -93,7 +107,8 @@ def attribute(
         return integrated_gradients(gradient_model, inputs, baseline, targets, steps)
     if method == "occlusion":
         return occlusion(forward_model, inputs, baseline, targets), None
-    explainer = Saliency(gradient_model) if method == "saliency" else InputXGradient(gradient_model)
+    attr = captum_attr()
+    explainer = (attr.Saliency if method == "saliency" else attr.InputXGradient)(gradient_model)
     with torch.enable_grad():
         inputs = _channels_last(inputs).detach().requires_grad_()
         attributions = explainer.attribute(inputs, target=targets)
@@ -110,13 +125,17 @@ def integrated_gradients(
     """Integrated gradients (Gauss-Legendre nodes, Captum's default) and convergence deltas."""
     baselines = baseline.unsqueeze(0).expand_as(inputs)
     with torch.enable_grad():
-        attributions, deltas = IntegratedGradients(model).attribute(
-            _channels_last(inputs),
-            baselines=_channels_last(baselines),
-            target=list(targets),
-            n_steps=steps,
-            internal_batch_size=max(POINTS_PER_PASS, steps),
-            return_convergence_delta=True,
+        attributions, deltas = (
+            captum_attr()
+            .IntegratedGradients(model)
+            .attribute(
+                _channels_last(inputs),
+                baselines=_channels_last(baselines),
+                target=list(targets),
+                n_steps=steps,
+                internal_batch_size=max(POINTS_PER_PASS, steps),
+                return_convergence_delta=True,
+            )
         )
     return attributions.detach(), deltas.detach()
 
@@ -128,13 +147,17 @@ def occlusion(
     spread over the pixels it covers (Captum averages overlapping windows)."""
     channels = inputs.shape[1]
     with torch.inference_mode():
-        return Occlusion(model).attribute(
-            inputs,
-            sliding_window_shapes=(channels, OCCLUSION_WINDOW, OCCLUSION_WINDOW),
-            strides=(channels, OCCLUSION_STRIDE, OCCLUSION_STRIDE),
-            baselines=baseline.unsqueeze(0),
-            target=list(targets),
-            perturbations_per_eval=OCCLUSION_PATCHES_PER_PASS,
+        return (
+            captum_attr()
+            .Occlusion(model)
+            .attribute(
+                inputs,
+                sliding_window_shapes=(channels, OCCLUSION_WINDOW, OCCLUSION_WINDOW),
+                strides=(channels, OCCLUSION_STRIDE, OCCLUSION_STRIDE),
+                baselines=baseline.unsqueeze(0),
+                target=list(targets),
+                perturbations_per_eval=OCCLUSION_PATCHES_PER_PASS,
+            )
         )
 
 

@@ -56,7 +56,9 @@ from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prometheus_multiprocess
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HttpRequest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fashion_serve import errors, oip
 from fashion_serve.archive import Archive, read_archive
@@ -70,11 +72,22 @@ logger = logging.getLogger(__name__)
 JSON = "application/json"
 VERSION_HEADER = "X-Model-Version"  # as on TorchServe: which version answered
 # No token needed here: liveness and readiness probes, and Prometheus (as TorchServe's
-# /metrics). Everything else needs the inference key; the model repository the management key.
+# /metrics). Everything else needs the inference key.
 OPEN_PATHS = ("/", "/metrics", "/v2/health/live", "/v2/health/ready")
-MANAGEMENT_PREFIX = "/v2/repository/"
-OPEN_GRPC_METHODS = ("/inference.GRPCInferenceService/ServerLive",
-                     "/inference.GRPCInferenceService/ServerReady")  # fmt: skip
+GRPC_SERVICE = "/inference.GRPCInferenceService/"
+OPEN_GRPC_METHODS = (f"{GRPC_SERVICE}ServerLive", f"{GRPC_SERVICE}ServerReady")
+# KServe's model repository (load, unload) acts on the one worker that answers and would
+# leave the others serving: off, on REST and gRPC. One archive per start.
+REPOSITORY_PATH = "/v2/repository"
+REPOSITORY_GRPC_METHODS = (f"{GRPC_SERVICE}RepositoryModelLoad",
+                           f"{GRPC_SERVICE}RepositoryModelUnload")  # fmt: skip
+REPOSITORY_OFF = (
+    "KServe's model repository is off in this runtime: it serves the one archive it started "
+    "with in every worker (stop, archive and start to serve another)."
+)
+# The request line and headers, checked as they arrive (httptools has no limit of its own).
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADERS = 100
 
 
 class Refused(Exception):
@@ -274,11 +287,9 @@ class Gate:
     """ASGI middleware in front of every route: the bearer token, then the request size
     (the body is read here, at most `max_request_bytes`, before any route decodes it)."""
 
-    def __init__(
-        self, app, keys: Mapping[str, str] | None, max_request_bytes: int, counters=None
-    ) -> None:
+    def __init__(self, app, key: str | None, max_request_bytes: int, counters=None) -> None:
         self.app = app
-        self.keys = keys
+        self.key = key  # the inference key; None: token authorization is off
         self.max_request_bytes = max_request_bytes
         self.counters = counters  # ServerCounters, told every status but the open paths'
 
@@ -288,16 +299,15 @@ class Gate:
         path = scope["path"]
         if self.counters is not None and path not in OPEN_PATHS:
             send = self._counting(send)
-        if self.keys is not None and path not in OPEN_PATHS:
-            wanted = self.keys["management" if path.startswith(MANAGEMENT_PREFIX) else "inference"]
-            if not hmac.compare_digest(_bearer(scope).encode(), wanted.encode()):
-                return await _send_json(send, 401, {
-                    "code": 401,
-                    "type": "Unauthorized",
-                    "message": "Token authorization failed: send 'Authorization: Bearer <key>' "
-                    "with the inference key of key_file.json (the management key for "
-                    f"{MANAGEMENT_PREFIX}*).",
-                }, [(b"www-authenticate", b"Bearer")])  # fmt: skip
+        checked = self.key is not None and path not in OPEN_PATHS
+        if checked and not hmac.compare_digest(_bearer(scope).encode(), self.key.encode()):
+            refusal = {"code": 401, "type": "Unauthorized",
+                       "message": "Token authorization failed: send 'Authorization: Bearer "
+                       "<key>' with the inference key of key_file.json."}  # fmt: skip
+            return await _send_json(send, 401, refusal, [(b"www-authenticate", b"Bearer")])
+        if path == REPOSITORY_PATH or path.startswith(REPOSITORY_PATH + "/"):
+            error = {"code": 405, "type": "MethodNotAllowed", "message": REPOSITORY_OFF}
+            return await _send_json(send, 405, error)
         declared = _header(scope, b"content-length")
         if declared.isdigit() and int(declared) > self.max_request_bytes:
             return await _send_json(send, 413, self._too_large(int(declared)))
@@ -395,7 +405,7 @@ async def request_inputs(request: HttpRequest) -> dict:
     return {"body": body}
 
 
-def build_app(model: FashionKServeModel, keys, max_request_bytes: int) -> Gate:
+def build_app(model: FashionKServeModel, key: str | None, max_request_bytes: int) -> Gate:
     repository = ModelRepository()
     repository.update(model)
     dataplane = DataPlane(model_registry=repository)
@@ -453,34 +463,118 @@ def build_app(model: FashionKServeModel, keys, max_request_bytes: int) -> Gate:
     register_v1_endpoints(app, dataplane, extension)
     register_v2_endpoints(app, dataplane, extension)
     app.add_exception_handler(ModelNotReady, model_not_ready_handler)
+    app.add_exception_handler(StarletteHTTPException, route_error)
     app.add_exception_handler(Exception, generic_exception_handler)
-    return Gate(app, keys, max_request_bytes, model.counters)
+    return Gate(app, key, max_request_bytes, model.counters)
+
+
+async def route_error(request: HttpRequest, error: StarletteHTTPException) -> Response:
+    """A path or method no route answers: the project's JSON error, not Starlette's."""
+    kinds = {404: "NotFound", 405: "MethodNotAllowed"}
+    body = {"code": error.status_code, "type": kinds.get(error.status_code, "HTTPError"),
+            "message": f"{request.method} {errors.shown(request.url.path)}: {error.detail}; "
+            "docs/api.md lists the routes."}  # fmt: skip
+    return Response(orjson.dumps(body), error.status_code, getattr(error, "headers", None),
+                    media_type=JSON)  # fmt: skip
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+class BoundedHeaders(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on the request line and headers, which
+    httptools does not have (a 32 MiB header was read and answered, before the token check):
+    over MAX_HEADER_BYTES or MAX_HEADERS the request gets a 431 and the connection closes.
+    Bytes are counted raw, up to the blank line that ends the headers, before the parser sees
+    them (so a header still arriving never grows past the bound), and exactly once it has
+    them."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._start_headers()
+
+    def _start_headers(self) -> None:
+        self._in_headers, self._raw_bytes, self._header_bytes = True, 0, 0
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_headers()
+
+    def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        if self._header_bytes > MAX_HEADER_BYTES or len(self.headers) > MAX_HEADERS:
+            self._refuse()
+            raise _HeadersTooLarge  # stops the parser: no request is started
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_headers:
+            end = data.find(b"\r\n\r\n")  # the body may follow in the same read
+            self._raw_bytes += len(data) if end < 0 else end + 4
+            if self._raw_bytes > MAX_HEADER_BYTES:
+                return self._refuse()
+        return super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.transport.is_closing():  # after a 431 the parser's stop is no second error
+            super().send_400_response(msg)
+
+    def _refuse(self) -> None:
+        if self.transport.is_closing():
+            return
+        body = orjson.dumps({
+            "code": 431, "type": "RequestHeaderFieldsTooLarge",
+            "message": f"The request line and headers exceed {MAX_HEADER_BYTES:,} bytes or "
+            f"{MAX_HEADERS} headers; send the options as form or JSON fields.",
+        })  # fmt: skip
+        head = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json"
+                b"\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(body))  # fmt: skip
+        self.transport.write(head + body)
+        self.transport.close()
 
 
 # --- gRPC ------------------------------------------------------------------------------------
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """`authorization: Bearer <inference key>` metadata on every call but the health checks."""
+class GrpcGate(grpc.aio.ServerInterceptor):
+    """gRPC's Gate: `authorization: Bearer <inference key>` metadata on every call but the
+    health checks (`key` None: authorization off), and the model repository off."""
 
-    def __init__(self, key: str) -> None:
-        self.key = key.encode()
+    def __init__(self, key: str | None) -> None:
+        self.key = None if key is None else key.encode()
 
     async def intercept_service(self, continuation, details):
         if details.method in OPEN_GRPC_METHODS:
             return await continuation(details)
-        metadata = {key: value for key, value in details.invocation_metadata or ()}
-        scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.key):
-            return await continuation(details)
+        if self.key is not None:
+            metadata = {key: value for key, value in details.invocation_metadata or ()}
+            scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), self.key
+            ):
+                return _refusal(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "send 'authorization: Bearer <key>' metadata with the inference key",
+                )
+        if details.method in REPOSITORY_GRPC_METHODS:
+            return _refusal(grpc.StatusCode.UNIMPLEMENTED, REPOSITORY_OFF)
+        return await continuation(details)
 
-        async def refuse(request, context):
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "send 'authorization: Bearer <key>' metadata with the inference key",
-            )
 
-        return grpc.unary_unary_rpc_method_handler(refuse)
+def _refusal(code: grpc.StatusCode, message: str):
+    async def refuse(request, context):
+        await context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 class RefusalToStatus(ExceptionToStatusInterceptor):
@@ -504,11 +598,8 @@ def build_grpc(model: FashionKServeModel, key: str | None, max_request_bytes: in
     repository.update(model)
     dataplane = DataPlane(model_registry=repository)
     extension = ModelRepositoryExtension(model_registry=repository)
-    interceptors = [RefusalToStatus()]
-    if key is not None:
-        interceptors.insert(0, TokenInterceptor(key))
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=[GrpcGate(key), RefusalToStatus()],
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", 64 << 20),
@@ -524,30 +615,42 @@ def build_grpc(model: FashionKServeModel, key: str | None, max_request_bytes: in
 # --- one worker process ----------------------------------------------------------------------
 
 
-def read_keys(key_file: Path | None) -> dict[str, str] | None:
-    """{"inference": key, "management": key} from key_file.json; None: authorization off."""
+def read_key(key_file: Path | None) -> str | None:
+    """The inference key of key_file.json; None: authorization off."""
     if key_file is None:
         return None
-    keys = json.loads(key_file.read_text())
-    return {api: keys[api]["key"] for api in ("inference", "management")}
+    return json.loads(key_file.read_text())["inference"]["key"]
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """This worker's own listening socket on the shared port. The kernel spreads new
+    connections over the workers' sockets (SO_REUSEPORT); one socket shared by all was
+    accepted from mostly by one worker, whose event loop is free while its batch runs."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    return sock
 
 
 async def serve(args: argparse.Namespace) -> None:
     model = FashionKServeModel(read_archive(args.archive), args.batch_size)
     model.load()
-    keys = read_keys(args.key_file)
-    app = build_app(model, keys, args.max_request_bytes)
-    grpc_server = build_grpc(model, keys and keys["inference"], args.max_request_bytes)
+    key = read_key(args.key_file)
+    app = build_app(model, key, args.max_request_bytes)
+    grpc_server = build_grpc(model, key, args.max_request_bytes)
     grpc_server.add_insecure_port(f"{args.host}:{args.grpc_port}")
     await grpc_server.start()
     http = uvicorn.Server(
         uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", timeout_keep_alive=65
+            app, http=BoundedHeaders, log_config=None, access_log=False, lifespan="off",
+            timeout_keep_alive=65,
         )
-    )
+    )  # fmt: skip
     logger.info("Worker %d serving %s %s", os.getpid(), model.name, model.service.model_version)
     try:
-        await http.serve(sockets=[socket.socket(fileno=args.http_fd)])
+        await http.serve(sockets=[listening_socket(args.host, args.http_port)])
     finally:
         await grpc_server.stop(grace=5)
         model.batcher.close()
@@ -559,7 +662,7 @@ def worker_main(argv: list[str] | None = None) -> None:
         "starts them."
     )
     parser.add_argument("--archive", type=Path, required=True)
-    parser.add_argument("--http-fd", type=int, required=True, help="the bound HTTP socket")
+    parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--batch-size", type=int, required=True)

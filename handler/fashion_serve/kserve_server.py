@@ -4,10 +4,11 @@
         --http-port 8080 --grpc-port 7070 --run-dir run
 
 scripts/serve.sh start --runtime kserve runs this. The supervisor (this process):
-- binds the HTTP socket (loopback unless --host says otherwise) and hands it to every worker;
-  the workers share the gRPC port through SO_REUSEPORT;
-- writes RUN_DIR/key_file.json (mode 600) with a fresh random inference and management key,
-  in TorchServe's layout (scripts/client.py reads both runtimes' the same way), unless
+- holds the HTTP port (bound, not listening: loopback unless --host says otherwise), so that
+  a port in use fails the start here; each worker listens on it with a socket of its own,
+  and on the gRPC port, through SO_REUSEPORT, and the kernel spreads connections over them;
+- writes RUN_DIR/key_file.json (mode 600) with a fresh random inference key, in TorchServe's
+  layout (scripts/client.py reads both runtimes' the same way), unless
   --disable-token-authorization (for a deployment that authenticates at its ingress);
 - points every worker at one PROMETHEUS_MULTIPROC_DIR, so /metrics sums them all;
 - starts `workers` processes (the archive's minWorkers unless given; one single-thread worker
@@ -40,27 +41,27 @@ DEFAULT_MAX_REQUEST_BYTES = 1 << 20  # as config.properties' max_request_size
 
 def write_key_file(path: Path) -> None:
     """Fresh keys in TorchServe's key_file.json layout, readable by this user only."""
-    keys = {api: {"key": secrets.token_urlsafe(24)} for api in ("inference", "management")}
+    keys = {"inference": {"key": secrets.token_urlsafe(24)}}  # no management API here
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as file:
         json.dump(keys, file, indent=2)
 
 
-def bind_http(host: str, port: int) -> socket.socket:
+def reserve_port(host: str, port: int) -> socket.socket:
+    """The HTTP port, bound with SO_REUSEPORT but not listening: no connection comes here,
+    the workers may bind it too, and a port another program holds fails now."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
 class Supervisor:
-    def __init__(self, args: argparse.Namespace, http_socket: socket.socket) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.http_socket = http_socket
         self.workers: list[subprocess.Popen | None] = [None] * args.workers
         self.stopping = False
 
@@ -69,7 +70,7 @@ class Supervisor:
         command = [
             sys.executable, "-m", "fashion_serve.kserve_runtime",
             "--archive", str(args.archive),
-            "--http-fd", str(self.http_socket.fileno()),
+            "--http-port", str(args.http_port),
             "--host", args.host,
             "--grpc-port", str(args.grpc_port),
             "--batch-size", str(args.batch_size),
@@ -80,7 +81,7 @@ class Supervisor:
         return command
 
     def start_worker(self, index: int) -> None:
-        process = subprocess.Popen(self.command(), pass_fds=(self.http_socket.fileno(),))
+        process = subprocess.Popen(self.command())
         self.workers[index] = process
         logger.info("worker %d started (pid %d)", index, process.pid)
 
@@ -187,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    http_socket = bind_http(args.host, args.http_port)
-    supervisor = Supervisor(args, http_socket)
+    reserved = reserve_port(args.host, args.http_port)
+    supervisor = Supervisor(args)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     logger.info(
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return supervisor.run()
     finally:
-        http_socket.close()
+        reserved.close()
         if args.key_file is not None:
             args.key_file.unlink(missing_ok=True)
 

@@ -74,8 +74,8 @@ def binary_header_length(headers: Mapping) -> int | None:
             text = str(value).strip()
             if not re.fullmatch(r"[0-9]{1,12}", text):  # more digits than any body could have
                 raise errors.invalid_json(
-                    f"{name}: {errors.shown(text)!r} is not a byte count; it gives the JSON "
-                    "header's length."
+                    f"Inference-Header-Content-Length: {errors.shown(text)!r} is not a byte "
+                    "count; it gives the JSON header's length."
                 )
             return int(text)
     return None

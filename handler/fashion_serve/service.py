@@ -30,6 +30,7 @@ from fashion_serve.explain import (
     gradient_model,
     heatmap_base64,
     round_attributions,
+    warm_captum,
 )
 from fashion_serve.ig import PathThreads, ReluChain, cpu_has_native_bf16
 from fashion_serve.image import prepare_image_with_facts, to_batch_tensor
@@ -146,6 +147,7 @@ class FashionService:
             ig_path,
             self.memory,
         )
+        warm_captum()
 
     def metadata(self) -> dict:
         """The model's Open Inference Protocol metadata (GET /v2/models/{m})."""

@@ -17,26 +17,12 @@ import sys
 
 import pytest
 
-from benchmarks.security import GRPC_REFUSALS
 from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 REQUESTS = 500
 GRPC_REQUESTS = 300
-# What the suite found on the kserve runtime and reported to the runtime's owner: answers the
-# checks refuse, by check. The suite keeps failing those checks until the runtime changes;
-# test_kserve_findings_are_fixed (strict xfail) then fails, and the entries go.
-KSERVE_FINDINGS = {
-    # headers are not limited (Netty answers 400 over 8 KiB); Starlette's {"detail": ...}
-    # answers a path with a version instead of a JSON error
-    "corpus": {"header of 64 KiB", "unknown model version"},
-    # the inference key opens KServe's repository calls over gRPC (REST asks the management key)
-    "security": {
-        "RepositoryModelUnload of an unknown model, inference token",
-        "RepositoryModelLoad of an unknown model, inference token",
-    },
-}
 
 
 @pytest.fixture(scope="module")
@@ -81,36 +67,22 @@ def test_every_check_passes_on_torchserve(reports):
     assert "pytorch/serve#3394" in report["grpc"]["skipped"]  # no stock OIP gRPC there
 
 
-def security_findings(security: dict) -> set[str]:
-    refused = security["refused_without_valid_token"]
-    wrong_status = {
-        name for name, status in refused.items() if status != security["refused_status"]
-    }
-    let_through = {
-        name for name, code in security["grpc_refused"].items() if code not in GRPC_REFUSALS
-    }
-    return wrong_status | let_through
-
-
-def test_on_kserve_every_check_passes_but_for_the_reported_findings(reports):
+def test_every_check_passes_on_kserve(reports):
     report = reports["kserve"]
     assert report["runtime"] == "kserve"
     assert "one version per start" in report["update"]["skipped"]
-    for name in ("load", "kill", "restart", "grpc"):
-        assert report[name]["passed"], (name, report[name])
+    failed = {
+        name: report[name] for name in CHECKS if name != "update" and not report[name]["passed"]
+    }
+    assert not failed
     corpus = report["corpus"]
-    assert {case["name"] for case in corpus["unexpected"]} <= KSERVE_FINDINGS["corpus"]
     assert corpus["good_requests_ok"] == f"{corpus['cases']}/{corpus['cases']}"
     assert corpus["worker_pid_before"] == corpus["worker_pid_after"]
     security = report["security"]
-    assert security_findings(security) <= KSERVE_FINDINGS["security"]
+    assert set(security["refused_without_valid_token"].values()) == {401}
+    assert set(security["repository_with_the_inference_key"].values()) == {405}
+    assert security["grpc_refused"]["RepositoryModelUnload, inference key"] == "UNIMPLEMENTED"
     assert security["all_loopback"] and security["models_after"] == ["fashion-cnn"]
-    assert not 200 <= security["repository_load_unknown_model_management_key"] < 300
-
-
-@pytest.mark.xfail(strict=True, reason="reported findings of the kserve runtime, not yet fixed")
-def test_kserve_findings_are_fixed(reports):
-    assert reports["kserve"]["corpus"]["passed"] and reports["kserve"]["security"]["passed"]
 
 
 def test_the_exit_status_says_whether_any_check_failed(reports):

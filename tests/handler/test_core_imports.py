@@ -26,8 +26,10 @@ def test_the_core_imports_neither_server():
     assert not {"ts", "kserve", "fastapi", "grpc", "uvicorn"} & modules
 
 
-@pytest.mark.parametrize("module", ["options", "request", "oip"])
-def test_request_parsing_imports_no_captum(module):
+@pytest.mark.parametrize("module", ["options", "request", "oip", "service"])
+def test_request_parsing_and_the_service_import_no_captum(module):
+    """Captum (about a second of a worker's start) is imported on first use or in the
+    background once the model serves (explain.warm_captum)."""
     assert "captum" not in imported_after(f"import fashion_serve.{module}")
 
 
