@@ -134,6 +134,25 @@ EOF
 EOF
 }
 
+wait_until_ready() {
+    # Returns once the model is READY; fails (stopping the server) if it exits or times out.
+    local server=$1 deadline=$((SECONDS + start_timeout)) states=""
+    while ((SECONDS < deadline)); do
+        if ! server_pid >/dev/null; then
+            show_log_tail
+            fail "${server} exited during start-up (see ${log_dir})"
+        fi
+        if states=$(worker_status 2>/dev/null) && [[ " $states " == *" READY "* ]]; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    show_log_tail
+    say "worker states: ${states:-unknown}; stopping the server"
+    stop >/dev/null 2>&1 || true
+    fail "model ${model_name} not READY after ${start_timeout}s (see ${log_dir})"
+}
+
 serving_mar() {
     # The archive to load: after an update, the version that was serving, not the first one.
     local serving
@@ -162,7 +181,6 @@ start() {
 }
 
 start_torchserve() {
-    local deadline states=""
     [[ -x "${venv}/bin/torchserve" ]] || fail "torchserve not in ${venv}: run scripts/setup.sh"
     [[ -f "$ts_config" ]] || fail "no config at ${ts_config}"
     [[ -f "$metrics_config" ]] || fail "no metrics file at ${metrics_config}"
@@ -197,36 +215,22 @@ start_torchserve() {
     }
 
     # /ping turns healthy before the worker has loaded the model: wait for READY instead.
-    deadline=$((SECONDS + start_timeout))
-    while ((SECONDS < deadline)); do
-        if ! server_pid >/dev/null; then
-            show_log_tail
-            fail "TorchServe exited during start-up (see ${log_dir})"
-        fi
-        if states=$(worker_status 2>/dev/null) && [[ " $states " == *" READY "* ]]; then
-            say "model ${model_name} is READY (pid $(server_pid))"
-            say "inference:  http://127.0.0.1:${inference_port}/predictions/${model_name}"
-            say "explain:    http://127.0.0.1:${inference_port}/explanations/${model_name}"
-            say "management: http://127.0.0.1:${management_port}/models/${model_name}"
-            say "metrics:    http://127.0.0.1:${metrics_port}/metrics"
-            if [[ -f "$key_file" ]]; then
-                say "tokens:     ${key_file} (send 'Authorization: Bearer <inference.key>')"
-            else
-                say "tokens:     none (token authorization is disabled in ${ts_config})"
-            fi
-            say "stop with:  ${RUN_DIR:+RUN_DIR=${run_dir} }scripts/serve.sh stop"
-            return 0
-        fi
-        sleep 1
-    done
-    show_log_tail
-    say "worker states: ${states:-unknown}; stopping the server"
-    stop >/dev/null 2>&1 || true
-    fail "model ${model_name} not READY after ${start_timeout}s (see ${log_dir})"
+    wait_until_ready TorchServe
+    say "model ${model_name} is READY (pid $(server_pid))"
+    say "inference:  http://127.0.0.1:${inference_port}/predictions/${model_name}"
+    say "explain:    http://127.0.0.1:${inference_port}/explanations/${model_name}"
+    say "management: http://127.0.0.1:${management_port}/models/${model_name}"
+    say "metrics:    http://127.0.0.1:${metrics_port}/metrics"
+    if [[ -f "$key_file" ]]; then
+        say "tokens:     ${key_file} (send 'Authorization: Bearer <inference.key>')"
+    else
+        say "tokens:     none (token authorization is disabled in ${ts_config})"
+    fi
+    say "stop with:  ${RUN_DIR:+RUN_DIR=${run_dir} }scripts/serve.sh stop"
 }
 
 start_kserve() {
-    local mar deadline states="" auth=()
+    local mar auth=()
     [[ -d "$model_store" ]] || fail "no model store at ${model_store}: run scripts/archive.sh"
     mar=${model_store}/$(serving_mar)
     [[ -f "$mar" ]] || fail "no ${mar}: run scripts/archive.sh"
@@ -252,31 +256,17 @@ EOF
     ) >"${log_dir}/kserve.log" 2>&1 </dev/null &
     echo $! >"$kserve_pid_file"
 
-    deadline=$((SECONDS + start_timeout))
-    while ((SECONDS < deadline)); do
-        if ! server_pid >/dev/null; then
-            show_log_tail
-            fail "the KServe runtime exited during start-up (see ${log_dir}/kserve.log)"
-        fi
-        if states=$(worker_status 2>/dev/null) && [[ " $states " == *" READY "* ]]; then
-            say "model ${model_name} is READY (pid $(server_pid), runtime kserve)"
-            say "inference:  http://127.0.0.1:${inference_port}/predictions/${model_name}"
-            say "OIP:        http://127.0.0.1:${inference_port}/v2/models/${model_name}/infer, gRPC 127.0.0.1:${grpc_inference_port}"
-            say "metrics:    http://127.0.0.1:${inference_port}/metrics"
-            if [[ -f "$key_file" ]]; then
-                say "tokens:     ${key_file} (send 'Authorization: Bearer <inference.key>')"
-            else
-                say "tokens:     none (DISABLE_TOKEN_AUTHORIZATION=true)"
-            fi
-            say "stop with:  ${RUN_DIR:+RUN_DIR=${run_dir} }scripts/serve.sh stop"
-            return 0
-        fi
-        sleep 0.5
-    done
-    show_log_tail
-    say "model states: ${states:-unknown}; stopping the server"
-    stop >/dev/null 2>&1 || true
-    fail "model ${model_name} not READY after ${start_timeout}s (see ${log_dir})"
+    wait_until_ready "the KServe runtime"
+    say "model ${model_name} is READY (pid $(server_pid), runtime kserve)"
+    say "inference:  http://127.0.0.1:${inference_port}/predictions/${model_name}"
+    say "OIP:        http://127.0.0.1:${inference_port}/v2/models/${model_name}/infer, gRPC 127.0.0.1:${grpc_inference_port}"
+    say "metrics:    http://127.0.0.1:${inference_port}/metrics"
+    if [[ -f "$key_file" ]]; then
+        say "tokens:     ${key_file} (send 'Authorization: Bearer <inference.key>')"
+    else
+        say "tokens:     none (DISABLE_TOKEN_AUTHORIZATION=true)"
+    fi
+    say "stop with:  ${RUN_DIR:+RUN_DIR=${run_dir} }scripts/serve.sh stop"
 }
 
 stop() {

@@ -20,6 +20,7 @@ from kserve import InferenceGRPCClient, InferInput, InferRequest
 from fashion_serve.contract import DEFAULT_MODEL_NAME
 from tests.e2e.e2e_helpers import REPO_ROOT, SAMPLES_DIR, TIMEOUT_S, post_raw
 from tests.e2e.test_oip import answers_from, assert_answers
+from tests.e2e.test_oip import rest_answers as answers_over_rest
 
 pytestmark = pytest.mark.e2e
 
@@ -38,12 +39,7 @@ def images() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def rest_answers(kserve_tiny, images) -> dict[str, dict]:
-    answers = {}
-    for name, image in images.items():
-        response = post_raw(kserve_tiny.predictions_url, kserve_tiny.inference_headers, image)
-        assert response.status_code == 200, response.text
-        answers[name] = response.json()
-    return answers
+    return answers_over_rest(kserve_tiny, images)
 
 
 @pytest.fixture(scope="module")

@@ -30,16 +30,19 @@ def images() -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(SAMPLES_DIR.glob("*.png"))}
 
 
-@pytest.fixture(scope="module")
-def solo_answers(server_tiny, images) -> dict[str, dict]:
-    """Each sample's TorchServe-API prediction, asked alone: what v2 answers must match."""
-    server = server_tiny
+def rest_answers(server, images: dict[str, bytes]) -> dict[str, dict]:
+    """Each image's TorchServe-API prediction, asked alone: what protocol answers must match."""
     answers = {}
     for name, image in images.items():
         response = post_raw(server.predictions_url, server.inference_headers, image)
         assert response.status_code == 200, response.text
         answers[name] = response.json()
     return answers
+
+
+@pytest.fixture(scope="module")
+def solo_answers(server_tiny, images) -> dict[str, dict]:
+    return rest_answers(server_tiny, images)
 
 
 @pytest.fixture(scope="module")
