@@ -4,7 +4,7 @@
         --sample samples/sneaker.png --expect Sneaker --report smoke.json
 
 Test tooling, not part of the image: tests/docker/test_container.py runs it (pytest -m
-container). Run it from the repository root, as a module, so `tests.ports` imports.
+container). Run it from the repository root, as a module, so that `benchmarks.servers` imports.
 
 Runs with root, buildah, podman, runc and debootstrap (scripts/test-tools.sh installs them)
 and ~10 GB free disk. Nothing is pulled: the base image is made here with debootstrap and
