@@ -128,6 +128,7 @@ class TorchServe:
     # (status, error type) for a missing or wrong token: TorchServe 0.12 answers 400.
     token_refusal = (400, "InvalidKeyException")
     has_management_api = True  # model registration, scaling, versions (serve.sh update)
+    worker_death_resets_connections = False  # the Java frontend holds the clients' connections
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -286,6 +287,7 @@ class KServeRuntime(TorchServe):
     runtime = "kserve"
     token_refusal = (401, "Unauthorized")
     has_management_api = False  # one version per start; KServe's model repository is off
+    worker_death_resets_connections = True  # each worker holds its own clients' connections
 
     @property
     def metrics_url(self) -> str:
