@@ -405,11 +405,15 @@ async def request_inputs(request: HttpRequest) -> dict:
     return {"body": body}
 
 
-def build_app(model: FashionKServeModel, key: str | None, max_request_bytes: int) -> Gate:
+def kserve_plumbing(model: FashionKServeModel) -> tuple[DataPlane, ModelRepositoryExtension]:
+    """KServe's dataplane and repository extension over this one model, for REST and gRPC."""
     repository = ModelRepository()
     repository.update(model)
-    dataplane = DataPlane(model_registry=repository)
-    extension = ModelRepositoryExtension(model_registry=repository)
+    return DataPlane(model_registry=repository), ModelRepositoryExtension(model_registry=repository)
+
+
+def build_app(model: FashionKServeModel, key: str | None, max_request_bytes: int) -> Gate:
+    dataplane, extension = kserve_plumbing(model)
     app = FastAPI(title="fashion-serve (KServe runtime)", docs_url=None, redoc_url=None)
 
     async def answer(request: HttpRequest, model_name: str, explain: bool) -> Response:
@@ -594,10 +598,7 @@ class RefusalToStatus(ExceptionToStatusInterceptor):
 
 
 def build_grpc(model: FashionKServeModel, key: str | None, max_request_bytes: int):
-    repository = ModelRepository()
-    repository.update(model)
-    dataplane = DataPlane(model_registry=repository)
-    extension = ModelRepositoryExtension(model_registry=repository)
+    dataplane, extension = kserve_plumbing(model)
     server = grpc.aio.server(
         interceptors=[GrpcGate(key), RefusalToStatus()],
         options=[
