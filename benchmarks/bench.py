@@ -11,7 +11,7 @@ In-process (benchmarks.inprocess; one process, one torch thread: TorchServeHandl
 initialized as in a worker, on raw image bodies, then the worker's json.dumps): images/s at
 batch 1 and at the served batch size; the machine's ceiling (one such process per core at
 the served batch size, summed); integrated gradients per image.
-Served (benchmarks.servers: TorchServe via scripts/archive.sh + scripts/serve.sh with the
+Served (tests.support.servers: TorchServe via scripts/archive.sh + scripts/serve.sh with the
 repo's config.properties and handler/model-config.yaml; the kserve runtime from the same
 archive via serve.sh start --runtime kserve; LitServe via benchmarks/litserve_app.py): wrk
 pinned to one core POSTs one sample image for a fixed time at each concurrency
@@ -35,33 +35,98 @@ import platform
 import pstats
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import yaml
 
+from benchmarks.cli import command_line, config_with, handler_dir_with, temp_dir
 from benchmarks.grpc_load import GRPC_JSON_PREFIX
 from benchmarks.inprocess import Pipeline, in_process, prepare
 from benchmarks.load import CONCURRENCIES, LoadSettings, load_points, summary
 from benchmarks.report import check_targets, markdown, table
-from benchmarks.servers import (
+from fashion_serve.image import to_batch_tensor
+from tests.support.servers import (
     REPO_ROOT,
     KServeRuntime,
-    LitServe,
     TorchServe,
-    command_line,
-    config_with,
-    handler_dir_with,
+    free_ports,
+    http_call,
     model_config,
-    temp_dir,
 )
-from fashion_serve.image import to_batch_tensor
 
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "bench" / "bench.json"
 PARTS = ("in-process", "torchserve", "kserve", "litserve")
+
+
+@dataclass
+class LitServe:
+    """benchmarks/litserve_app.py on a free loopback port (JSON base64 body, /predict)."""
+
+    export_dir: Path
+    workers: int = 1
+    max_batch_size: int = 1
+    batch_timeout_ms: float = 0.0
+    log_file: Path | None = None
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def predictions_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/predict"
+
+    def __enter__(self) -> LitServe:
+        self.port = self.port or free_ports(1)[0]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.litserve_app",
+            "--export-dir",
+            str(self.export_dir),
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--max-batch-size",
+            str(self.max_batch_size),
+            "--batch-timeout-ms",
+            str(self.batch_timeout_ms),
+        ]
+        log = open(self.log_file or os.devnull, "ab")  # closed in __exit__
+        self._log = log
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        # Own process group: its API server and inference workers are stopped together.
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"LitServe exited with {self.process.returncode}")
+            try:
+                if http_call("GET", f"http://127.0.0.1:{self.port}/health", timeout=2)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError("LitServe not healthy after 120 s")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._log.close()
 
 
 def litserve_configs() -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.inprocess import set_requests
+from tests.support.handler_context import set_requests
 
 EXPLAIN = {"explain": "True"}
 MAX_LISTED_FAILURES = 10

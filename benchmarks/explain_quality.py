@@ -33,13 +33,14 @@ from pathlib import Path
 import torch
 from captum.attr import IntegratedGradients
 
-from benchmarks.inprocess import initialized_handler
+from benchmarks.cli import command_line, temp_dir
 from benchmarks.load import CONCURRENCIES, LoadSettings, load_points
-from benchmarks.servers import REPO_ROOT, TorchServe, command_line, model_config, temp_dir
 from fashion_serve.explain import attribute
 from fashion_serve.ig import ReluChain
 from fashion_serve.image import prepare_image, to_batch_tensor
 from fashion_serve.options import INTEGRATED_GRADIENTS, METHODS
+from tests.support.handler_context import initialized_handler
+from tests.support.servers import REPO_ROOT, TorchServe, model_config
 from training import data
 
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "bench" / "explain_quality.json"

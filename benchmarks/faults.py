@@ -7,8 +7,8 @@ import signal
 import threading
 import time
 
-from benchmarks.servers import TorchServe, http_call
 from benchmarks.traffic import count_statuses, predict_headers, run_load, same_answer
+from tests.support.servers import TorchServe, http_call
 
 NEW_WORKER_TIMEOUT_S = 120
 

@@ -176,8 +176,8 @@ def environment(device: torch.device) -> dict:
 def prove_parity(export_dir: Path, device: torch.device, samples: dict[str, bytes]) -> dict:
     """Reference answers on the CPU, then the device's, in fp32 and as served."""
     from benchmarks import device_parity as parity
-    from benchmarks.inprocess import initialized_handler
-    from benchmarks.servers import model_config
+    from tests.support.handler_context import initialized_handler
+    from tests.support.servers import model_config
 
     batches = parity.request_sets(samples)
     # fp32 gradients on the CPU too: where its CPU computes bf16 natively, the handler's

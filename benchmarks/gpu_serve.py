@@ -42,8 +42,8 @@ import yaml
 
 from benchmarks.gpu_proof import finish
 from benchmarks.load import CONCURRENCIES
-from benchmarks.servers import REPO_ROOT, TorchServe, http_call
 from benchmarks.traffic import count_statuses, latency_ms, predict_headers, run_load
+from tests.support.servers import REPO_ROOT, TorchServe, http_call
 
 log = logging.getLogger("gpu_serve")
 SUMMARY_FILE = "gpu_serve.json"

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from benchmarks.servers import DEFAULT_IMAGE, MODEL_NAME, REPO_ROOT, http_call
+from benchmarks.cli import DEFAULT_IMAGE
 from fashion_serve.oip import INPUT_NAME
+from tests.support.servers import MODEL_NAME, REPO_ROOT, http_call
 
 PROBABILITY_TOLERANCE = 1e-5
 BATCH_IMAGES = 16  # max_images_per_request: the most one ModelInfer may carry

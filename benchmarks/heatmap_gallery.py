@@ -17,8 +17,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from benchmarks.cli import DEFAULT_EXPORT_DIR
 from benchmarks.inprocess import Pipeline
-from benchmarks.servers import DEFAULT_EXPORT_DIR, REPO_ROOT
+from tests.support.servers import REPO_ROOT
 
 GAP_PX = 8
 COLUMNS = 2

@@ -20,9 +20,9 @@ import litserve as ls
 import torch
 from fastapi import HTTPException
 
-from benchmarks.servers import MODEL_NAME, model_config
 from fashion_serve.service import OK, FashionService, Request
 from fashion_serve.settings import HandlerSettings
+from tests.support.servers import MODEL_NAME, model_config
 
 
 class FashionAPI(ls.LitAPI):

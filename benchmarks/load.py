@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.servers import http_call
+from tests.support.servers import http_call
 
 WRK_LUA = Path(__file__).with_name("wrk_post.lua")
 CONCURRENCIES = (1, 8, 32)  # connections per load point, unless a command is told others

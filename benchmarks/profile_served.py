@@ -28,8 +28,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from benchmarks.cli import command_line, temp_dir
 from benchmarks.load import LoadSettings, user_and_system_s, warm_up, wrk
-from benchmarks.servers import REPO_ROOT, TorchServe, command_line, temp_dir
+from tests.support.servers import REPO_ROOT, TorchServe
 
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "profile-served"
 SAMPLES_PER_S = 500  # py-spy's sampling rate

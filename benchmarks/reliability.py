@@ -43,20 +43,14 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.cli import command_line, temp_dir
 from benchmarks.faults import check_kill, check_restart
 from benchmarks.grpc_load import check_grpc
 from benchmarks.hostile import check_corpus, corpus_differences
-from benchmarks.security import check_security
-from benchmarks.servers import (
-    REPO_ROOT,
-    KServeRuntime,
-    TorchServe,
-    command_line,
-    http_call,
-    temp_dir,
-)
 from benchmarks.traffic import check_load, predict_headers
 from benchmarks.update import check_update
+from tests.support.security import check_security
+from tests.support.servers import REPO_ROOT, KServeRuntime, TorchServe, http_call
 
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "reliability" / "reliability.json"
 CHECKS = {

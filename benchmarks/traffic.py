@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from benchmarks.servers import TorchServe, rss_kib
+from tests.support.servers import TorchServe, rss_kib
 
 RSS_GROWTH_LIMIT = 0.10
 PROBABILITY_TOLERANCE = 1e-4  # batch composition may move the last digits

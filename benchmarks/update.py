@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 import torch
 
-from benchmarks.servers import TorchServe, http_call, rss_kib
 from benchmarks.traffic import Client, predict_headers, same_answer
 from fashion_serve.contract import INDEX_TO_NAME_FILE, load_torchscript, save_torchscript
+from tests.support.servers import TorchServe, http_call, rss_kib
 
 VERSION_HEADER = "X-Model-Version"
 MODEL_FILE = "model.pt"

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from benchmarks.bench import parse_args, parse_overrides
-from benchmarks.servers import REPO_ROOT, config_with, handler_dir_with, model_config
+from benchmarks.cli import config_with, handler_dir_with
+from tests.support.servers import REPO_ROOT, model_config
 
 
 def test_model_config_values_read_as_yaml_other_values_stay_strings():

@@ -4,7 +4,7 @@
         --sample samples/sneaker.png --expect Sneaker --report smoke.json
 
 Test tooling, not part of the image: tests/docker/test_container.py runs it (pytest -m
-container). Run it from the repository root, as a module, so that `benchmarks.servers` imports.
+container). Run it from the repository root, as a module, so that `tests.support.servers` imports.
 
 Runs with root, buildah, podman, runc and debootstrap (scripts/test-tools.sh installs them)
 and ~10 GB free disk. Nothing is pulled: the base image is made here with debootstrap and
@@ -39,7 +39,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from benchmarks.servers import MODEL_NAME, free_ports
+from tests.support.servers import MODEL_NAME, free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/fashion-serve-base:bookworm"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.servers import KServeRuntime
+from tests.support.servers import KServeRuntime
 
 HEALTHCHECK = Path(__file__).resolve().parents[2] / "docker" / "healthcheck.py"
 

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from benchmarks.servers import read_properties
+from tests.support.servers import read_properties
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KSERVE_DIR = REPO_ROOT / "docker" / "kserve"

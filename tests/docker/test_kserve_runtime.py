@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.servers import MODEL_NAME, free_ports
 from fashion_serve.contract import FASHION_MNIST_CLASSES
+from tests.support.servers import MODEL_NAME, free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAKE_STORAGE = REPO_ROOT / "docker" / "kserve" / "make-storage.sh"

@@ -6,7 +6,7 @@ Fixtures (session scope; the server is always stopped, even when a test fails):
 - `torchserve_tiny`, `kserve_tiny`: the same on one runtime, for what only it has.
 - `torchserve_trained`: serves the `export_dir` model (short real training): correctness.
   Skipped when the training fixture or the dataset is missing.
-Each yields a `benchmarks.servers.TorchServe` or `KServeRuntime` (URLs, tokens, run dir,
+Each yields a `tests.support.servers.TorchServe` or `KServeRuntime` (URLs, tokens, run dir,
 workers).
 E2E_HANDLER_DIR points the archive at another handler folder (default: handler/).
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.servers import KServeRuntime, TorchServe
 from tests.e2e.e2e_helpers import REPO_ROOT, SAMPLES_DIR
+from tests.support.servers import KServeRuntime, TorchServe
 
 # Generous: a worker on a loaded CI machine can take a while to load torch and captum.
 START_TIMEOUT_S = 180

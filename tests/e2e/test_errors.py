@@ -6,7 +6,6 @@ import os
 
 import pytest
 
-from benchmarks.hostile import png_bomb
 from tests.e2e.e2e_helpers import (
     SAMPLES_DIR,
     assert_error,
@@ -16,6 +15,7 @@ from tests.e2e.e2e_helpers import (
     post_multipart,
     post_raw,
 )
+from tests.support.hostile import png_bomb
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from benchmarks.servers import model_config
 from fashion_serve.contract import FASHION_MNIST_CLASSES
 from fashion_serve.metrics import BATCHES, FLUSH_INTERVAL_S, REQUESTS
 from tests.e2e.e2e_helpers import (
@@ -26,6 +25,7 @@ from tests.e2e.e2e_helpers import (
     post_raw,
 )
 from tests.handler.helpers import encode, noise
+from tests.support.servers import model_config
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from benchmarks.security import REGISTER_REFUSED, listening_sockets
 from tests.e2e.e2e_helpers import SAMPLES_DIR, assert_prediction, post_raw
+from tests.support.security import REGISTER_REFUSED
+from tests.support.servers import listening_sockets
 
 pytestmark = pytest.mark.e2e
 

@@ -12,11 +12,11 @@ import pytest
 import requests
 import torch
 
-from benchmarks.servers import SCRIPTS_DIR, TorchServe
 from fashion_serve.contract import INDEX_TO_NAME_FILE
 from tests.conftest import make_contract
 from tests.e2e.conftest import START_TIMEOUT_S
 from tests.e2e.e2e_helpers import SAMPLES_DIR, assert_prediction, post_raw
+from tests.support.servers import SCRIPTS_DIR, TorchServe
 from training.export import export_model
 from training.model import FashionCNN, ModelConfig
 

@@ -1,5 +1,5 @@
 """Helpers for the handler tests: images made with Pillow, and a real TorchServe Context
-(benchmarks.inprocess builds it as a worker does, for the benchmark and the tests alike)."""
+(tests.support.handler_context builds it as a worker does)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from ts.context import Context
 
-from benchmarks.inprocess import set_requests, worker_context
+from tests.support.handler_context import set_requests, worker_context
 
 
 def encode(image: Image.Image, fmt: str, **save_args) -> bytes:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import base64
 import json
 
-from benchmarks.servers import REPO_ROOT, model_config, read_properties
 from tests.handler.helpers import encode, noise, set_requests
+from tests.support.servers import REPO_ROOT, model_config, read_properties
 
 CONFIGS = ("config.properties", "docker/config.properties", "docker/kserve/config.properties")
 

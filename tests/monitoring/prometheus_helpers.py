@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.servers import REPO_ROOT, free_ports, http_call
+from tests.support.servers import REPO_ROOT, free_ports, http_call
 
 MONITORING_DIR = REPO_ROOT / "monitoring"
 PROMETHEUS_CONFIG = MONITORING_DIR / "prometheus.yml"

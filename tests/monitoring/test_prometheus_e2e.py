@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.servers import KServeRuntime, TorchServe
 from fashion_serve import metrics as fm
 from fashion_serve.image import prepare_image
 from tests.e2e.e2e_helpers import SAMPLES_DIR, post_raw
 from tests.monitoring.prometheus_helpers import DASHBOARD, running_prometheus, tool
+from tests.support.servers import KServeRuntime, TorchServe
 
 pytestmark = pytest.mark.e2e
 

@@ -1,24 +1,19 @@
-"""The servers the benchmark and the reliability suite measure, and the test fixtures use.
+"""The servers the tests start, and the benchmark and reliability report measure.
 
-- `TorchServe` is started the way users start it, through scripts/archive.sh and
-  scripts/serve.sh, in a private run directory on free loopback ports; `KServeRuntime` is
-  the same model on the other runtime (serve.sh start --runtime kserve);
-- `LitServe` (the peer server) runs benchmarks/litserve_app.py on a free loopback port.
+`TorchServe` is started the way users start it, through scripts/archive.sh and
+scripts/serve.sh, in a private run directory on free loopback ports; `KServeRuntime` is the
+same model on the other runtime (serve.sh start --runtime kserve).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ipaddress
 import json
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -30,32 +25,9 @@ import yaml
 
 from fashion_serve.contract import DEFAULT_MODEL_NAME
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS_DIR = REPO_ROOT / "scripts"
 MODEL_NAME = DEFAULT_MODEL_NAME
-DEFAULT_EXPORT_DIR = REPO_ROOT / "artifacts" / "export"
-DEFAULT_IMAGE = REPO_ROOT / "samples" / "ankle_boot.png"  # the request both scripts send
-
-
-def command_line(doc: str) -> argparse.ArgumentParser:
-    """A parser for a benchmark command: its docstring's first paragraph as the description,
-    and the served model and request image every command takes."""
-    parser = argparse.ArgumentParser(
-        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--export-dir",
-        type=Path,
-        default=DEFAULT_EXPORT_DIR,
-        help="model.pt + index_to_name.json (default artifacts/export)",
-    )
-    parser.add_argument(
-        "--image",
-        type=Path,
-        default=DEFAULT_IMAGE,
-        help="the PNG a good request sends (default samples/ankle_boot.png)",
-    )
-    return parser
 
 
 def free_ports(count: int) -> list[int]:
@@ -71,40 +43,10 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def handler_dir_with(overrides: dict, work_dir: Path) -> Path:
-    """A copy of handler/ whose model-config.yaml has `overrides` (top-level keys, or
-    `handler.<key>`) applied: how a tuning variant is archived without editing the repo.
-    The key `handler_source` names another handler folder to copy (a candidate change)."""
-    overrides = dict(overrides)
-    source = Path(overrides.pop("handler_source", REPO_ROOT / "handler"))
-    target = work_dir / "handler"
-    shutil.rmtree(target, ignore_errors=True)
-    ignore = shutil.ignore_patterns("*.egg-info", "__pycache__")
-    shutil.copytree(source, target, ignore=ignore)
-    config_path = target / "model-config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    for key, value in overrides.items():
-        if key.startswith("handler."):
-            config.setdefault("handler", {})[key.split(".", 1)[1]] = value
-        else:
-            config[key] = value
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return target
-
-
 def read_properties(text: str) -> dict[str, str]:
     """A config.properties text's key=value lines (comments and blank lines left out)."""
     pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
     return {key.strip(): value.strip() for key, value in pairs}
-
-
-def config_with(keys: dict, work_dir: Path) -> Path:
-    """A copy of config.properties with `keys` replaced or added."""
-    lines = (REPO_ROOT / "config.properties").read_text().splitlines()
-    kept = [line for line in lines if line.split("=", 1)[0].strip() not in keys]
-    path = work_dir / "config.properties"
-    path.write_text("\n".join([*kept, *(f"{k}={v}" for k, v in keys.items())]) + "\n")
-    return path
 
 
 def model_config(handler_dir: Path | None = None) -> dict:
@@ -381,71 +323,3 @@ def http_call(
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
-
-@dataclass
-class LitServe:
-    """benchmarks/litserve_app.py on a free loopback port (JSON base64 body, /predict)."""
-
-    export_dir: Path
-    workers: int = 1
-    max_batch_size: int = 1
-    batch_timeout_ms: float = 0.0
-    log_file: Path | None = None
-    port: int = 0
-    process: subprocess.Popen | None = None
-
-    @property
-    def predictions_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/predict"
-
-    def __enter__(self) -> LitServe:
-        self.port = self.port or free_ports(1)[0]
-        command = [
-            sys.executable,
-            "-m",
-            "benchmarks.litserve_app",
-            "--export-dir",
-            str(self.export_dir),
-            "--port",
-            str(self.port),
-            "--workers",
-            str(self.workers),
-            "--max-batch-size",
-            str(self.max_batch_size),
-            "--batch-timeout-ms",
-            str(self.batch_timeout_ms),
-        ]
-        log = open(self.log_file or os.devnull, "ab")  # closed in __exit__
-        self._log = log
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        # Own process group: its API server and inference workers are stopped together.
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"LitServe exited with {self.process.returncode}")
-            try:
-                if http_call("GET", f"http://127.0.0.1:{self.port}/health", timeout=2)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.__exit__()
-        raise RuntimeError("LitServe not healthy after 120 s")
-
-    def __exit__(self, *exc) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._log.close()
-
-
-def temp_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix))

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 import grpc
 
-from benchmarks.servers import MODEL_NAME, http_call, listening_sockets
+from tests.support.servers import MODEL_NAME, http_call, listening_sockets
 
 # Registration is on (scripts/serve.sh update), from the model store only: TorchServe must
 # refuse each of these with the management token, before fetching or loading anything.
