@@ -1,66 +1,79 @@
-"""benchmarks.gpu_proof end to end (CPU against CPU here, CUDA where there is one), and the
-comparison that decides whether a device's answers equal the CPU's."""
+"""benchmarks.gpu_proof end to end, from its bundle (CPU against CPU here, CUDA where there is
+one), and the comparison that decides whether a device's answers equal the CPU's."""
 
 from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import sys
-import zipfile
 
 import pytest
 import torch
 
-from benchmarks import device_parity as parity
-from benchmarks.gpu_proof import SUMMARY_FILE, use_bundle
-from tests.conftest import REPO_ROOT
-from tests.docker.test_lint import tool
+from benchmarks import gpu_proof
+from fashion_serve.service import Answer
 from tests.training.idx_files import write_dataset
 
-CHECKS = {"handler_on_device", "bad_inputs_refused", "parity_fp32", "parity_served", "training_ran"}
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+BAD_STATUSES = [400, 400, 400, 400, 422, 422, 422]  # gpu_proof.parity_batch's bad inputs
 
 
-def run_proof(device: str, export_dir, tmp_path) -> tuple[subprocess.CompletedProcess, dict]:
-    data_dir = write_dataset(tmp_path / "idx", n_train=600, n_test=200)
-    out = tmp_path / "out"
-    command = [
-        sys.executable, "-m", "benchmarks.gpu_proof", "--device", device,
-        "--export-dir", str(export_dir), "--data-dir", str(data_dir), "--out", str(out),
-        "--batch-sizes", "1", "4", "--explain-batch-sizes", "1", "2", "--seconds", "0.05",
-        "--train-dry-run",
+@pytest.fixture
+def bundle(tiny_export_dir, tmp_path):
+    idx_dir = write_dataset(tmp_path / "idx", n_train=600, n_test=200)
+    args = ["--export-dir", str(tiny_export_dir), "--data-dir", str(idx_dir)]
+    assert gpu_proof.main(["--make-bundle", str(tmp_path / "bundle"), *args]) == 0
+    return tmp_path / "bundle"
+
+
+@pytest.fixture
+def restored_torch_threads():
+    threads = torch.get_num_threads()  # the service and training each set their own
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("restored_torch_threads")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])])
+def test_the_proof_runs_from_its_bundle_and_checks_everything(
+    device, bundle, tmp_path, monkeypatch, capsys
+):
+    assert sorted(p.name for p in (bundle / "data").iterdir()) == [
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    summary = json.loads((out / SUMMARY_FILE).read_text()) if (out / SUMMARY_FILE).exists() else {}
-    return result, summary
+    assert (bundle / "export" / "model.pt").is_file()
+    assert (bundle / "site" / "tqdm" / "__init__.py").is_file()
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    out = tmp_path / "out"
+    sizes = ["--batch-sizes", "1", "4", "--explain-batch-sizes", "2", "--seconds", "0.05"]
+    argv = ["--device", device, "--bundle", str(bundle), "--out", str(out), "--train-dry-run"]
 
+    assert gpu_proof.main([*argv, *sizes]) == 0
+    summary = json.loads((out / gpu_proof.SUMMARY_FILE).read_text())
+    assert json.loads(capsys.readouterr().out) == summary  # the printed summary is the written one
+    assert summary["passed"] and len(summary["checks"]) == 5 and all(summary["checks"].values())
+    assert sys.path[-1] == str((bundle / "site").resolve())  # appended: the machine's own win
 
-def assert_sane(result: subprocess.CompletedProcess, summary: dict, device_type: str) -> None:
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout) == summary  # the printed summary is the written one
-    assert set(summary["checks"]) == CHECKS
-    assert summary["passed"] and all(summary["checks"].values())
-    assert torch.device(summary["parity"]["handler_device"]).type == device_type
-
-    statuses = summary["parity"]["statuses"]
-    assert statuses["predict"] == [200] * 10  # the ten sample images
-    assert statuses["explain"] == [200] * 11
-    assert statuses["refused"] == [400, 400, 400, 400, 422, 200, 422, 422]
-    for mode in ("fp32", "served"):
-        assert summary["parity"][mode]["failure_count"] == 0
-        measured, allowed = (summary["parity"][mode][k] for k in ("measured", "tolerances"))
-        assert measured["probability_abs"] <= allowed["probability_abs"]
-        assert measured["attribution_min_cosine"] > 0.99
+    parity = summary["parity"]
+    assert torch.device(parity["service_device"]).type == device
+    assert parity["integrated_gradients"] == "fashion_serve.ig"
+    assert list(parity["statuses"].values()) == [200] * 21 + BAD_STATUSES  # 10 + 10 + 1 good
+    for mode in ("fp32", "torch_defaults"):
+        assert parity[mode]["failure_count"] == 0
+        assert (
+            parity[mode]["measured"]["probability_abs"]
+            <= parity[mode]["tolerances"]["probability_abs"]
+        )
+    if device == "cpu":  # same code, same CPU
+        assert parity["fp32"]["measured"]["probability_abs"] == 0.0
 
     speed = summary["speed"]
-    for kind in ("handle", "model"):
-        assert set(speed["predict"][kind]) == {"batch_1", "batch_4"}
-        for size in (1, 4):
-            figures = speed["predict"][kind][f"batch_{size}"]
-            assert figures["batch_size"] == size and figures["calls"] >= 5
-            assert figures["images_per_s"] > 0 and figures["p50_ms_per_call"] > 0
-    assert speed["explain"]["steps"] == 50  # handler/model-config.yaml's default
-    assert speed["explain"]["batch_2"]["images_per_s"] > 0
+    for kind, sizes in (("run", {"batch_1", "batch_4"}), ("model", {"batch_1", "batch_4"}),
+                        ("explain", {"batch_2"})):  # fmt: skip
+        assert set(speed[kind]) == sizes
+        assert all(f["images_per_s"] > 0 and f["calls"] >= 5 for f in speed[kind].values())
+    assert speed["explain_steps"] == 50  # handler/model-config.yaml's default
 
     training = summary["training"]
     assert training["exit_code"] == 0 and training["dry_run"]
@@ -68,124 +81,60 @@ def assert_sane(result: subprocess.CompletedProcess, summary: dict, device_type:
     assert training["epoch_seconds"] > 0 and training["wall_seconds"] >= training["epoch_seconds"]
 
 
-def test_proof_on_cpu_checks_and_measures_everything(tiny_export_dir, tmp_path):
-    result, summary = run_proof("cpu", tiny_export_dir, tmp_path)
-    assert_sane(result, summary, "cpu")
-    assert summary["parity"]["fp32"]["measured"]["probability_abs"] == 0.0  # same code, same CPU
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_proof_on_cuda_matches_the_cpu(tiny_export_dir, tmp_path):
-    result, summary = run_proof("cuda", tiny_export_dir, tmp_path)
-    assert_sane(result, summary, "cuda")
-    assert summary["environment"]["gpu"]
-    assert "peak_gpu_memory_mb" in summary["training"]
-
-
-def test_bundle_packages_import_from_folders_and_wheels(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    (tmp_path / "site" / "bundled_folder_probe").mkdir(parents=True)
-    (tmp_path / "site" / "bundled_folder_probe" / "__init__.py").write_text("ANSWER = 1\n")
-    (tmp_path / "wheels").mkdir()
-    with zipfile.ZipFile(tmp_path / "wheels" / "probe-1.0-py3-none-any.whl", "w") as wheel:
-        wheel.writestr("bundled_wheel_probe.py", "ANSWER = 2\n")
-    for name in ("bundled_folder_probe", "bundled_wheel_probe"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-
-    use_bundle(tmp_path)
-
-    import bundled_folder_probe
-    import bundled_wheel_probe
-
-    assert (bundled_folder_probe.ANSWER, bundled_wheel_probe.ANSWER) == (1, 2)
-    assert sys.path[-2] == str((tmp_path / "site").resolve())  # appended: the machine's own win
-
-
-def test_bundle_wheels_for_another_python_are_refused_with_the_fix(tmp_path):
-    (tmp_path / "site").mkdir()
-    (tmp_path / "wheels").mkdir()
-    zipfile.ZipFile(tmp_path / "wheels" / "probe-1.0-cp20-cp20-linux_x86_64.whl", "w").close()
-    with pytest.raises(SystemExit, match="GPU_PYTHON="):
-        use_bundle(tmp_path)
-
-
-def test_bundle_script_passes_shellcheck_and_says_what_is_missing(tmp_path):
-    script = REPO_ROOT / "benchmarks" / "gpu_bundle.sh"
-    lint = subprocess.run([tool("shellcheck"), str(script)], capture_output=True, text=True)
-    assert lint.returncode == 0, lint.stdout
-    env = {"PATH": "/usr/bin:/bin", "VENV": sys.prefix, "EXPORT_DIR": str(tmp_path / "none"),
-           "BUNDLE": str(tmp_path / "bundle")}  # fmt: skip
-    result = subprocess.run([str(script)], capture_output=True, text=True, env=env)
-    assert result.returncode == 1
-    assert "model.pt" in result.stderr and "python -m training export" in result.stderr
+def test_a_bundle_without_a_model_says_how_to_make_one(tmp_path, caplog):
+    argv = ["--make-bundle", str(tmp_path / "bundle"), "--export-dir", str(tmp_path)]
+    assert gpu_proof.main(argv) == 2
+    assert "python -m training export" in caplog.text
     assert not (tmp_path / "bundle").exists()  # nothing half-made
 
 
 # The comparison itself: equal answers pass, and each kind of difference is caught.
 
 PREDICTION = {"Bag": 0.9, "Shirt": 0.05, "Coat": 0.03, "Dress": 0.01, "Sandal": 0.005}
-
-
-def explanation(attributions, probability=0.9, target=8) -> dict:
-    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 10).decode()
-    return {"target": target, "target_name": "Bag", "probability": probability, "steps": 50,
-            "delta": 0.0, "attributions": attributions, "heatmap_png": png}  # fmt: skip
-
-
-def answers(prediction: dict, explained: dict, refusal_status: int = 400) -> dict:
-    refusal = {"code": 400, "type": "invalid_image", "message": "not an image"}
-    return {
-        "predict": [{"name": "bag.png", "status": 200, "body": prediction}],
-        "explain": [{"name": "bag.png", "status": 200, "body": explained}],
-        "refused": [{"name": "not_an_image", "status": refusal_status, "body": refusal}],
-    }
-
-
 ATTRIBUTIONS = [[0.5, -0.25], [0.125, 0.0]]
 
 
+def explanation(attributions=ATTRIBUTIONS, probability=0.9, target=8) -> dict:
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 10).decode()
+    return {"method": "integrated_gradients", "target": target, "target_name": "Bag",
+            "probability": probability, "steps": 50, "delta": 0.0,
+            "attributions": attributions, "heatmap_png": png}  # fmt: skip
+
+
+def answers(prediction=PREDICTION, explained=None, refusal_status=400) -> list[Answer]:
+    refusal = {"code": 400, "type": "invalid_image", "message": "not an image"}
+    return [Answer(prediction), Answer(explained or explanation()),
+            Answer(refusal, refusal_status)]  # fmt: skip
+
+
+def compare(candidate: list[Answer], reference: list[Answer] | None = None) -> dict:
+    names = ["predict", "explain", "refused"]
+    return gpu_proof.compare(names, reference or answers(), candidate, gpu_proof.FP32)
+
+
 def test_equal_answers_pass():
-    reference = answers(PREDICTION, explanation(ATTRIBUTIONS))
-    result = parity.compare(reference, json.loads(json.dumps(reference)), parity.FP32)
-    assert result["passed"] and result["measured"]["attribution_min_cosine"] == 1.0
+    assert compare(answers())["passed"]
 
 
-def without(name: str, **added: float) -> dict:
-    return {**{k: v for k, v in PREDICTION.items() if k != name}, **added}
-
-
-SHIRT_FIRST = {"Shirt": 0.9, "Bag": 0.05, "Coat": 0.03, "Dress": 0.01, "Sandal": 0.005}
 DIFFERENCES = {
-    "top1": (answers(SHIRT_FIRST, explanation(ATTRIBUTIONS)), "top-1"),
-    "probability": (answers({**PREDICTION, "Shirt": 0.0502}, explanation(ATTRIBUTIONS)), "Shirt"),
-    "class_dropped": (answers(without("Coat", Pullover=0.03), explanation(ATTRIBUTIONS)), "Coat"),
-    "attribution": (answers(PREDICTION, explanation([[0.5, -0.25], [0.125, 0.01]])), "outside"),
-    "target": (answers(PREDICTION, explanation(ATTRIBUTIONS, target=6)), "target"),
-    "explained_probability": (
-        answers(PREDICTION, explanation(ATTRIBUTIONS, probability=0.91)),
-        "probability",
-    ),
-    "status": (answers(PREDICTION, explanation(ATTRIBUTIONS), refusal_status=500), "status"),
+    "top1": (answers({"Shirt": 0.9, **PREDICTION, "Bag": 0.05}), "top-1"),
+    "probability": (answers({**PREDICTION, "Shirt": 0.0502}), "probabilities differ"),
+    "class_missing": (answers({**PREDICTION, "Pullover": 0.0}), "classes"),
+    "attribution": (answers(explained=explanation([[0.5, -0.25], [0.125, 0.01]])), "outside"),
+    "target": (answers(explained=explanation(target=6)), "target"),
+    "explained_probability": (answers(explained=explanation(probability=0.91)), "probabilit"),
+    "status": (answers(refusal_status=500), "500"),
 }
 
 
 @pytest.mark.parametrize(("candidate", "problem"), DIFFERENCES.values(), ids=DIFFERENCES.keys())
 def test_each_kind_of_difference_fails(candidate, problem):
-    result = parity.compare(answers(PREDICTION, explanation(ATTRIBUTIONS)), candidate, parity.FP32)
+    result = compare(candidate)
     assert not result["passed"]
     assert any(problem in failure for failure in result["failures"]), result["failures"]
 
 
-def test_a_near_tie_at_the_top_k_cut_off_may_swap():
-    swapped = without("Sandal", Pullover=0.00502)  # Sandal was 0.005
-    assert parity.compare_prediction(PREDICTION, swapped, tolerance=1e-4) == []
-
-
 def test_rounding_to_four_significant_digits_is_within_fp32_tolerance():
     # 0.12345 rounds to 0.1234 on one side and 0.1235 on the other
-    assert parity.compare(
-        answers(PREDICTION, explanation([[0.1234, 0.15]])),
-        answers(PREDICTION, explanation([[0.1235, 0.15]])),
-        parity.FP32,
-    )["passed"]
+    reference = answers(explained=explanation([[0.1234, 0.15]]))
+    assert compare(answers(explained=explanation([[0.1235, 0.15]])), reference)["passed"]

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import device_parity as parity
-from benchmarks.gpu_proof import tf32
+from benchmarks.gpu_proof import FP32, Tolerances, answer_problems, tf32
 from fashion_serve.torchserve_runtime import TorchServeHandler
 from tests.handler.helpers import make_context, png_bytes, set_requests
 
@@ -32,7 +31,7 @@ def answers(tiny_export_dir, gpu_id):
     return handler.service.device, responses, statuses
 
 
-def delta_tolerance(explanation: dict, tolerances: parity.Tolerances) -> float:
+def delta_tolerance(explanation: dict, tolerances: Tolerances) -> float:
     """The convergence delta is sum(attributions) - (f(input) - f(baseline)): each term may
     move by the attributions' relative tolerance, so the delta by that much of their sizes."""
     attributions = np.asarray(explanation["attributions"], dtype=np.float64)
@@ -42,7 +41,7 @@ def delta_tolerance(explanation: dict, tolerances: parity.Tolerances) -> float:
 
 def test_handler_runs_on_the_assigned_gpu_and_agrees_with_cpu(tiny_export_dir):
     # Full fp32 on the GPU (cuDNN would use TF32 by default), so the fp32 tolerances hold;
-    # benchmarks/gpu_proof.py checks the TF32 answers as served.
+    # benchmarks/gpu_proof.py checks the answers with torch's defaults (TF32) too.
     with tf32(False):
         device, on_gpu, gpu_statuses = answers(tiny_export_dir, gpu_id=0)
     assert device.type == "cuda"
@@ -50,10 +49,10 @@ def test_handler_runs_on_the_assigned_gpu_and_agrees_with_cpu(tiny_export_dir):
     assert gpu_statuses == cpu_statuses == [200, 400, 200]
     assert list(on_gpu[0]) == list(on_cpu[0])  # same classes in the same order
     for name, probability in on_cpu[0].items():
-        assert on_gpu[0][name] == pytest.approx(probability, abs=parity.FP32.probability_abs)
+        assert on_gpu[0][name] == pytest.approx(probability, abs=FP32.probability_abs)
     assert on_gpu[2]["target_name"] == on_cpu[2]["target_name"] == "Bag"
     # Target, steps, probability, every attribution, and a PNG heatmap.
-    assert parity.compare_explanation(on_cpu[2], on_gpu[2], parity.FP32) == []
+    assert answer_problems(on_cpu[2], on_gpu[2], FP32) == []
     assert on_gpu[2]["delta"] == pytest.approx(
-        on_cpu[2]["delta"], abs=delta_tolerance(on_cpu[2], parity.FP32)
+        on_cpu[2]["delta"], abs=delta_tolerance(on_cpu[2], FP32)
     )
