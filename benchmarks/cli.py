@@ -26,7 +26,7 @@ def command_line(doc: str) -> argparse.ArgumentParser:
         "--export-dir",
         type=Path,
         default=DEFAULT_EXPORT_DIR,
-        help="model.pt + index_to_name.json (default artifacts/export)",
+        help="model.pt (default artifacts/export)",
     )
     parser.add_argument(
         "--image",

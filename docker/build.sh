@@ -4,8 +4,8 @@
 #                   [--base-image IMAGE] [-- extra build-tool arguments]
 #   cpu (default)  BASE_IMAGE debian:bookworm-slim, CPU torch      -> fashion-serve:cpu
 #   gpu            BASE_IMAGE nvidia/cuda:12.8.1-base-ubuntu24.04, CUDA torch -> fashion-serve:gpu
-#   --export-dir   model.pt + index_to_name.json (default artifacts/export); the build packs
-#                  them with scripts/archive.sh. --no-model: mount a model store at run time.
+#   --export-dir   model.pt, its contract inside (default artifacts/export); the build packs
+#                  it with scripts/archive.sh. --no-model: mount a model store at run time.
 #   --wheelhouse   wheels for an offline build (pip --no-index), made on the host with e.g.
 #                  pip download -d wheelhouse -r docker/torch.txt -r docker/requirements.txt
 # Settings (environment variables):
@@ -64,8 +64,8 @@ if [[ -z "${TORCH_VERSION:-}" ]]; then
 fi
 
 if [[ -n "$export_dir" ]]; then
-    [[ -f "${export_dir}/model.pt" && -f "${export_dir}/index_to_name.json" ]] ||
-        fail "no model.pt + index_to_name.json in ${export_dir}: run 'python -m training export' first, or pass --no-model"
+    [[ -f "${export_dir}/model.pt" ]] ||
+        fail "no model.pt in ${export_dir}: run 'python -m training export' first, or pass --no-model"
 fi
 if [[ -n "$wheelhouse" ]]; then
     compgen -G "${wheelhouse}/*.whl" >/dev/null || fail "no wheels in ${wheelhouse}"
@@ -90,12 +90,12 @@ mkdir -p "${context}/docker" "${context}/scripts" "${context}/handler/fashion_se
 cp "${repo_root}/monitoring/metrics.yaml" "${context}/monitoring/"
 cp "${repo_root}"/docker/{Dockerfile,requirements.txt,entrypoint.sh,healthcheck.py,config.properties,log4j2.xml} \
     "${context}/docker/"
-cp "${repo_root}/scripts/archive.sh" "${repo_root}/scripts/rollout.py" "${context}/scripts/"
+cp "${repo_root}"/scripts/{archive.sh,rollout.py,management_api.py} "${context}/scripts/"
 cp "${repo_root}"/handler/*.py "${repo_root}/handler/model-config.yaml" "${context}/handler/"
 # The serving package's sources only (no __pycache__): the archive and the image's copy.
 cp "${repo_root}"/handler/fashion_serve/*.py "${context}/handler/fashion_serve/"
 if [[ -n "$export_dir" ]]; then
-    cp "${export_dir}/model.pt" "${export_dir}/index_to_name.json" "${context}/export/"
+    cp "${export_dir}/model.pt" "${context}/export/"
 fi
 if [[ -n "$wheelhouse" ]]; then
     # Hard links where the wheelhouse shares a filesystem with TMPDIR: no copy of ~300 MB.

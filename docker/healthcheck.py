@@ -11,18 +11,19 @@ The runtime is the container's RUNTIME (entrypoint.sh), torchserve unless set.
 - kserve: GET /v2/models/MODEL/ready on the HTTP port (8080) answers 200 {"ready": true},
   asked with the inference token from the key file the KServe runtime writes; without a
   token when DISABLE_TOKEN_AUTHORIZATION=true (the runtime then writes no key file).
-Standard library only: it runs inside the image without the project installed.
+Standard library only (with management_api.py beside it): it runs inside the image without
+the project installed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+# Beside this file in the image (/usr/local/bin) and in the repo (docker/, a link to scripts/).
+from management_api import ManagementApi, ManagementError, call, read_keys
 
 TIMEOUT_S = 4
 DEFAULT_PORTS = {"torchserve": 8081, "kserve": 8080}  # management API / HTTP (entrypoint.sh)
@@ -33,58 +34,26 @@ TOKEN_OFF_VARIABLES = {
 }
 
 
-def read_keys(key_file: Path) -> dict:
-    return json.loads(key_file.read_text())
-
-
-def get(url: str, token: str | None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+def check_torchserve(base: str, model: str, key_file: Path | None) -> int:
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def ready_workers(body: bytes) -> int:
-    """Number of READY workers in a `GET /models/{name}` answer."""
-    return sum(
-        1
-        for model in json.loads(body)
-        for worker in model.get("workers", [])
-        if worker.get("status") == "READY"
-    )
-
-
-def check_torchserve(base: str, model: str, keys: dict, key_file: Path) -> int:
-    status, body = get(f"{base}/models/{model}", keys.get("management", {}).get("key"))
-    if status == 400 and keys.get("API", {}).get("key"):
-        # 400 is TorchServe's answer to a missing, wrong or expired token: renew and retry.
-        get(f"{base}/token?type=management", keys["API"]["key"])
-        keys = read_keys(key_file)
-        status, body = get(f"{base}/models/{model}", keys["management"]["key"])
-    if status != 200:
-        print(f"unhealthy: GET /models/{model} answered {status}: {body[:200]!r}")
+        workers = ManagementApi(base, model, key_file, TIMEOUT_S).workers()
+    except ManagementError as error:  # no answer, or not 200 (the token renewed once)
+        print(f"unhealthy: {error}")
         return 1
-    workers = ready_workers(body)
-    print(f"{model}: {workers} READY worker(s)")
-    return 0 if workers > 0 else 1
+    ready = sum(1 for worker in workers if worker.get("status") == "READY")
+    print(f"{model}: {ready} READY worker(s)")
+    return 0 if ready > 0 else 1
 
 
-def check_kserve(base: str, model: str, keys: dict) -> int:
+def check_kserve(base: str, model: str, token: str | None) -> int:
     # The model's own readiness (token needed), not the open /v2/health/ready the kubelet's
     # probes use: this one also proves the token in the key file is the one the server holds.
-    status, body = get(f"{base}/v2/models/{model}/ready", keys.get("inference", {}).get("key"))
+    status, body = call("GET", f"{base}/v2/models/{model}/ready", token, TIMEOUT_S)
     if status != 200:
-        print(f"unhealthy: GET /v2/models/{model}/ready answered {status}: {body[:200]!r}")
+        print(f"unhealthy: GET /v2/models/{model}/ready answered {status}: {body!r:.200}")
         return 1
-    try:
-        ready = json.loads(body).get("ready") is True
-    except (ValueError, AttributeError):
-        ready = False
-    print(f"{model}: {'ready' if ready else f'not ready: {body[:200]!r}'}")
+    ready = isinstance(body, dict) and body.get("ready") is True
+    print(f"{model}: {'ready' if ready else f'not ready: {body!r:.200}'}")
     return 0 if ready else 1
 
 
@@ -109,21 +78,22 @@ def main() -> int:
     base = f"http://127.0.0.1:{args.port or DEFAULT_PORTS[args.runtime]}"
 
     token_auth_off = os.environ.get(TOKEN_OFF_VARIABLES[args.runtime], "").lower() == "true"
+    # Token auth off (auth at the ingress, docker/kserve/inferenceservice-autoscale.yaml):
+    # the server writes no key file and needs no token.
+    key_file = None if token_auth_off else args.key_file
     try:
-        # Token auth off (auth at the ingress, docker/kserve/inferenceservice-autoscale.yaml):
-        # the server writes no key file and needs no token.
-        keys = {} if token_auth_off else read_keys(args.key_file)
+        keys = read_keys(key_file) if key_file else {}
     except (OSError, ValueError) as error:
         print(f"unhealthy: no readable key file at {args.key_file}: {error}")
         return 1
     if args.runtime == "kserve":
-        return check_kserve(base, args.model, keys)
-    return check_torchserve(base, args.model, keys, args.key_file)
+        return check_kserve(base, args.model, keys.get("inference", {}).get("key"))
+    return check_torchserve(base, args.model, key_file)
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except OSError as error:  # connection refused while starting, timeouts
+    except OSError as error:  # the KServe runtime: connection refused while starting, timeouts
         print(f"unhealthy: {error}")
         sys.exit(1)

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Pack an exported model into a TorchServe archive: model_store/<MODEL_NAME>.mar
 #   scripts/archive.sh [EXPORT_DIR] [MODEL_NAME]
-#   EXPORT_DIR  default artifacts/export (model.pt + index_to_name.json from `python -m training export`)
+#   EXPORT_DIR  default artifacts/export (model.pt from `python -m training export`)
 #   MODEL_NAME  default fashion-cnn
 # Settings (environment variables):
 #   MODEL_STORE=model_store   where the .mar is written (overwritten if present)
 #   VENV=.venv                the environment that has torch-model-archiver
 #   HANDLER_DIR=handler       fashion_handler.py, the fashion_serve package and model-config.yaml
 # The archive holds: model.pt (TorchScript with its contract), handler/fashion_handler.py as
-# the handler, the fashion_serve package folder and index_to_name.json beside it, and
+# the handler, the fashion_serve package folder beside it, and
 # handler/model-config.yaml (workers, batching, timeouts, handler settings). Both runtimes
 # load this one archive (the KServe runtime reads model.pt and model-config.yaml from it).
 # Its version is the model contract's version (contract.json inside model.pt).
@@ -27,8 +27,6 @@ fail() { printf 'archive: %s\n' "$*" >&2; exit 1; }
 
 [[ -f "${export_dir}/model.pt" ]] ||
     fail "no model at ${export_dir}/model.pt: export one with 'python -m training export --checkpoint artifacts/train/best.pt --out ${export_dir}'"
-[[ -f "${export_dir}/index_to_name.json" ]] ||
-    fail "no ${export_dir}/index_to_name.json: re-run 'python -m training export'"
 [[ -f "${handler_dir}/fashion_handler.py" ]] || fail "no handler at ${handler_dir}/fashion_handler.py"
 [[ -d "${handler_dir}/fashion_serve" ]] || fail "no serving core at ${handler_dir}/fashion_serve"
 [[ -f "${handler_dir}/model-config.yaml" ]] || fail "no ${handler_dir}/model-config.yaml"
@@ -40,7 +38,6 @@ PYTHONPATH="${handler_dir}" "${venv}/bin/python" -m fashion_serve.settings "${ha
 # them: stage the serving core there as the package folder it is, without bytecode.
 stage=$(mktemp -d "${TMPDIR:-/tmp}/fashion-archive.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
-cp "${export_dir}/index_to_name.json" "$stage/"
 mkdir "${stage}/fashion_serve"
 cp "${handler_dir}"/fashion_serve/*.py "${stage}/fashion_serve/"
 

@@ -23,9 +23,11 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from http.client import responses
 from pathlib import Path
 
 import requests
+from management_api import ManagementApi, ManagementError, auth_header, call, read_keys, renew_key
 
 from fashion_serve.contract import DEFAULT_MODEL_NAME
 
@@ -64,34 +66,23 @@ def key_file_renewal(key_file: Path, management_url: str | None):
     management API, which rewrites the file: keys expire after token_expiration_min)."""
 
     def renew(refused: str | None) -> str | None:
-        keys = _read_keys(key_file)
-        current = (keys.get("inference") or {}).get("key")
-        if current and current != refused:
-            return current
-        api_key = (keys.get("API") or {}).get("key")
-        if not (api_key and management_url):
-            return None  # the kserve runtime: its keys never expire
-        url = f"{management_url.rstrip('/')}/token?type=inference"
         try:
-            requests.get(url, headers={"Authorization": f"Bearer {api_key}"}, timeout=TIMEOUT_S)
-        except requests.ConnectionError:
+            current = read_keys(key_file).get("inference", {}).get("key")
+            if current and current != refused:
+                return current
+            if not management_url:
+                return None  # the kserve runtime: its keys never expire
+            return renew_key(management_url, key_file, "inference", TIMEOUT_S)
+        except (OSError, ValueError):  # no key file, or no answer
             return None
-        return (_read_keys(key_file).get("inference") or {}).get("key")
 
     return renew
-
-
-def _read_keys(key_file: Path) -> dict:
-    try:
-        return json.loads(key_file.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def read_token(key_file: Path, api: str = "inference") -> str:
     """The `api` ("inference" or "management") key from TorchServe's key_file.json."""
     try:
-        keys = json.loads(key_file.read_text())
+        keys = read_keys(key_file)
     except FileNotFoundError as exc:
         raise ClientError(
             f"no token file at {key_file}: start the server with 'scripts/serve.sh start' "
@@ -133,28 +124,28 @@ def require_endpoints(run_dir: Path) -> dict:
 def model_readiness(inference_url: str, model: str, token: str | None) -> list[str]:
     """["READY"] when the kserve runtime says the model is ready (OIP's GET
     /v2/models/{m}/ready; its workers share one port), else ["NOT_READY"]."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = f"{inference_url.rstrip('/')}/v2/models/{model}/ready"
     try:
-        response = requests.get(url, headers=headers, timeout=5)
-    except requests.ConnectionError as exc:
+        status, body = call("GET", url, token, timeout_s=5)
+    except OSError as exc:
         raise ClientError(f"no server at {inference_url}") from exc
-    if response.status_code not in (200, 503):
-        raise ServerError(response.status_code, response.reason, response.text[:200])
-    return ["READY" if response.ok and response.json().get("ready") else "NOT_READY"]
+    if status not in (200, 503):
+        raise ServerError(status, responses.get(status, "?"), f"{body}"[:200])
+    return ["READY" if status == 200 and body.get("ready") else "NOT_READY"]
 
 
-def worker_states(management_url: str, model: str, token: str | None) -> list[str]:
-    """The status ("READY", "UNLOADING", ...) of each worker of each version of `model`."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    url = f"{management_url.rstrip('/')}/models/{model}"
+def worker_states(management_url: str, model: str, key_file: Path) -> list[str]:
+    """The status ("READY", "UNLOADING", ...) of each worker of the model's default version,
+    asked with the key file's management key (renewed if it has expired)."""
+    api = ManagementApi(management_url, model, key_file, timeout_s=5)
     try:
-        response = requests.get(url, headers=headers, timeout=5)
-    except requests.ConnectionError as exc:
-        raise ClientError(f"no management API at {management_url}") from exc
-    if not response.ok:
-        raise ServerError(response.status_code, response.reason, response.text[:200])
-    described = response.json()
+        status, described = api.call("GET", f"/models/{model}")
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"cannot read the token file {key_file}: {exc}") from exc
+    except ManagementError as exc:  # nothing answers
+        raise ClientError(str(exc)) from exc
+    if status != 200:
+        raise ServerError(status, responses.get(status, "?"), f"{described}"[:200])
     return [worker["status"] for version in described for worker in version.get("workers", [])]
 
 
@@ -180,10 +171,8 @@ class FashionClient:
 
     def _use(self, token: str | None) -> None:
         self.token = token
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
-        else:
-            self.session.headers.pop("Authorization", None)
+        self.session.headers.pop("Authorization", None)
+        self.session.headers.update(auth_header(token))
 
     def predict(self, image_bytes: bytes, topk: int | None = None) -> dict[str, float]:
         """{class_name: probability}, highest first."""
@@ -335,8 +324,7 @@ def print_server_facts(args: argparse.Namespace) -> None:
             token = read_token_if_any(key_file, "inference")
             print(" ".join(model_readiness(endpoints["inference"], model, token)))
         else:
-            token = read_token_if_any(key_file, "management")
-            print(" ".join(worker_states(endpoints["management"], model, token)))
+            print(" ".join(worker_states(endpoints["management"], model, key_file)))
 
 
 def send_images(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ default moves every request goes to the old version; after it, to the new one.
 
 scripts/serve.sh update|rollback|status run this; in the image it is fashion-serve-rollout.
 The management API is reached on loopback with the management token from key_file.json
-(renewed with the key file's API key if it has expired). RUN_DIR/versions.json is the stack
+(management_api.py, beside this file: in the image too). RUN_DIR/versions.json is the stack
 of versions made default, newest last: `update` pushes, `rollback` pops, and a restart loads
 the top one. Standard library only: it runs in the image without the project installed.
 Exit status: 0 done, 1 refused or failed (the version that served before still serves), 2 usage.
@@ -30,11 +30,10 @@ import re
 import shutil
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import zipfile
 from pathlib import Path
+
+from management_api import ManagementApi, ManagementError
 
 DEFAULT_MODEL = os.environ.get("MODEL_NAME", "fashion-cnn")
 DEFAULT_RUN_DIR = Path(os.environ.get("RUN_DIR") or os.environ.get("TS_RUN_DIR") or "run")
@@ -43,11 +42,10 @@ DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
 HISTORY_FILE = "versions.json"
 # A bare archive name, as TorchServe looks it up in its model store: no path, no "..".
 ARCHIVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.mar$")
-REGISTER_TIMEOUT_S = 300  # a synchronous register returns once the workers have started
 POLL_S = 0.2
 
 
-class RolloutError(Exception):
+class RolloutError(ManagementError):
     """Why an update or rollback was refused or failed, for the operator."""
 
 
@@ -128,86 +126,7 @@ def serving_mar(run_dir: Path, store: Path) -> str | None:
     return None
 
 
-# --- the management API ----------------------------------------------------------------------
-class ManagementApi:
-    """TorchServe's management API with the management token (renewed once if expired)."""
-
-    def __init__(self, url: str, model: str, key_file: Path | None) -> None:
-        self.url = url.rstrip("/")
-        self.model = model
-        self.key_file = key_file
-
-    def _keys(self) -> dict:
-        if self.key_file is None or not self.key_file.exists():
-            return {}  # token authorization is off
-        return json.loads(self.key_file.read_text())
-
-    def call(self, method: str, path: str, timeout_s: float = 30) -> tuple[int, object]:
-        keys = self._keys()
-        status, body = self._send(method, path, keys.get("management", {}).get("key"), timeout_s)
-        if status == 400 and keys.get("API", {}).get("key"):
-            # 400 is how TorchServe 0.12 answers an expired token: renew it, ask again.
-            self._send("GET", "/token?type=management", keys["API"]["key"], timeout_s)
-            keys = self._keys()
-            status, body = self._send(method, path, keys["management"]["key"], timeout_s)
-        return status, body
-
-    def _send(self, method, path, token, timeout_s) -> tuple[int, object]:
-        request = urllib.request.Request(self.url + path, method=method)
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as error:
-            status, raw = error.code, error.read()
-        except OSError as error:
-            raise RolloutError(f"no management API at {self.url}: {error}") from None
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            return status, raw.decode(errors="replace")
-
-    def expect(self, method: str, path: str, what: str, timeout_s: float = 30) -> object:
-        status, body = self.call(method, path, timeout_s)
-        if status != 200:
-            message = body.get("message", body) if isinstance(body, dict) else body
-            raise RolloutError(f"{what}: TorchServe answered {status}: {message}")
-        return body
-
-    def versions(self) -> list[dict]:
-        """Every registered version of the model, as GET /models/{m}/all describes it."""
-        status, body = self.call("GET", f"/models/{self.model}/all")
-        if status == 404:
-            return []
-        if status != 200:
-            raise RolloutError(f"GET /models/{self.model}/all answered {status}: {body}")
-        return body
-
-    def default_version(self) -> dict | None:
-        """GET /models/{m} describes the default version."""
-        status, body = self.call("GET", f"/models/{self.model}")
-        return body[0] if status == 200 and body else None
-
-    def register(self, mar: str) -> None:
-        query = urllib.parse.urlencode(
-            {"url": mar, "model_name": self.model, "synchronous": "true"}
-        )  # workers: minWorkers from the archive's model-config.yaml
-        self.expect("POST", f"/models?{query}", f"registering {mar}", REGISTER_TIMEOUT_S)
-
-    def set_default(self, version: str) -> None:
-        path = f"/models/{self.model}/{urllib.parse.quote(version)}/set-default"
-        self.expect("PUT", path, f"making {version} the default")
-
-    def unregister(self, version: str) -> None:
-        path = f"/models/{self.model}/{urllib.parse.quote(version)}"
-        self.expect("DELETE", path, f"unregistering {version}", REGISTER_TIMEOUT_S)
-
-    def describe(self, version: str) -> dict | None:
-        status, body = self.call("GET", f"/models/{self.model}/{urllib.parse.quote(version)}")
-        return body[0] if status == 200 and body else None
-
-
+# --- worker states ----------------------------------------------------------------------------
 def all_ready(description: dict | None) -> bool:
     """Every worker READY, and as many as the version's minWorkers (at least one)."""
     if not description:
@@ -246,7 +165,7 @@ def switch(
     model_name, version = archive_version(store_archive(store, mar))
     if model_name != api.model:
         say(f"note: {mar} was archived as {model_name!r}; it is served as {api.model!r}")
-    current = api.default_version()
+    current = api.describe()
     if current is None:
         raise RolloutError(f"model {api.model} is not being served: start the server first")
     old = current["modelVersion"]
@@ -268,7 +187,7 @@ def switch(
         say(f"giving up: unregistering {version}; {old} keeps serving")
         try:
             api.unregister(version)
-        except RolloutError as error:
+        except ManagementError as error:
             say(f"could not unregister {version}: {error}")
         raise
     default_s = time.perf_counter() - started
@@ -282,7 +201,7 @@ def switch(
     time.sleep(drain_s)
     try:
         api.unregister(old)
-    except RolloutError as error:
+    except ManagementError as error:
         raise RolloutError(
             f"{version} serves now, but {old} is still loaded: {error}. TorchServe stops "
             "workers by running `kill -9 PID`, so it needs a kill program on its PATH "
@@ -317,7 +236,7 @@ def seed_history(history: list[dict], store: Path, model: str, version: str, url
 
 def update(args, api: ManagementApi) -> int:
     store = args.model_store
-    current = api.default_version()
+    current = api.describe()
     if args.archive:
         # Refused before staging: the store keeps the archive of the version serving now.
         refuse_registered(
@@ -345,7 +264,7 @@ def rollback(args, api: ManagementApi) -> int:
             f"{len(history)} version(s); rollback follows an update"
         )
     previous = history[-2]
-    current = api.default_version()
+    current = api.describe()
     if current is not None and current["modelVersion"] != history[-1]["version"]:
         say(f"note: serving {current['modelVersion']}, history says {history[-1]['version']}")
     path = store_archive(args.model_store, previous["mar"])
@@ -363,7 +282,7 @@ def rollback(args, api: ManagementApi) -> int:
 
 
 def status(args, api: ManagementApi) -> int:
-    default = api.default_version()
+    default = api.describe()
     versions = api.versions()
     if not versions:
         say(f"model {api.model} is not registered")
@@ -447,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         url = args.management_url or endpoints.get("management") or DEFAULT_MANAGEMENT_URL
         api = ManagementApi(url, model, args.run_dir / "key_file.json")
         return {"update": update, "rollback": rollback, "status": status}[args.command](args, api)
-    except RolloutError as error:
+    except ManagementError as error:  # a RolloutError too
         print(f"rollout: {error}", file=sys.stderr)
         return 1
 

@@ -33,7 +33,7 @@ def make_contract(**overrides) -> ModelContract:
 
 @pytest.fixture(scope="session")
 def tiny_export_dir(tmp_path_factory) -> Path:
-    """An untrained (seeded) FashionCNN exported with a contract: model.pt + index_to_name.json.
+    """An untrained (seeded) FashionCNN exported with a contract: model.pt.
 
     Right for shapes, formats and plumbing; its predictions mean nothing.
     """

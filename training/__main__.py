@@ -20,7 +20,6 @@ import torch
 from fashion_serve.contract import (
     DEFAULT_MODEL_NAME,
     FASHION_MNIST_CLASSES,
-    INDEX_TO_NAME_FILE,
     ModelContract,
 )
 from training import data
@@ -155,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=Path("artifacts/export"),
-        help=f"output folder for {MODEL_FILE} and {INDEX_TO_NAME_FILE}",
+        help=f"output folder for {MODEL_FILE}",
     )
     p.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name in the contract")
     p.add_argument("--version", default="1.0", help="model version in the contract")

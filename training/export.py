@@ -5,13 +5,11 @@ python -m training export --checkpoint artifacts/train/best.pt --out artifacts/e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from fashion_serve.contract import (
-    INDEX_TO_NAME_FILE,
     ModelContract,
     load_torchscript,
     quiet_jit,
@@ -30,7 +28,7 @@ class ParityError(RuntimeError):
 def export_model(
     model: FashionCNN, contract: ModelContract, out_dir: Path, example_batch: torch.Tensor
 ) -> float:
-    """Write model.pt (TorchScript + contract) and index_to_name.json into out_dir.
+    """Write model.pt (TorchScript with its contract inside) into out_dir.
 
     Reloads the written file and compares it with the eager model on example_batch
     (normalized, (B, C, H, W)); returns the max absolute logit difference and raises
@@ -42,7 +40,6 @@ def export_model(
         scripted = torch.jit.script(model)
     model_path = out_dir / MODEL_FILE
     save_torchscript(scripted, model_path, contract)
-    (out_dir / INDEX_TO_NAME_FILE).write_text(json.dumps(contract.index_to_name(), indent=2))
 
     reloaded, reloaded_contract = load_torchscript(model_path)
     if reloaded_contract != contract:

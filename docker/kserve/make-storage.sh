@@ -5,7 +5,7 @@
 #     OUT_DIR/model-store/fashion-cnn.mar
 #     OUT_DIR/config/config.properties     (model_snapshot names the archive)
 #     OUT_DIR/config/metrics.yaml          (the handler's metrics, monitoring/metrics.yaml)
-#   --export-dir DIR  pack model.pt + index_to_name.json with scripts/archive.sh
+#   --export-dir DIR  pack model.pt with scripts/archive.sh
 #                     (default artifacts/export)
 #   --mar FILE        use an archive made already (e.g. model_store/fashion-cnn.mar)
 #   --protocol v1     KServe v1 through TorchServe's kserve envelope, batchSize 1 (default)

@@ -20,7 +20,6 @@ import torch
 CONTRACT_FILE = "contract.json"
 # The name the model is served under unless told otherwise (shell scripts: MODEL_NAME).
 DEFAULT_MODEL_NAME = "fashion-cnn"
-INDEX_TO_NAME_FILE = "index_to_name.json"  # the name TorchServe's tooling expects
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -82,9 +81,6 @@ class ModelContract:
         if fields.get("class_prior") is not None:
             fields["class_prior"] = tuple(fields["class_prior"])
         return cls(**fields)
-
-    def index_to_name(self) -> dict[str, str]:
-        return {str(i): name for i, name in enumerate(self.class_names)}
 
 
 @contextmanager

@@ -475,7 +475,7 @@ def main() -> int:
         "--export-dir",
         type=Path,
         default=REPO_ROOT / "artifacts" / "export",
-        help="model.pt + index_to_name.json (default artifacts/export)",
+        help="model.pt (default artifacts/export)",
     )
     parser.add_argument(
         "--sample", type=Path, default=REPO_ROOT / "samples" / "sneaker.png", help="image to send"

@@ -115,12 +115,12 @@ def test_build_stages_a_small_context_and_passes_build_args(fake_engine, tiny_ex
     context = set(Path(f"{log}.context").read_text().split())
     assert {
         "./docker/Dockerfile", "./docker/entrypoint.sh", "./docker/requirements.txt",
-        "./scripts/archive.sh", "./scripts/rollout.py",
+        "./scripts/archive.sh", "./scripts/rollout.py", "./scripts/management_api.py",
         "./handler/fashion_handler.py", "./handler/model-config.yaml",
         # the serving package: packed into the archive and installed for the KServe runtime
         "./handler/fashion_serve/__init__.py", "./handler/fashion_serve/kserve_server.py",
         "./handler/fashion_serve/torchserve_runtime.py",
-        "./export/model.pt", "./export/index_to_name.json",
+        "./export/model.pt",
         "./wheelhouse/example-1.0-py3-none-any.whl",
     } <= context  # fmt: skip
     assert not any(
@@ -399,6 +399,22 @@ def test_dockerfile_defaults_to_torchserve_and_makes_fashion_serve_importable():
     assert not [line for line in instructions if "PYTHONPATH" in line]
     assert re.search(r'cp -r /tmp/build/handler/fashion_serve "\$\{site_packages\}', dockerfile)
     assert "import fashion_serve.kserve_runtime" in dockerfile  # fails the build, not the pod
+
+
+def test_the_image_puts_management_api_beside_the_scripts_that_import_it(tmp_path):
+    """fashion-serve-rollout and fashion-serve-healthcheck import management_api from their
+    own folder: laid out as the Dockerfile copies them, both start (without PYTHONPATH)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for source, name in re.findall(r"^COPY (\S+) /usr/local/bin/(\S+)$", dockerfile_text(), re.M):
+        shutil.copy(REPO_ROOT / source, bin_dir / name)
+    python = [sys.executable, "-E", "-s"]
+    rollout = [*python, str(bin_dir / "fashion-serve-rollout"), "serving-mar", "--run-dir"]
+    done = subprocess.run([*rollout, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    healthcheck = [*python, str(bin_dir / "fashion-serve-healthcheck"), "--key-file"]
+    done = subprocess.run([*healthcheck, str(tmp_path / "none")], capture_output=True, text=True)
+    assert "no readable key file" in done.stdout, done.stderr
 
 
 def test_requirements_pin_the_kserve_runtime():

@@ -198,7 +198,7 @@ def test_make_storage_builds_the_layout_the_stock_runtime_reads(tiny_export_dir,
         names = set(archive.namelist())
     assert model_config["batchSize"] == 1
     assert entry["minWorkers"] == model_config["minWorkers"]
-    assert {"model.pt", "index_to_name.json", "fashion_handler.py"} <= names
+    assert {"model.pt", "fashion_handler.py"} <= names
 
 
 def test_runtime_manifests_differ_only_in_protocol_name_and_storage():

@@ -126,6 +126,9 @@ def test_client_token_reads_either_key_and_is_empty_when_auth_is_off(tmp_path):
 
 
 def load_client():
+    # Run as a script, client.py imports management_api from beside it.
+    if str(REPO_ROOT / "scripts") not in sys.path:
+        sys.path.append(str(REPO_ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location("client", REPO_ROOT / "scripts" / "client.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -33,8 +33,7 @@ def service(tiny_export_dir, tmp_path_factory):
         model_dir / "fashion_serve",
         ignore=shutil.ignore_patterns("__pycache__"),
     )
-    for name in ("model.pt", "index_to_name.json"):
-        shutil.copy(tiny_export_dir / name, model_dir)
+    shutil.copy(tiny_export_dir / "model.pt", model_dir)
     (model_dir / "MAR-INF").mkdir()
     manifest = {
         "model": {

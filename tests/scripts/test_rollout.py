@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_rollout():
+    # Run as a script, rollout.py imports management_api from beside it.
+    if str(REPO_ROOT / "scripts") not in sys.path:
+        sys.path.append(str(REPO_ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location("rollout", REPO_ROOT / "scripts" / "rollout.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -93,9 +97,6 @@ class FakeApi:
         self.new_ready = new_ready
         self.calls: list[str] = []
 
-    def default_version(self):
-        return {"modelVersion": self.default, "modelUrl": "fashion-cnn.mar"}
-
     def versions(self):
         return [{"modelVersion": v} for v in self.registered]
 
@@ -104,11 +105,13 @@ class FakeApi:
         version = rollout.archive_version(self.store / mar)[1]
         self.registered[version] = "READY" if self.new_ready else "UNLOADING"
 
-    def describe(self, version):
+    def describe(self, version=None):
+        version = version or self.default  # without a version: the default's description
         if version not in self.registered:
             return None
         workers = [{"status": self.registered[version]}] * 2
-        return {"minWorkers": 2, "workers": workers, "jobQueueStatus": {"pendingRequests": 0}}
+        return {"modelVersion": version, "modelUrl": "fashion-cnn.mar", "minWorkers": 2,
+                "workers": workers, "jobQueueStatus": {"pendingRequests": 0}}  # fmt: skip
 
     def set_default(self, version):
         self.calls.append(f"set-default {version}")

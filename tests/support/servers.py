@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from fashion_serve.contract import DEFAULT_MODEL_NAME
+from scripts.management_api import ManagementApi, auth_header, read_keys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS_DIR = REPO_ROOT / "scripts"
@@ -177,8 +178,12 @@ class TorchServe:
     def explanations_url(self) -> str:
         return f"{self.inference_url}/explanations/{self.model}"
 
+    @property
+    def key_file(self) -> Path:
+        return self.run_dir / "key_file.json"
+
     def keys(self) -> dict:
-        return json.loads((self.run_dir / "key_file.json").read_text())
+        return read_keys(self.key_file)
 
     @property
     def inference_token(self) -> str:
@@ -190,11 +195,11 @@ class TorchServe:
 
     @property
     def inference_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.inference_token}"}
+        return auth_header(self.inference_token)
 
     @property
     def management_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.management_token}"}
+        return auth_header(self.management_token)
 
     def frontend_pid(self) -> int | None:
         pid_file = self.run_dir / "tmp" / ".model_server.pid"
@@ -205,16 +210,17 @@ class TorchServe:
         except (OSError, ValueError):
             return None
 
-    # --- management API ----------------------------------------------------------------------
+    # --- management API (scripts/management_api.py: ManagementError is a RuntimeError) ------
+    @property
+    def management(self) -> ManagementApi:
+        return ManagementApi(self.management_url, self.model, self.key_file)
+
     def describe(self) -> list:
-        url = f"{self.management_url}/models/{self.model}"
-        status, body = http_call("GET", url, headers=self.management_headers)
-        if status != 200:
-            raise RuntimeError(f"GET /models/{self.model} answered {status}: {body[:200]!r}")
-        return json.loads(body)
+        """[the default version's description], as GET /models/{model} answers."""
+        return self.management.expect("GET", f"/models/{self.model}", f"describing {self.model}")
 
     def workers(self) -> list[dict]:
-        return [worker for version in self.describe() for worker in version.get("workers", [])]
+        return self.management.workers()
 
     def ready_worker_pids(self) -> list[int]:
         return sorted(

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from fashion_serve.contract import FASHION_MNIST_CLASSES, INDEX_TO_NAME_FILE, load_torchscript
+from fashion_serve.contract import FASHION_MNIST_CLASSES, load_torchscript
 from tests.conftest import make_contract
 from tests.training.idx_files import write_dataset
 from training import data, export
@@ -185,8 +185,7 @@ def test_export_round_trips_the_contract_and_matches_eager(trained_dir, dataset_
     train_labels = data.read_split(dataset_dir, "train").labels
     shares = torch.bincount(train_labels, minlength=10).double() / len(train_labels)
     assert contract.class_prior == pytest.approx(shares.tolist(), abs=1e-6)
-    index_to_name = json.loads((tmp_path / INDEX_TO_NAME_FILE).read_text())
-    assert index_to_name == {str(i): name for i, name in enumerate(FASHION_MNIST_CLASSES)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # the contract is inside
     batch = normalize(data.read_split(dataset_dir, "test").images[:32], state["mean"], state["std"])
     with torch.inference_mode():
         assert torch.allclose(scripted(batch), eager(batch), atol=1e-5)

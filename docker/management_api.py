@@ -1,0 +1,1 @@
+../scripts/management_api.py
