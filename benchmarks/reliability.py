@@ -24,8 +24,9 @@ status is 1 if any fails):
 - update (TorchServe only: the kserve runtime serves one version per start): under load at
   concurrency C the whole time, serve.sh update to a second version (the served model with
   its last bias moved), then serve.sh rollback: every answer is a 200 from the old or the
-  new version (X-Model-Version) with that version's body, and worker memory is back to one
-  model's worth after each swap (benchmarks/update.py);
+  new version (X-Model-Version) with that version's body, worker memory is back to one
+  model's worth after each swap, and nobody notices: p99 <= --update-p99-ms and the slowest
+  request <= --update-slowest-ms over the whole window, reported per phase (benchmarks/update.py);
 - restart: serve.sh stop + start: the model comes back with no manual step;
 - grpc (kserve only: TorchServe's OIP gRPC is not the stock service): --grpc-requests
   ModelInfer calls at concurrency C with stock tritonclient.grpc, none failed, each the REST
@@ -113,6 +114,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=5,
         help="update check: seconds of load before the update, between it and the rollback, "
         "and after (default 5)",
+    )
+    parser.add_argument(
+        "--update-concurrency",
+        type=int,
+        default=16,
+        help="update check: clients sending predictions the whole time (default 16)",
+    )
+    parser.add_argument(
+        "--update-p99-ms",
+        type=float,
+        default=250,
+        help="update check: p99 latency over the whole window, at most (default 250)",
+    )
+    parser.add_argument(
+        "--update-slowest-ms",
+        type=float,
+        default=1000,
+        help="update check: the slowest request of the whole window, at most (default 1000)",
     )
     parser.add_argument(
         "--checks",

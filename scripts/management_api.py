@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-SLOW_CALL_TIMEOUT_S = 300  # a synchronous register or an unregister waits for the workers
+SLOW_CALL_TIMEOUT_S = 300  # an unregister waits for the old workers to stop
 
 
 class ManagementError(RuntimeError):
@@ -127,12 +127,18 @@ class ManagementApi:
         return body
 
     def register(self, mar: str) -> None:
-        """Registers an archive of the model store, by file name; returns once its workers
-        (minWorkers from the archive's model-config.yaml) have started."""
+        """Registers an archive of the model store, by file name, and returns while its
+        workers start (watch them with describe). Asynchronous on purpose: TorchServe 0.12
+        answers a synchronous register from the Netty thread that serves inference
+        connections too, and the requests of those connections wait until the workers are
+        READY (seconds; docs/reliability.md#updates-under-load)."""
         query = urllib.parse.urlencode(
-            {"url": mar, "model_name": self.model, "synchronous": "true"}
+            {"url": mar, "model_name": self.model, "synchronous": "false"}
         )
-        self.expect("POST", f"/models?{query}", f"registering {mar}", SLOW_CALL_TIMEOUT_S)
+        status, body = self.call("POST", f"/models?{query}", SLOW_CALL_TIMEOUT_S)
+        if status not in (200, 202):  # 202: "Processing worker updates..."
+            message = body.get("message", body) if isinstance(body, dict) else body
+            raise ManagementError(f"registering {mar}: TorchServe answered {status}: {message}")
 
     def set_default(self, version: str) -> None:
         self.expect("PUT", f"{self._path(version)}/set-default", f"making {version} the default")

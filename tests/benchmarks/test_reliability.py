@@ -39,6 +39,8 @@ def reports(tiny_export_dir, tmp_path_factory) -> dict:
         "--requests", str(REQUESTS), "--warmup", "100", "--concurrency", "32",
         "--kills", "1", "--kill-after-s", "2", "--kill-load-s", "10",
         "--update-settle-s", "2", "--grpc-requests", str(GRPC_REQUESTS),
+        # latency is a benchmark's verdict on a quiet machine, not a shared CI runner's
+        "--update-p99-ms", "1e9", "--update-slowest-ms", "1e9",
         "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(
@@ -112,6 +114,17 @@ def test_each_check_did_its_work(reports):
     assert all(count > 0 for count in update["answers_by_version"].values())
     assert update["update_to_new_version_serving_s"] is not None
     assert update["rollback_to_old_version_serving_s"] is not None
+    phases = [name for name, start, end in update["phases_s"]]
+    assert phases == [f"{swap} {phase}" for swap in ("update", "rollback")
+                      for phase in ("stage", "register", "switch", "drain")]  # fmt: skip
+    assert all(start <= end for _, start, end in update["phases_s"])
+    latency = update["latency_by_phase"]
+    assert latency["whole window"]["requests"] == update["requests"]
+    assert (
+        sum(f["requests"] for name, f in latency.items() if name != "whole window")
+        == (update["requests"])
+    )
+    assert latency["update register"]["requests"] > 0 and update["latency_met"]
     grpc = reports["kserve"]["grpc"]
     assert grpc["load"]["requests"] == GRPC_REQUESTS and grpc["load"]["failed"] == 0
     assert grpc["batch_of_16"] == {"images": 16, "wrong_rows": []}
