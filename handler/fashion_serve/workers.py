@@ -3,10 +3,12 @@ the frontend's other workers (of every model it serves). Whether any of them is 
 tells the handler whether another worker competes for the cores, so that one explanation may
 use more than one of them (fashion_serve.ig.PathThreads; docs/performance.md#explanations).
 
-It assumes the frontend starts the workers itself, as it does unless TorchServe's
-`cpu_launcher` is on (then each worker's parent is its own launcher, and a worker sees no
-siblings). Read from /proc (Linux); elsewhere, or where /proc cannot be read, the siblings
-always count as running, and nothing is split.
+The siblings are the frontend's workers (or the kserve runtime's supervisor's). Under
+TorchServe's `cpu_launcher` each worker's parent is its own launcher, so a worker sees none;
+but that launcher binds each worker to cores of its own (numactl or taskset), so no sibling
+competes for them, and `usable_cores` (the affinity) is what limits the split. Read from /proc
+(Linux); elsewhere, or where /proc cannot be read, the siblings always count as running, and
+nothing is split.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from pathlib import Path
 
 PROC = Path("/proc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-# How long a list of siblings is trusted: TorchServe starts and restarts workers at any time,
-# and a scan of /proc costs about a millisecond.
-REFRESH_S = 10.0
+# How long a list of siblings is trusted: the server starts and restarts workers at any time
+# (a new one loading the model is busy), and a scan of /proc costs about a millisecond.
+REFRESH_S = 1.0
 
 
 class SiblingWorkers:
