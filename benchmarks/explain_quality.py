@@ -6,10 +6,13 @@
 
 Faithfulness, for integrated gradients: |convergence delta| (how far the attributions' sum
 is from f(input) - f(black)) and the relative L2 distance of the attribution map from a
-high-step reference (Gauss-Legendre, --reference-steps), median and 95th percentile over
-the samples and the first --images test images, each explained for its predicted class.
+high-step reference (Gauss-Legendre, --reference-steps), median, 95th and 99th percentile
+over the samples and the first --images test images, each explained for its predicted class;
+with steps "auto" at each --tolerances, also the steps each image took and the share that
+reached max_ig_steps without meeting the tolerance.
 Speed: ms of CPU per explained image (one process, one torch thread), at batch 1 and at
-the served batch size, for
+the served batch size (median of repeated batches), and the mean over every image explained
+in batches of 8, for
 - "before": Captum's IntegratedGradients on the exported TorchScript as loaded, contiguous
   layout (how the handler explained before its gradient copy);
 - "via Captum": Captum on the handler's gradient copy (how it explained before fashion_serve.ig),
@@ -24,6 +27,7 @@ loads it. --markdown FILE writes the table for docs/performance.md.
 
 from __future__ import annotations
 
+import collections
 import json
 import statistics
 import time
@@ -38,7 +42,7 @@ from benchmarks.load import CONCURRENCIES, LoadSettings, load_points
 from fashion_serve.explain import attribute
 from fashion_serve.ig import ReluChain
 from fashion_serve.image import prepare_image, to_batch_tensor
-from fashion_serve.options import INTEGRATED_GRADIENTS, METHODS
+from fashion_serve.options import AUTO_STEPS, INTEGRATED_GRADIENTS, METHODS
 from tests.support.handler_context import initialized_handler
 from tests.support.servers import REPO_ROOT, TorchServe, model_config
 from training import data
@@ -71,7 +75,7 @@ def test_inputs(handler, count: int) -> torch.Tensor:
     )
 
 
-def faithfulness(attributions, deltas, reference) -> dict:
+def faithfulness(attributions, deltas, steps, reference, tolerance=None) -> dict:
     distance = (attributions - reference).flatten(1).norm(dim=1)
     relative = (distance / reference.flatten(1).norm(dim=1).clamp_min(1e-12)).tolist()
     result = {
@@ -83,7 +87,19 @@ def faithfulness(attributions, deltas, reference) -> dict:
         result |= {
             "delta_median": quantile(magnitudes, 0.5),
             "delta_p95": quantile(magnitudes, 0.95),
+            "delta_p99": quantile(magnitudes, 0.99),
         }
+    if steps is not None:
+        counts = steps.float().tolist()
+        histogram = collections.Counter(map(int, counts))
+        result |= {
+            "steps_mean": round(sum(counts) / len(counts), 1),
+            "steps_median": quantile(counts, 0.5),
+            "steps_p95": quantile(counts, 0.95),
+            "steps_histogram": dict(sorted(histogram.items())),
+        }
+    if tolerance is not None:
+        result["unconverged"] = sum(m > tolerance for m in deltas.abs().tolist())
     return result
 
 
@@ -106,14 +122,19 @@ def ms_per_image(explain: Callable, examples: tuple, batch_size: int, seconds: f
 
 
 def chunked(explain: Callable, examples: tuple, size: int = 8):
-    """explain() over the (inputs, targets, logits) in chunks: (attributions, deltas or
-    None)."""
+    """explain() over the (inputs, targets, logits) in chunks: (attributions, deltas or None,
+    steps or None, mean ms of CPU per image)."""
+    started = time.process_time()
     parts = [
         explain(*(part[i : i + size] for part in examples))
         for i in range(0, len(examples[0]), size)
     ]
-    deltas = None if parts[0][1] is None else torch.cat([d for _, d in parts])
-    return torch.cat([a for a, _ in parts]), deltas
+    cpu_ms = (time.process_time() - started) * 1000 / len(examples[0])
+
+    def joined(index: int):
+        return None if parts[0][index] is None else torch.cat([p[index] for p in parts])
+
+    return joined(0), joined(1), joined(2), round(cpu_ms, 2)
 
 
 def run(args) -> dict:
@@ -127,22 +148,17 @@ def run(args) -> dict:
     served_batch = int(model_config().get("batchSize", 1))
     print(f"{len(inputs)} images; reference: {args.reference_steps} steps...", flush=True)
 
-    def handler_method(method: str, steps: int, chain=handler.service.relu_chain) -> Callable:
+    def handler_method(
+        method: str, steps, chain=handler.service.relu_chain, tolerance: float = 0.0
+    ) -> Callable:
         return lambda x, t, s: attribute(
-            method,
-            handler.service.gradient_model,
-            handler.service.predict_model,
-            x,
-            baseline,
-            t,
-            steps,
-            chain,
-            s,
-        )
+            method, handler.service.gradient_model, handler.service.predict_model, x, baseline,
+            t, steps, chain, s, None, tolerance, handler.service.limits.max_steps,
+        )  # fmt: skip
 
     # The reference: Captum on the gradient copy in fp32, independent of fashion_serve.ig.
-    reference, _ = chunked(handler_method(INTEGRATED_GRADIENTS, args.reference_steps, None),
-                           examples, size=2)  # fmt: skip
+    reference = chunked(handler_method(INTEGRATED_GRADIENTS, args.reference_steps, None),
+                        examples, size=2)[0]  # fmt: skip
     default = handler.service.limits.default_steps
     fp32_chain = ReluChain.from_model(
         handler.service.model, handler.service.contract.input_shape, handler.service.device
@@ -151,7 +167,7 @@ def run(args) -> dict:
     # None: not the handler's, measured in-process only)
     settings = {
         f"before: integrated_gradients, {default} steps": (
-            lambda x, t, _: before(handler.service.model, x, baseline, t, default),
+            lambda x, t, _: (*before(handler.service.model, x, baseline, t, default), None),
             None,
         ),
         f"integrated_gradients via Captum, {default} steps": (
@@ -168,12 +184,22 @@ def run(args) -> dict:
             handler_method(INTEGRATED_GRADIENTS, steps),
             {"X-Method": INTEGRATED_GRADIENTS, "X-Steps": str(steps)},
         )
+    tolerances = {}
+    for tolerance in args.tolerances:
+        name = f"integrated_gradients, auto, tolerance {tolerance:g}"
+        tolerances[name] = tolerance
+        settings[name] = (
+            handler_method(INTEGRATED_GRADIENTS, AUTO_STEPS, tolerance=tolerance),
+            {"X-Method": INTEGRATED_GRADIENTS, "X-Steps": AUTO_STEPS,
+             "X-Delta-Tolerance": str(tolerance)},
+        )  # fmt: skip
     for method in METHODS[1:]:
         settings[method] = handler_method(method, 0), {"X-Method": method}
     rows = {}
     for name, (explain, _) in settings.items():
-        attributions, deltas = chunked(explain, examples)
-        row = faithfulness(attributions, deltas, reference)
+        attributions, deltas, steps, cpu_ms = chunked(explain, examples)
+        row = faithfulness(attributions, deltas, steps, reference, tolerances.get(name))
+        row["cpu_ms_per_image_mean"] = cpu_ms
         for batch_size in (1, served_batch):
             row[f"ms_per_image_batch_{batch_size}"] = ms_per_image(
                 explain, examples, batch_size, args.seconds
@@ -225,20 +251,28 @@ def markdown(results: dict) -> str:
     )  # fmt: skip
     served_header = "".join(f" served/s {point} |" for point in points)
     lines = [
-        f"| setting | ms/image, batch 1 | ms/image, batch {batch} |{served_header} "
-        f"\\|delta\\| median / p95 "
+        f"| setting | ms/image, batch 1 | ms/image, batch {batch} | ms/image, mean |"
+        f"{served_header} \\|delta\\| median / p95 / p99 | steps: mean, p95 (not met) "
         f"| distance from {results['reference_steps']} steps, median / p95 |",
-        "|---|---:|---:|" + "---:|" * len(points) + "---:|---:|",
+        "|---|---:|---:|---:|" + "---:|" * len(points) + "---:|---:|---:|",
     ]
     for name, row in results["rows"].items():
         delta, distance = "", ""  # the other methods measure something else than IG's reference
         if "delta_median" in row:
-            delta = f"{row['delta_median']:.4f} / {row['delta_p95']:.4f}"
+            delta = f"{row['delta_median']:.4f} / {row['delta_p95']:.4f} / {row['delta_p99']:.4f}"
             distance = f"{row['relative_l2_median']:.3f} / {row['relative_l2_p95']:.3f}"
+        steps = ""
+        if "steps_mean" in row:
+            steps = f"{row['steps_mean']:.1f}, {row['steps_p95']:.0f}"
+            steps += f" ({row['unconverged']})" if "unconverged" in row else ""
         batch_1, batched = row["ms_per_image_batch_1"], row[f"ms_per_image_batch_{batch}"]
+        mean = row["cpu_ms_per_image_mean"]
         rates = row.get("served_requests_per_s", {})
         served = "".join(f" {rates[point]:.1f} |" if point in rates else " |" for point in points)
-        lines.append(f"| {name} | {batch_1:.1f} | {batched:.1f} |{served} {delta} | {distance} |")
+        lines.append(
+            f"| {name} | {batch_1:.1f} | {batched:.1f} | {mean:.1f} |{served} {delta} | {steps} "
+            f"| {distance} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -246,6 +280,10 @@ def main(argv=None) -> int:
     parser = command_line(__doc__)
     parser.add_argument("--images", type=int, default=256, help="test images besides the samples")
     parser.add_argument("--reference-steps", type=int, default=400)
+    parser.add_argument(
+        "--tolerances", type=float, nargs="*", default=[0.02, 0.05, 0.1],
+        help='delta tolerances of the steps "auto" rows (default 0.02 0.05 0.1)',
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=3, help="timing per setting and batch")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--markdown", type=Path, default=None)

@@ -28,7 +28,7 @@ from PIL import Image
 
 from fashion_serve.contract import quiet_jit
 from fashion_serve.ig import POINTS_PER_PASS, PathThreads, ReluChain
-from fashion_serve.options import INTEGRATED_GRADIENTS
+from fashion_serve.options import AUTO_STEPS, INTEGRATED_GRADIENTS
 
 OCCLUSION_WINDOW = 4  # px, a square patch
 # px between patches: (28 - 4) / 3 + 1 = 9 positions per side, 81 occluded copies. Captum
@@ -88,31 +88,49 @@ def attribute(
     inputs: torch.Tensor,
     baseline: torch.Tensor,
     targets: Sequence[int],
-    steps: int,
+    steps: int | str,
     chain: ReluChain | None = None,
     logits: torch.Tensor | None = None,
     threads: PathThreads | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    tolerance: float = 0.05,
+    max_steps: int = 200,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Attributions (N, C, H, W) for each example's own target, and for integrated gradients
     the convergence deltas (N,): how far the attributions' sum is from f(input) -
-    f(baseline), near zero when the steps were enough. `baseline` is one (C, H, W) input (a
-    black image, normalized). `forward_model` needs no gradients (occlusion uses it);
-    integrated gradients run on `chain` where the model is one (fashion_serve.ig, which takes
-    f(input) from `logits` where given, and splits the path points across `threads` where
-    given), else on `gradient_model` through Captum."""
+    f(baseline), near zero when the steps were enough, and the steps each image took (N,).
+    `steps` AUTO_STEPS: as many as each image needs for |delta| <= `tolerance`, within
+    `max_steps`. `baseline` is one (C, H, W) input (a black image, normalized).
+    `forward_model` needs no gradients (occlusion uses it); integrated gradients run on
+    `chain` where the model is one (fashion_serve.ig, which takes f(input) from `logits`
+    where given, and splits the path points across `threads` where given), else on
+    `gradient_model` through Captum."""
     targets = list(targets)
     if method == INTEGRATED_GRADIENTS:
+        if steps == AUTO_STEPS and chain is not None:
+            return chain.integrated_gradients_to_tolerance(
+                inputs, baseline, targets, tolerance, max_steps, logits, threads
+            )
+        if steps == AUTO_STEPS:
+            return integrated_gradients_to_tolerance(
+                gradient_model, inputs, baseline, targets, tolerance, max_steps
+            )
         if chain is not None:
-            return chain.integrated_gradients(inputs, baseline, targets, steps, logits, threads)
-        return integrated_gradients(gradient_model, inputs, baseline, targets, steps)
+            attributions, deltas = chain.integrated_gradients(
+                inputs, baseline, targets, steps, logits, threads
+            )
+        else:
+            attributions, deltas = integrated_gradients(
+                gradient_model, inputs, baseline, targets, steps
+            )
+        return attributions, deltas, torch.full((len(targets),), steps)
     if method == "occlusion":
-        return occlusion(forward_model, inputs, baseline, targets), None
+        return occlusion(forward_model, inputs, baseline, targets), None, None
     attr = captum_attr()
     explainer = (attr.Saliency if method == "saliency" else attr.InputXGradient)(gradient_model)
     with torch.enable_grad():
         inputs = _channels_last(inputs).detach().requires_grad_()
         attributions = explainer.attribute(inputs, target=targets)
-    return attributions.detach(), None
+    return attributions.detach(), None, None
 
 
 def integrated_gradients(
@@ -138,6 +156,32 @@ def integrated_gradients(
             )
         )
     return attributions.detach(), deltas.detach()
+
+
+def integrated_gradients_to_tolerance(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    baseline: torch.Tensor,
+    targets: Sequence[int],
+    tolerance: float,
+    max_steps: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Captum's integrated gradients with steps "auto" (a model that is no ReluChain): 16
+    Gauss-Legendre steps, doubled for the images whose |delta| is over `tolerance`, up to
+    `max_steps`. Gauss-Legendre nodes are not nested, so each round starts over."""
+    attributions, deltas = integrated_gradients(model, inputs, baseline, targets, 16)
+    used = torch.full((len(targets),), 16)
+    steps = 32
+    while steps <= max_steps:
+        pending = ((deltas.abs() > tolerance).cpu() & (used == steps // 2)).nonzero().flatten()
+        if not len(pending):
+            break
+        again, again_deltas = integrated_gradients(
+            model, inputs[pending], baseline, [targets[i] for i in pending], steps
+        )
+        attributions[pending], deltas[pending], used[pending] = again, again_deltas, steps
+        steps *= 2
+    return attributions, deltas, used
 
 
 def occlusion(

@@ -35,6 +35,9 @@ CHANNELS_LAST = torch.channels_last
 # thread is one pass. Fewer points a pass
 # on one thread were slower (docs/performance.md#explanations).
 POINTS_PER_PASS = 50
+# steps "auto" (ReluChain.integrated_gradients_to_tolerance): the trapezoid rule's first
+# intervals, 17 points an image, then halved while the delta is over the tolerance.
+AUTO_FIRST_INTERVALS = 16
 # The fewest path points a thread is given: two passes of 4 (8 steps on two threads) were
 # slower than one pass of 8 (docs/performance.md#explanations).
 MIN_SPLIT_POINTS = 8
@@ -145,59 +148,51 @@ class ReluChain:
         picked the targets); else computed here, one more forward pass. With `threads`, the
         path points are split into passes run on them at once: one a thread, or as many as
         give each MIN_SPLIT_POINTS at least; fewer points than that stay one pass."""
-        count, device = inputs.shape[0], inputs.device
-        alphas, weights = gauss_legendre(steps, device)
-        targets_t = torch.as_tensor(list(targets), device=device)
-        first = self.first
-        with torch.inference_mode():
-            ends = torch.cat([inputs, baseline.unsqueeze(0)]).contiguous(
-                memory_format=CHANNELS_LAST
-            )
-            z_ends = F.conv2d(ends, first.weight, first.bias, padding=first.size)  # (N+1, K, H, W)
-            shape = z_ends.shape[1:]
-            # Rows of (H, W, K) values, the channels-last memory order: views, no copies.
-            z_rows = z_ends.permute(0, 2, 3, 1).reshape(count + 1, -1)
-            z_base = z_rows[count:]  # (1, H*W*K)
-            z_span = z_rows[:count] - z_base  # (N, H*W*K)
-            summed = torch.zeros_like(z_span)  # sum over steps of weight * d target / d z
-            image = torch.arange(count, device=device).repeat_interleave(steps)
-            step = torch.arange(steps, device=device).repeat(count)
-            total = count * steps
-            parts = 1 if threads is None else max(1, min(threads.count, total // MIN_SPLIT_POINTS))
-            # A pass for each thread at least where the points are split.
-            size = min(POINTS_PER_PASS, -(-total // parts))
+        path = _Path(self, inputs, baseline, targets, logits)
+        alphas, weights = gauss_legendre(steps, inputs.device)
+        images = torch.arange(path.count, device=inputs.device).repeat_interleave(steps)
+        path.add(images, alphas.repeat(path.count), weights.repeat(path.count), threads)
+        return path.attributions_and_deltas()
 
-            def path_pass(start: int) -> tuple[torch.Tensor, torch.Tensor]:
-                """Path points start..start+size: their weights (N, points) and their
-                gradients d target / d z as rows (points, H*W*K)."""
-                with torch.inference_mode():  # per thread
-                    rows = slice(start, start + size)
-                    points = image[rows].numel()
-                    at = torch.arange(points, device=device)
-                    # One matrix product each: a point's z from its image's span, and the
-                    # sum of its gradients into its image's row.
-                    alpha = torch.zeros(points, count, device=device)
-                    alpha[at, image[rows]] = alphas[step[rows]]
-                    weight = torch.zeros(count, points, device=device)
-                    weight[image[rows], at] = weights[step[rows]]
-                    z = torch.addmm(z_base, alpha, z_span)
-                    z = z.view(points, shape[1], shape[2], shape[0]).permute(0, 3, 1, 2)
-                    gradient = self._target_gradient(z, targets_t[image[rows]])
-                    return weight, gradient.permute(0, 2, 3, 1).reshape(points, -1)
-
-            run = threads.map if parts > 1 else map
-            for weight, gradient in run(path_pass, range(0, total, size)):
-                summed.addmm_(weight, gradient)
-            summed = summed.view(count, shape[1], shape[2], shape[0]).permute(0, 3, 1, 2)
-            pixel_gradients = F.conv_transpose2d(summed, first.weight, padding=first.size)
-            attributions = (inputs - baseline) * pixel_gradients
-            # The rows' last uses: _forward may overwrite the rows it is given.
-            if logits is None:
-                logits = self._forward(z_ends[:count])[0]
-            at_baseline = self._logits_at(baseline, z_ends[count:])
-            gained = logits[torch.arange(count, device=device), targets_t] - at_baseline[targets_t]
-            deltas = attributions.flatten(1).sum(dim=1) - gained
-        return attributions.contiguous(), deltas
+    def integrated_gradients_to_tolerance(
+        self,
+        inputs: torch.Tensor,
+        baseline: torch.Tensor,
+        targets: Sequence[int],
+        tolerance: float,
+        max_points: int,
+        logits: torch.Tensor | None = None,
+        threads: PathThreads | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """integrated_gradients with as many path points as each image needs: the trapezoid
+        rule on AUTO_FIRST_INTERVALS intervals, then, for the images whose |delta| is over
+        `tolerance`, the intervals halved (the midpoints added; every point computed so far
+        is kept) until it is met or another halving would pass `max_points`.
+        Returns attributions, deltas and the points each image used (N,)."""
+        device = inputs.device
+        path = _Path(self, inputs, baseline, targets, logits)
+        intervals = AUTO_FIRST_INTERVALS
+        alphas = torch.linspace(0.0, 1.0, intervals + 1, device=device)
+        weights = torch.full((intervals + 1,), 1.0 / intervals, device=device)
+        weights[[0, -1]] /= 2
+        count = path.count
+        images = torch.arange(count, device=device).repeat_interleave(intervals + 1)
+        path.add(images, alphas.repeat(count), weights.repeat(count), threads)
+        points = torch.full((count,), intervals + 1, device=device)
+        while True:
+            attributions, deltas = path.attributions_and_deltas()
+            refine = (deltas.abs() > tolerance) & (points + intervals <= max_points)
+            if not bool(refine.any()):
+                return attributions, deltas, points
+            pending = refine.nonzero().flatten()
+            with torch.inference_mode():  # the old points' weights: 1/(2n) where they were 1/n
+                path.summed[pending] /= 2
+            midpoints = (torch.arange(intervals, device=device) + 0.5) / intervals
+            images = pending.repeat_interleave(intervals)
+            weight = torch.full_like(midpoints, 0.5 / intervals)
+            path.add(images, midpoints.repeat(len(pending)), weight.repeat(len(pending)), threads)
+            points[pending] += intervals
+            intervals *= 2
 
     def _logits_at(self, baseline: torch.Tensor, z_baseline: torch.Tensor) -> torch.Tensor:
         """f(baseline) from its first-layer output `z_baseline` (1, K, H, W), kept for the next
@@ -257,6 +252,77 @@ class ReluChain:
             else:  # linear
                 gradient = gradient @ layer.weight
         return gradient
+
+
+class _Path:
+    """The straight paths from a baseline to a batch of inputs through the first layer of a
+    ReluChain, and each input's weighted sum of target gradients over the points added so far
+    (`summed`, rows of the first layer's output in channels-last order)."""
+
+    def __init__(self, chain, inputs, baseline, targets, logits) -> None:
+        self.chain, self.inputs, self.baseline = chain, inputs, baseline
+        self.count = inputs.shape[0]
+        self.targets = torch.as_tensor(list(targets), device=inputs.device)
+        first = chain.first
+        with torch.inference_mode():
+            ends = torch.cat([inputs, baseline.unsqueeze(0)]).contiguous(
+                memory_format=CHANNELS_LAST
+            )
+            self.z_ends = F.conv2d(ends, first.weight, first.bias, padding=first.size)
+            self.shape = self.z_ends.shape[1:]  # (K, H, W)
+            # Rows of (H, W, K) values, the channels-last memory order: views, no copies.
+            z_rows = self.z_ends.permute(0, 2, 3, 1).reshape(self.count + 1, -1)
+            self.z_base = z_rows[self.count :]  # (1, H*W*K)
+            self.z_span = z_rows[: self.count] - self.z_base  # (N, H*W*K)
+            self.summed = torch.zeros_like(self.z_span)  # sum over points of weight * d t / d z
+            if logits is None:
+                logits = chain._forward(self.z_ends[: self.count].clone())[0]
+            at_baseline = chain._logits_at(baseline, self.z_ends[self.count :].clone())
+            rows = torch.arange(self.count, device=inputs.device)
+            self.gained = logits[rows, self.targets] - at_baseline[self.targets]
+
+    def add(self, images, alphas, weights, threads: PathThreads | None) -> None:
+        """Adds path points: point i is at alphas[i] on images[i]'s path, with weights[i].
+        With `threads`, the points are split into passes run on them at once."""
+        total, device = images.numel(), images.device
+        shape = self.shape
+        parts = 1 if threads is None else max(1, min(threads.count, total // MIN_SPLIT_POINTS))
+        size = min(POINTS_PER_PASS, -(-total // parts))  # a pass for each thread at least
+
+        def path_pass(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """Points start..start+size: their weights (N, points) and their gradients
+            d target / d z as rows (points, H*W*K)."""
+            with torch.inference_mode():  # per thread
+                rows = slice(start, start + size)
+                on = images[rows]
+                at = torch.arange(on.numel(), device=device)
+                # One matrix product each: a point's z from its image's span, and the sum of
+                # its gradients into its image's row.
+                alpha = torch.zeros(on.numel(), self.count, device=device)
+                alpha[at, on] = alphas[rows]
+                weight = torch.zeros(self.count, on.numel(), device=device)
+                weight[on, at] = weights[rows]
+                z = torch.addmm(self.z_base, alpha, self.z_span)
+                z = z.view(-1, shape[1], shape[2], shape[0]).permute(0, 3, 1, 2)
+                gradient = self.chain._target_gradient(z, self.targets[on])
+                return weight, gradient.permute(0, 2, 3, 1).reshape(on.numel(), -1)
+
+        run = threads.map if parts > 1 else map
+        with torch.inference_mode():
+            for weight, gradient in run(path_pass, range(0, total, size)):
+                self.summed.addmm_(weight, gradient)
+
+    def attributions_and_deltas(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, H, W) attributions from the points added so far, and their deltas (N,)."""
+        first, shape = self.chain.first, self.shape
+        with torch.inference_mode():
+            summed = self.summed.view(self.count, shape[1], shape[2], shape[0])
+            pixel_gradients = F.conv_transpose2d(
+                summed.permute(0, 3, 1, 2), first.weight, padding=first.size
+            )
+            attributions = (self.inputs - self.baseline) * pixel_gradients
+            deltas = attributions.flatten(1).sum(dim=1) - self.gained
+        return attributions.contiguous(), deltas
 
 
 class _NotAChain(Exception):

@@ -68,6 +68,8 @@ INVERTED = MetricSpec("fashion_inputs_auto_inverted_total", COUNTER, "count", ()
 BRIGHTNESS_SUM = MetricSpec("fashion_input_brightness_sum_total", COUNTER, "ratio", ())
 EXPLANATION_STEPS = MetricSpec("fashion_explanation_steps_total", COUNTER, "count", ())
 EXPLANATION_DELTA = MetricSpec("fashion_explanation_convergence_delta", HISTOGRAM, "absolute", ())
+# steps "auto" explanations that reached max_ig_steps with |delta| still over their tolerance.
+UNCONVERGED = MetricSpec("fashion_explanations_unconverged_total", COUNTER, "count", ())
 WORKER_LOADS = MetricSpec("fashion_worker_loads_total", COUNTER, "count", ())
 CLASS_PRIOR = MetricSpec("fashion_training_class_prior", GAUGE, "ratio", ("class",))
 PIXEL_MEAN = MetricSpec("fashion_training_pixel_mean", GAUGE, "ratio", ())
@@ -83,6 +85,7 @@ METRICS = (
     BRIGHTNESS_SUM,
     EXPLANATION_STEPS,
     EXPLANATION_DELTA,
+    UNCONVERGED,
     WORKER_LOADS,
     CLASS_PRIOR,
     PIXEL_MEAN,
@@ -238,7 +241,7 @@ class HandlerMetrics:
     def _record_answers(self, outcome: BatchOutcome) -> None:
         top_probability, top_class = outcome.probabilities.max(dim=1)
         predicted: Counter = Counter()
-        steps = 0
+        steps = unconverged = 0
         for idx, answer, probability, class_index in zip(
             outcome.indices,
             outcome.answers,
@@ -252,12 +255,15 @@ class HandlerMetrics:
                 steps += answer.get("steps") or 0  # None: a method without steps
                 if answer.get("delta") is not None:
                     self._add(EXPLANATION_DELTA, abs(float(answer["delta"])))
+                unconverged += answer.get("converged") is False
                 continue
             predicted[self.class_labels[class_index], confidence_band(probability)] += 1
         for (label, band), count in predicted.items():
             self._count(PREDICTIONS, count, label, band)
         if steps:
             self._count(EXPLANATION_STEPS, steps)
+        if unconverged:
+            self._count(UNCONVERGED, unconverged)
 
 
 def declared_model_metrics(metrics_yaml: dict) -> dict[str, tuple[str, tuple[str, ...]]]:

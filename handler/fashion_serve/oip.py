@@ -9,14 +9,15 @@ Request: one BYTES input, shape [N] (or [N, 1]), one encoded image per element: 
 text in JSON, as OIP clients send BYTES in JSON, or the image bytes themselves with the
 binary-data extension (tritonclient's default: a JSON header of `Inference-Header-Content-Length`
 bytes, then each element as a 4-byte little-endian length and its bytes), or bytes as gRPC
-carries them (the kserve runtime). Options (topk, target, invert, steps, method, sign,
-heatmap) as `parameters` of the request or of the input (the input's win).
+carries them (the kserve runtime). Options (topk, target, invert, steps, delta_tolerance,
+method, sign, heatmap) as `parameters` of the request or of the input (the input's win).
 
 Response outputs (data flattened row-major, as the protocol has it):
     prediction    probabilities FP32 [N, C]; classes BYTES [N, k] (top-k names, highest first)
     explanation   method BYTES [N]; attributions FP32 [N, H, W]; target INT64 [N];
                   target_name BYTES [N]; target_probability FP32 [N]; delta FP32 [N]
-                  (integrated gradients only); heatmap_png BYTES [N] (base64)
+                  and steps INT32 [N] (integrated gradients only); converged BOOL [N]
+                  (steps "auto" only); heatmap_png BYTES [N] (base64)
 Errors: {"error": "<message>"} with the HTTP status the other routes give.
 """
 
@@ -41,6 +42,8 @@ EXPLANATION_OUTPUTS = (
     "target_name",
     "target_probability",
     "delta",
+    "steps",
+    "converged",
     HEATMAP_OUTPUT,
 )
 BINARY_HEADER = "inference-header-content-length"
@@ -257,6 +260,9 @@ def explanation_outputs(answers: Sequence[Mapping]) -> list[dict]:
     # Only integrated gradients has a convergence delta (one method per request).
     if all(a["delta"] is not None for a in answers):
         outputs.append(tensor("delta", "FP32", [n], [a["delta"] for a in answers]))
+        outputs.append(tensor("steps", "INT32", [n], [a["steps"] for a in answers]))
+    if all("converged" in a for a in answers):
+        outputs.append(tensor("converged", "BOOL", [n], [a["converged"] for a in answers]))
     # No heatmap when the request's outputs leave it out, or it says heatmap=false.
     if all(a["heatmap_png"] is not None for a in answers):
         outputs.append(tensor(HEATMAP_OUTPUT, "BYTES", [n], [a["heatmap_png"] for a in answers]))
@@ -325,6 +331,8 @@ def model_metadata(
             meta("target_name", "BYTES", [-1]),
             meta("target_probability", "FP32", [-1]),
             meta("delta", "FP32", [-1]),
+            meta("steps", "INT32", [-1]),
+            meta("converged", "BOOL", [-1]),
             meta("heatmap_png", "BYTES", [-1]),
         ],
         "parameters": {

@@ -1,6 +1,7 @@
 """The request options: their names, their values, and the one parser every runtime uses.
 
-topk, target, invert, steps, method, sign and heatmap arrive as headers (X-Topk), form
+topk, target, invert, steps, delta_tolerance, method, sign and heatmap arrive as headers
+(X-Topk, X-Delta-Tolerance), form
 fields, JSON fields or OIP parameters, always as this vocabulary; docs/api.md says what each
 does. Nothing here imports Captum or a server: parsing a request stays cheap.
 """
@@ -14,7 +15,10 @@ from dataclasses import dataclass
 
 from fashion_serve import errors
 
-OPTION_KEYS = ("topk", "target", "invert", "steps", "method", "sign", "heatmap")
+OPTION_KEYS = ("topk", "target", "invert", "steps", "delta_tolerance", "method", "sign", "heatmap")
+# steps "auto": integrated gradients add path points to each image until its |convergence
+# delta| is within delta_tolerance, or the next round would pass max_ig_steps.
+AUTO_STEPS = "auto"
 INTEGRATED_GRADIENTS = "integrated_gradients"
 METHODS = (INTEGRATED_GRADIENTS, "saliency", "input_x_gradient", "occlusion")
 METHOD_ALIASES = {"ig": INTEGRATED_GRADIENTS, "ixg": "input_x_gradient"}
@@ -32,26 +36,34 @@ class RequestOptions:
     topk: int
     target: int | None  # class index to explain; None means the predicted class
     invert: str  # "auto", "true" or "false"
-    steps: int  # integrated-gradients steps
+    steps: int | str  # integrated-gradients steps, or AUTO_STEPS
     method: str = INTEGRATED_GRADIENTS  # explanation method, one of METHODS
     sign: str = "positive"  # heatmap: "positive" evidence only, or "all"
     heatmap: bool = True  # draw the heatmap (most of a cheap method's cost); false: numbers only
+    delta_tolerance: float = 0.05  # steps "auto": the |convergence delta| to reach
 
 
 @dataclass(frozen=True)
 class OptionLimits:
     default_topk: int
-    default_steps: int
+    default_steps: int | str  # a count, or AUTO_STEPS
     max_steps: int
+    default_tolerance: float = 0.05
     max_images: int = 16  # images in one request (a JSON list, instances, an OIP tensor)
 
 
 def parse_options(raw: Mapping, class_names: Sequence[str], limits: OptionLimits) -> RequestOptions:
-    """Validate topk, target, invert, steps, method, sign and heatmap given as headers, form
-    or JSON fields."""
+    """Validate topk, target, invert, steps, delta_tolerance, method, sign and heatmap given
+    as headers, form or JSON fields."""
     num_classes = len(class_names)
     topk = _parse_int(raw, "topk", limits.default_topk, 1, num_classes)
-    steps = _parse_int(raw, "steps", limits.default_steps, 1, limits.max_steps)
+    if "steps" in raw and _as_text(raw["steps"]).strip().lower() == AUTO_STEPS:
+        steps = AUTO_STEPS
+    else:
+        steps = _parse_int(raw, "steps", limits.default_steps, 1, limits.max_steps, AUTO_STEPS)
+    tolerance = limits.default_tolerance
+    if "delta_tolerance" in raw:
+        tolerance = parse_tolerance(raw["delta_tolerance"], "delta_tolerance")
     target = parse_target(raw["target"], class_names) if "target" in raw else None
 
     invert = "auto"
@@ -77,7 +89,21 @@ def parse_options(raw: Mapping, class_names: Sequence[str], limits: OptionLimits
                 f"heatmap={errors.shown(text)!r} is not understood; use true or false."
             )
         heatmap = text in _TRUE
-    return RequestOptions(topk, target, invert, steps, method, sign, heatmap)
+    return RequestOptions(topk, target, invert, steps, method, sign, heatmap, tolerance)
+
+
+def parse_tolerance(value, name: str) -> float:
+    """A |convergence delta| to reach: a finite number > 0."""
+    text = _as_text(value).strip()
+    try:
+        number = float(text) if not isinstance(value, bool) and len(text) <= 32 else math.nan
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise errors.invalid_parameter(
+            f"{name}={errors.shown(text)!r} is not a number > 0 (e.g. 0.05)."
+        )
+    return number
 
 
 def _parse_choice(
@@ -114,14 +140,17 @@ def parse_target(value, class_names: Sequence[str]) -> int:
     )
 
 
-def _parse_int(raw: Mapping, key: str, default: int, low: int, high: int) -> int:
+def _parse_int(
+    raw: Mapping, key: str, default, low: int, high: int, word: str | None = None
+) -> int:
     if key not in raw:
         return default
     value = raw[key]
     text = _as_text(value).strip()
     if isinstance(value, bool) or not re.fullmatch(r"[+-]?\d+", text):
+        also = f" or {word}" if word else ""
         raise errors.invalid_parameter(
-            f"{key}={errors.shown(text)!r} is not a whole number; use {low}..{high}."
+            f"{key}={errors.shown(text)!r} is not a whole number; use {low}..{high}{also}."
         )
     number = _whole_number(text)
     if not low <= number <= high:

@@ -82,9 +82,9 @@ class PreparedBatch:
 
 
 def options_from_headers(headers: Mapping) -> dict:
-    """The X-Topk, X-Target, X-Invert, X-Steps, X-Method, X-Sign and X-Heatmap headers, by
-    option name."""
-    wanted = {HEADER_PREFIX + key: key for key in OPTION_KEYS}
+    """The X-Topk, X-Target, X-Invert, X-Steps, X-Delta-Tolerance, X-Method, X-Sign and
+    X-Heatmap headers, by option name."""
+    wanted = {HEADER_PREFIX + key.replace("_", "-"): key for key in OPTION_KEYS}
     return {
         wanted[name.lower()]: value
         for name, value in headers.items()

@@ -36,7 +36,7 @@ from fashion_serve.ig import PathThreads, ReluChain, cpu_has_native_bf16
 from fashion_serve.image import prepare_image_with_facts, to_batch_tensor
 from fashion_serve.memory import keep_freed_memory
 from fashion_serve.metrics import EXPLANATION, PREDICTION, BatchOutcome, HandlerMetrics
-from fashion_serve.options import INTEGRATED_GRADIENTS, OptionLimits, RequestOptions
+from fashion_serve.options import AUTO_STEPS, INTEGRATED_GRADIENTS, OptionLimits, RequestOptions
 from fashion_serve.predict import PROBABILITY_DECIMALS, inference_model, top_k_batch
 from fashion_serve.request import (
     OIP,
@@ -123,8 +123,11 @@ class FashionService:
         self.input_size = tuple(self.contract.input_shape[1:])  # (H, W)
         self.limits = OptionLimits(
             default_topk=min(settings.topk, self.contract.num_classes),
-            default_steps=min(settings.ig_steps, settings.max_ig_steps),
+            default_steps=settings.ig_steps
+            if settings.ig_steps == AUTO_STEPS
+            else min(settings.ig_steps, settings.max_ig_steps),
             max_steps=settings.max_ig_steps,
+            default_tolerance=settings.delta_tolerance,
             max_images=settings.max_images_per_request,
         )
         self.baseline = black_baseline(self.contract.mean, self.contract.std, self.input_size)
@@ -380,20 +383,22 @@ class FashionService:
             for r in rows
         }
         answers: dict[int, dict] = {}
-        groups: dict[tuple[str, int], list[int]] = {}
+        groups: dict[tuple[str, int | str, float], list[int]] = {}
         for r in rows:
             options = prepared.options[r]
-            steps = options.steps if options.method == INTEGRATED_GRADIENTS else 0
-            groups.setdefault((options.method, steps), []).append(r)
+            ig = options.method == INTEGRATED_GRADIENTS
+            steps = options.steps if ig else 0
+            tolerance = options.delta_tolerance if steps == AUTO_STEPS else 0.0
+            groups.setdefault((options.method, steps, tolerance), []).append(r)
         threads = self.path_threads
         if threads is not None:
-            splits = any(method == INTEGRATED_GRADIENTS for method, _ in groups)
+            splits = any(method == INTEGRATED_GRADIENTS for method, _, _ in groups)
             threads = threads if splits and not self.siblings.any_running() else None
-        for (method, steps), group in groups.items():
-            attributions, deltas = attribute(
+        for (method, steps, tolerance), group in groups.items():
+            attributions, deltas, used = attribute(
                 method, self.gradient_model, self.predict_model, batch[group], self.baseline,
                 [targets[r] for r in group], steps, self.relu_chain, logits[group],
-                threads,
+                threads, tolerance, self.limits.max_steps,
             )  # fmt: skip
             # Grayscale input: channels carry the same pixel, so their attributions add up.
             attributions_hw = attributions.sum(dim=1).float().cpu().numpy()  # (n, H, W)
@@ -404,7 +409,7 @@ class FashionService:
                     "target": target,
                     "target_name": self.contract.class_names[target],
                     "probability": round(float(probabilities[row, target]), PROBABILITY_DECIMALS),
-                    "steps": steps or None,
+                    "steps": None if used is None else int(used[i]),
                     "delta": None if deltas is None else float(deltas[i]),
                     "attributions": round_attributions(attributions_hw[i]),
                     "heatmap_png": heatmap_base64(
@@ -413,4 +418,7 @@ class FashionService:
                     if prepared.options[row].heatmap
                     else None,
                 }
+                if steps == AUTO_STEPS:  # the guarantee asked for, and whether it was met
+                    answers[row]["delta_tolerance"] = tolerance
+                    answers[row]["converged"] = abs(float(deltas[i])) <= tolerance
         return [answers[r] for r in rows]

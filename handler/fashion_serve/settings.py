@@ -28,8 +28,19 @@ class HandlerSettings:
     """The `handler:` section of model-config.yaml, with defaults for keys left out."""
 
     topk: int = setting(5, "classes per prediction unless the request asks for k")
-    ig_steps: int = setting(50, "integrated-gradients steps unless the request asks")
-    max_ig_steps: int = setting(200, "the most integrated-gradients steps a request may ask")
+    ig_steps: int | str = setting(
+        50,
+        "integrated-gradients steps unless the request asks; `auto`: as many as each image "
+        "needs to meet `delta_tolerance` ([api.md](api.md#steps-auto))",
+    )
+    max_ig_steps: int = setting(
+        200, "the most integrated-gradients steps a request may ask, or `auto` may use"
+    )
+    delta_tolerance: float = setting(
+        0.05,
+        "`steps: auto`: the |convergence delta| (logits) each explanation is refined to meet, "
+        "unless the request asks",
+    )
     torch_threads: int = setting(
         1, "torch threads per worker: more spin and contend for the cores of a small CPU"
     )
@@ -64,10 +75,14 @@ class HandlerSettings:
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
-            if isinstance(value, bool):
+            if isinstance(value, (bool, str)) or name == "delta_tolerance":
                 continue
             if value < 1:
                 raise ValueError(f"model-config.yaml handler.{name} must be >= 1, not {value}")
+        if not self.delta_tolerance > 0:
+            raise ValueError(
+                f"model-config.yaml handler.delta_tolerance must be > 0, not {self.delta_tolerance}"
+            )
 
     @classmethod
     def from_model_yaml(cls, model_yaml_config: dict | None) -> HandlerSettings:
@@ -84,14 +99,23 @@ class HandlerSettings:
         return cls(**{key: _parse(key, value) for key, value in section.items()})
 
 
-def _parse(key: str, value) -> int | bool:
-    if isinstance(HandlerSettings.__dataclass_fields__[key].default, bool):
+def _parse(key: str, value) -> int | float | str | bool:
+    default = HandlerSettings.__dataclass_fields__[key].default
+    if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(
                 f"model-config.yaml handler.{key} must be true or false, not {value!r}"
             )
         return value
-    return int(value)
+    if key == "ig_steps" and str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value) if isinstance(default, float) else int(value)
+    except (TypeError, ValueError):
+        also = " or auto" if key == "ig_steps" else ""
+        raise ValueError(
+            f"model-config.yaml handler.{key} must be a number{also}, not {value!r}"
+        ) from None
 
 
 def settings_table() -> str:

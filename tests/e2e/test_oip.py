@@ -137,6 +137,28 @@ def test_tritonclient_explanations(server_tiny, images, solo_answers):
     assert heatmap[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_tritonclient_explanations_with_steps_auto(server_tiny, images):
+    """Steps chosen per image to meet a tolerance: the steps each took and whether it met it
+    (1e-9 is out of reach within max_ig_steps, so the answer says so)."""
+    server = server_tiny
+    tensor = triton_input([images["bag.png"]], binary=True)
+    for tolerance, converged in ((10.0, True), (1e-9, False)):
+        body, json_size = triton.InferenceServerClient.generate_request_body(
+            [tensor], parameters={"steps": "auto", "delta_tolerance": tolerance}
+        )
+        response = requests.post(
+            f"{server.inference_url}/v2/models/{MODEL}/explain",
+            data=body,
+            headers={**server.inference_headers, "Inference-Header-Content-Length": str(json_size)},
+            timeout=TIMEOUT_S,
+        )
+        assert response.status_code == 200, response.text
+        result = triton.InferenceServerClient.parse_response_body(response.content)
+        assert result.as_numpy("converged").tolist() == [converged]
+        assert result.as_numpy("steps").tolist() == [17 if converged else 129]
+        assert (abs(result.as_numpy("delta")[0]) <= tolerance) == converged
+
+
 def test_tritonclient_bad_image_is_a_4xx_naming_its_index(server_tiny, triton_client, images):
     with pytest.raises(InferenceServerException) as refused:
         triton_client.infer(

@@ -70,7 +70,7 @@ def pixels_and_baseline():
 
 def explain(method, inputs, baseline, targets=(0, 1), steps=16, model=None):
     model = model or WeightedPixels()
-    return attribute(method, model, model, inputs, baseline, targets, steps)
+    return attribute(method, model, model, inputs, baseline, targets, steps)[:2]
 
 
 def test_integrated_gradients_of_a_linear_model_is_weight_times_distance(pixels_and_baseline):
@@ -114,7 +114,7 @@ def test_every_method_runs_on_the_exported_cnn_through_its_gradient_copy(tiny_ex
         assert torch.allclose(copy(inputs), model(inputs), atol=1e-5)
     baseline = black_baseline(contract.mean, contract.std, (28, 28))
     for method in METHODS:
-        attributions, _ = attribute(method, copy, model, inputs, baseline, [0, 4, 9], 8)
+        attributions, _, _ = attribute(method, copy, model, inputs, baseline, [0, 4, 9], 8)
         assert attributions.shape == (3, 1, 28, 28) and torch.isfinite(attributions).all()
         assert attributions.abs().sum() > 0, method
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from fashion_serve import ig as fashion_ig
 from fashion_serve.contract import load_torchscript
 from fashion_serve.explain import attribute, black_baseline, gradient_model, integrated_gradients
 from fashion_serve.ig import PathThreads, ReluChain
@@ -130,7 +131,7 @@ def test_models_that_are_no_chain_get_none_and_captum_explains_them(model):
     assert ReluChain.from_model(model, SHAPE, torch.device("cpu")) is None
     inputs = torch.rand(2, *SHAPE)
     copy = gradient_model(model, torch.device("cpu"))
-    attributions, deltas = attribute(
+    attributions, deltas, _ = attribute(
         "integrated_gradients", copy, model, inputs, torch.zeros(SHAPE), [0, 1], 8, chain=None
     )
     expected, _ = integrated_gradients(copy, inputs, torch.zeros(SHAPE), [0, 1], 8)
@@ -197,3 +198,58 @@ def test_path_threads_run_torch_on_the_workers_thread_count(torch_threads):
     with PathThreads(2) as threads:
         counts = list(threads.map(lambda _: torch.get_num_threads(), range(4)))
     assert counts == [torch_threads] * 4
+
+
+def kinked_probe_paths(pixel_values: list[float]) -> tuple[ReluChain, torch.Tensor, torch.Tensor]:
+    """positive_probe from a baseline of -0.5: each pixel's ReLU turns on part of the way
+    along the path, at alpha = 0.5 / (x + 0.5), so the score is piecewise linear in alpha.
+    One image per value, every pixel at it."""
+    chain = ReluChain.from_model(scripted(positive_probe()), SHAPE, torch.device("cpu"))
+    inputs = torch.tensor(pixel_values).view(-1, 1, 1, 1).expand(-1, *SHAPE).clone()
+    return chain, inputs, torch.full(SHAPE, -0.5)
+
+
+def test_steps_auto_gives_more_points_only_to_the_image_that_needs_them():
+    # -1: below the baseline, no unit turns on along the path: the first points are exact;
+    # 0.2: the units turn on at alpha 5/7, never a node: each halving brings delta closer.
+    chain, inputs, baseline = kinked_probe_paths([-1.0, 0.2])
+    tolerance = 0.5  # a gain of 78.4: |delta| 1.23, 3.06, 0.92, then 0.15 at 129 points
+    attributions, deltas, points = chain.integrated_gradients_to_tolerance(
+        inputs, baseline, [0, 0], tolerance, max_points=1000
+    )
+    assert points.tolist() == [17, 129]
+    assert (deltas.abs() <= tolerance).all()
+    # The known answer: (x - b) * w * the share of the path where the pixel is on.
+    weight = positive_probe()[3].weight.detach()[0].view(SHAPE)
+    on_share = torch.where(inputs > baseline, 1 - 0.5 / (inputs + 0.5), 0.0)
+    expected = (inputs - baseline) * weight * on_share
+    assert torch.allclose(attributions, expected, atol=0.01)  # the rule's step: 1/128
+    # The image that needed more took the fewest halvings that meet the tolerance.
+    _, fewer, _ = chain.integrated_gradients_to_tolerance(
+        inputs[1:], baseline, [0], 0.0, max_points=int(points[1]) - 1
+    )
+    assert fewer.abs().item() > tolerance
+
+
+def test_steps_auto_stops_at_the_cap_and_says_by_its_delta():
+    chain, inputs, baseline = kinked_probe_paths([0.2])
+    _, deltas, points = chain.integrated_gradients_to_tolerance(
+        inputs, baseline, [0], 1e-6, max_points=40
+    )
+    assert points.tolist() == [33] and deltas.abs().item() > 1e-6  # 65 would pass the cap
+
+
+def test_steps_auto_keeps_every_point_it_computed(exported):
+    """Refining reuses the earlier points: 16 intervals halved once give the 33-point
+    trapezoid rule's attributions, computed afresh here."""
+    model, contract, baseline = exported
+    chain = ReluChain.from_model(model, contract.input_shape, torch.device("cpu"))
+    inputs = torch.randn(2, *contract.input_shape)
+    refined, _, points = chain.integrated_gradients_to_tolerance(inputs, baseline, [1, 7], 0.0, 33)
+    assert points.tolist() == [33, 33]
+    fresh = fashion_ig._Path(chain, inputs, baseline, [1, 7], None)
+    alphas = torch.linspace(0, 1, 33)
+    weights = torch.full((33,), 1 / 32)
+    weights[[0, -1]] /= 2
+    fresh.add(torch.arange(2).repeat_interleave(33), alphas.repeat(2), weights.repeat(2), None)
+    assert torch.allclose(refined, fresh.attributions_and_deltas()[0], atol=1e-5)

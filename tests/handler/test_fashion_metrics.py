@@ -246,3 +246,26 @@ def test_a_failure_in_the_metrics_never_fails_the_batch(metered_handler, monkeyp
     set_requests(context, [{}])
     (answer,) = handler.handle([{"body": png_bytes()}], context)
     assert context.get_response_status(0)[0] == 200 and len(answer) == 5
+
+
+def test_steps_auto_answers_its_steps_and_counts_what_missed_the_tolerance(metered_handler, caplog):
+    """An untrained model's paths converge within any tolerance but a vanishing one: the
+    first request meets 1 at once; the second asks for 1e-9, which 200 steps cannot give."""
+    handler, context = metered_handler
+    handler.initialize(context)
+    auto = {"explain": "True", "X-Steps": "auto"}
+    set_requests(
+        context, [{**auto, "X-Delta-Tolerance": "1"}, {**auto, "X-Delta-Tolerance": "1e-9"}]
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        met, missed = handler.handle([{"body": png_bytes()}, {"body": png_bytes()}], context)
+        handler.service.recorder.flush()
+    assert (met["steps"], met["delta_tolerance"], met["converged"]) == (17, 1.0, True)
+    assert abs(met["delta"]) <= 1
+    # 17, 33, 65 and 129 points; 257 would pass max_ig_steps (200)
+    assert (missed["steps"], missed["converged"]) == (129, False)
+    assert abs(missed["delta"]) > 1e-9
+    lines = metric_lines(caplog)
+    assert totals(lines, fm.UNCONVERGED.name) == {(): 1}
+    assert totals(lines, fm.EXPLANATION_STEPS.name) == {(): 17 + 129}

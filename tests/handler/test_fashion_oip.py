@@ -127,11 +127,21 @@ def test_explanation_outputs_are_typed_and_shaped():
         "target_name": "Dress",
         "probability": 0.5,
         "delta": 0.01,
+        "steps": 33,
+        "delta_tolerance": 0.05,
+        "converged": True,
         "attributions": [[0.0] * 28 for _ in range(28)],
         "heatmap_png": "iVBOR",
     }
     outputs = {o["name"]: o for o in oip.explanation_outputs([answer, answer])}
     assert set(outputs) == set(oip.EXPLANATION_OUTPUTS)
+    assert outputs["steps"] == {
+        "name": "steps",
+        "datatype": "INT32",
+        "shape": [2],
+        "data": [33, 33],
+    }
+    assert outputs["converged"]["datatype"] == "BOOL" and outputs["converged"]["data"] == [True] * 2
     assert outputs["attributions"]["shape"] == [2, 28, 28]
     assert len(outputs["attributions"]["data"]) == 2 * 28 * 28
     assert outputs["target"] == {
@@ -148,7 +158,7 @@ def test_methods_without_a_convergence_delta_answer_no_delta_tensor():
     answer = {"method": "saliency", "target": 3, "target_name": "Dress", "probability": 0.5,
               "delta": None, "attributions": [[0.0] * 28] * 28, "heatmap_png": "iVBOR"}  # fmt: skip
     names = [o["name"] for o in oip.explanation_outputs([answer])]
-    assert "delta" not in names and set(names) == set(oip.EXPLANATION_OUTPUTS) - {"delta"}
+    assert set(names) == set(oip.EXPLANATION_OUTPUTS) - {"delta", "steps", "converged"}
 
 
 def test_response_keeps_the_id_and_only_the_outputs_asked_for():

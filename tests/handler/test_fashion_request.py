@@ -137,6 +137,13 @@ def test_invert_values(value, expected):
         ({"target": b"10"}, 422, "UnknownTarget"),
         ({"target": b"-1"}, 422, "UnknownTarget"),
         ({"invert": b"maybe"}, 400, "InvalidParameter"),
+        ({"steps": b"automatic"}, 400, "InvalidParameter"),
+        ({"delta_tolerance": b"0"}, 400, "InvalidParameter"),
+        ({"delta_tolerance": b"-0.1"}, 400, "InvalidParameter"),
+        ({"delta_tolerance": b"nan"}, 400, "InvalidParameter"),
+        ({"delta_tolerance": b"inf"}, 400, "InvalidParameter"),
+        ({"delta_tolerance": b"small"}, 400, "InvalidParameter"),
+        ({"delta_tolerance": True}, 400, "InvalidParameter"),
     ],
 )
 def test_bad_options_are_refused(raw, code, kind):
@@ -146,6 +153,17 @@ def test_bad_options_are_refused(raw, code, kind):
     assert caught.value.message  # says what is accepted
     body = caught.value.to_body()
     assert body == {"code": code, "type": kind, "message": caught.value.message}
+
+
+def test_steps_auto_and_its_tolerance_by_header_field_or_default():
+    headers = options_from_headers({"X-Steps": "Auto", "X-Delta-Tolerance": "0.02"})
+    options = parse_options(headers, FASHION_MNIST_CLASSES, LIMITS)
+    assert (options.steps, options.delta_tolerance) == ("auto", 0.02)
+    options = parse_options({"steps": "auto"}, FASHION_MNIST_CLASSES, LIMITS)
+    assert options.delta_tolerance == LIMITS.default_tolerance
+    auto_by_default = OptionLimits(default_topk=5, default_steps="auto", max_steps=200)
+    assert parse_options({}, FASHION_MNIST_CLASSES, auto_by_default).steps == "auto"
+    assert parse_options({"steps": 32}, FASHION_MNIST_CLASSES, auto_by_default).steps == 32
 
 
 def test_unknown_target_message_lists_the_classes():
