@@ -184,11 +184,15 @@ class FashionClient:
         target: str | int | None = None,
         method: str | None = None,
         sign: str | None = None,
+        steps: int | str | None = None,
+        delta_tolerance: float | None = None,
     ) -> dict:
         """{"method", "target", "target_name", "probability", "steps", "delta",
         "attributions", "heatmap_png"} for the given class (index or name), else the
-        predicted one; `method` and `sign` as in docs/api.md (server defaults if None)."""
-        options = {"target": target, "method": method, "sign": sign}
+        predicted one; `method`, `sign`, `steps` (a count or "auto") and `delta_tolerance`
+        as in docs/api.md (server defaults if None)."""
+        options = {"target": target, "method": method, "sign": sign, "steps": steps,
+                   "delta_tolerance": delta_tolerance}  # fmt: skip
         return self._post(f"/explanations/{self.model}", image_bytes, options)
 
     def _post(self, path: str, image_bytes: bytes, options: dict):
@@ -252,9 +256,11 @@ def print_explanation(path: Path, explanation: dict, heatmap_path: Path) -> None
     if explanation.get("delta") is None:
         print(f"  method: {method}")
     else:
+        met = {True: ", within", False: ", NOT within"}.get(explanation.get("converged"), "")
+        tolerance = f" tolerance {explanation['delta_tolerance']}" if met else ""
         print(
             f"  {method}: {explanation['steps']} steps, "
-            f"convergence delta {explanation['delta']:.2e}"
+            f"convergence delta {explanation['delta']:.2e}{met}{tolerance}"
         )
     print(f"  heatmap saved to {heatmap_path}")
 
@@ -291,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="integrated_gradients (default), saliency, input_x_gradient or occlusion",
     )
     explain.add_argument("--sign", help="heatmap: positive (default) or all")
+    explain.add_argument("--steps", help="integrated-gradients steps, or auto (default: server's)")
+    explain.add_argument("--delta-tolerance", type=float, help="with --steps auto (default 0.05)")
     explain.add_argument(
         "--out-dir", type=Path, default=None, help="where heatmaps go (default: RUN_DIR/heatmaps)"
     )
@@ -350,8 +358,9 @@ def send_images(args: argparse.Namespace) -> int:
                 print_prediction(path, client.predict(image_bytes, args.topk))
             else:
                 explanation = client.explain(
-                    image_bytes, parse_target(args.target), args.method, args.sign
-                )
+                    image_bytes, parse_target(args.target), args.method, args.sign,
+                    args.steps, args.delta_tolerance,
+                )  # fmt: skip
                 out_dir = args.out_dir or args.run_dir / "heatmaps"
                 heatmap_path = save_heatmap(explanation, path, out_dir)
                 print_explanation(path, explanation, heatmap_path)

@@ -71,6 +71,15 @@ def test_client_explain_with_a_cheaper_method(server_tiny, tmp_path):
     assert Image.open(tmp_path / "trouser.heatmap.png").size == (340, 168)
 
 
+def test_client_explain_with_steps_auto_says_whether_the_tolerance_was_met(server_tiny, tmp_path):
+    command = [sys.executable, "scripts/client.py", "explain", str(SAMPLE), "--steps", "auto",
+               "--delta-tolerance", "10", "--out-dir", str(tmp_path)]  # fmt: skip
+    done = run(command, server_tiny.run_dir)
+    assert done.returncode == 0, done.stderr
+    assert "integrated gradients: 17 steps" in done.stdout
+    assert ", within tolerance 10.0" in done.stdout
+
+
 def test_client_reports_a_refused_file_and_exits_1(server_tiny):
     done = run(
         [sys.executable, "scripts/client.py", "predict", "README.md", str(SAMPLE)],
