@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 from PIL import Image
@@ -50,3 +51,8 @@ def noise(width: int = 200, height: int = 200, seed: int = 0) -> Image.Image:
 
 
 __all__ = ["encode", "garment", "make_context", "noise", "png_bytes", "set_requests"]
+
+
+def handle_json(handler, requests: list[dict], context) -> list:
+    """handler.handle's answers as TorchServe sends them (JSON bytes), parsed."""
+    return [json.loads(body) for body in handler.handle(requests, context)]

@@ -16,14 +16,21 @@ from fashion_serve.contract import FASHION_MNIST_CLASSES
 from fashion_serve.service import Request
 from fashion_serve.settings import HandlerSettings
 from fashion_serve.torchserve_runtime import TorchServeHandler, wants_explanation
-from tests.handler.helpers import encode, garment, make_context, png_bytes, set_requests
+from tests.handler.helpers import (
+    encode,
+    garment,
+    handle_json,
+    make_context,
+    png_bytes,
+    set_requests,
+)
 
 EXPLAIN = {"explain": "True"}
 
 
 def run_batch(handler, context, requests: list[dict], headers: list[dict] | None = None):
     set_requests(context, headers or [{} for _ in requests])
-    responses = handler.handle(requests, context)
+    responses = handle_json(handler, requests, context)
     statuses = [context.get_response_status(i)[0] for i in range(len(requests))]
     return responses, statuses
 

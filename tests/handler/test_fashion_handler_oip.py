@@ -11,7 +11,7 @@ import pytest
 
 from fashion_serve import service as fashion_service
 from fashion_serve.contract import FASHION_MNIST_CLASSES
-from tests.handler.helpers import encode, garment, png_bytes, set_requests
+from tests.handler.helpers import encode, garment, handle_json, png_bytes, set_requests
 
 EXPLAIN = {"explain": "True"}
 DARK = png_bytes()
@@ -30,7 +30,7 @@ def oip_request(images: list[bytes], **fields) -> dict:
 
 def run_batch(handler, context, requests: list[dict], headers: list[dict] | None = None):
     set_requests(context, headers or [{} for _ in requests])
-    responses = handler.handle(requests, context)
+    responses = handle_json(handler, requests, context)
     statuses = [context.get_response_status(i)[0] for i in range(len(requests))]
     for response in responses:
         json.dumps(response)  # as TorchServe will
@@ -186,8 +186,7 @@ def test_binary_extension_request(handler_and_context, solo):
 def test_describe_answers_the_model_metadata(handler_and_context):
     handler, context = handler_and_context
     set_requests(context, [{"describe": "True"}])
-    (described,) = handler.handle([{}], context)
-    metadata = json.loads(described)
+    (metadata,) = handle_json(handler, [{}], context)
     assert metadata["name"] == "fashion" and metadata["versions"] == [handler.service.model_version]
     assert metadata["inputs"][0]["datatype"] == "BYTES"
 

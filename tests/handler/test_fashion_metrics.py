@@ -24,7 +24,14 @@ from fashion_serve import metrics as fm
 from fashion_serve.contract import ModelContract
 from fashion_serve.torchserve_runtime import TorchServeHandler
 from tests.conftest import REPO_ROOT, make_contract
-from tests.handler.helpers import encode, garment, make_context, png_bytes, set_requests
+from tests.handler.helpers import (
+    encode,
+    garment,
+    handle_json,
+    make_context,
+    png_bytes,
+    set_requests,
+)
 from training.__main__ import class_prior
 
 METRICS_FILE = REPO_ROOT / "monitoring" / "metrics.yaml"
@@ -122,7 +129,7 @@ def test_a_batch_records_latency_answers_refusals_and_inputs(metered_handler, ca
     set_requests(context, [{}, {}, {}, {"explain": "True"}])
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        responses = handler.handle(requests, context)
+        responses = handle_json(handler, requests, context)
         handler.service.recorder.flush()  # counters go out once a second; now, for the test
     failed = [r for r in caplog.records if "update metric with name:fashion_" in r.getMessage()]
     assert not failed
@@ -160,7 +167,7 @@ def test_methods_without_steps_or_delta_and_several_images_are_counted(metered_h
     set_requests(context, [{"explain": "True", "X-Method": "saliency"}, {}])
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        responses = handler.handle([{"body": png_bytes()}, {"body": several}], context)
+        responses = handle_json(handler, [{"body": png_bytes()}, {"body": several}], context)
         handler.service.recorder.flush()
     assert responses[0]["method"] == "saliency" and len(responses[1]) == 3
     lines = metric_lines(caplog)
@@ -183,7 +190,7 @@ def test_counters_are_summed_until_the_next_flush(metered_handler, caplog, monke
     with caplog.at_level(logging.INFO):
         for _ in range(3):
             set_requests(context, [{}] * 8)
-            handler.handle(full, context)
+            handle_json(handler, full, context)
         held = metric_lines(caplog)
         handler.service.recorder.flush()
     assert [name for name, *_ in held].count(fm.LATENCY.name) == 3
@@ -204,7 +211,7 @@ def test_brightness_is_the_mean_input_pixel(metered_handler, caplog):
     set_requests(context, [{"X-Invert": "false"}])
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        handler.handle([{"body": encode(Image.fromarray(pixels), "PNG")}], context)
+        handle_json(handler, [{"body": encode(Image.fromarray(pixels), "PNG")}], context)
         handler.service.recorder.flush()
     assert totals(metric_lines(caplog), fm.BRIGHTNESS_SUM.name) == {(): pytest.approx(0.5)}
 
@@ -216,7 +223,7 @@ def test_metrics_false_records_nothing(tiny_export_dir, caplog):
     with caplog.at_level(logging.INFO):
         handler.initialize(context)
         set_requests(context, [{}])
-        handler.handle([{"body": png_bytes()}], context)
+        handle_json(handler, [{"body": png_bytes()}], context)
     assert handler.service.recorder is None and metric_lines(caplog) == []
 
 
@@ -244,7 +251,7 @@ def test_a_failure_in_the_metrics_never_fails_the_batch(metered_handler, monkeyp
 
     monkeypatch.setattr(handler.service.recorder, "record_batch", broken)
     set_requests(context, [{}])
-    (answer,) = handler.handle([{"body": png_bytes()}], context)
+    (answer,) = handle_json(handler, [{"body": png_bytes()}], context)
     assert context.get_response_status(0)[0] == 200 and len(answer) == 5
 
 
@@ -259,7 +266,7 @@ def test_steps_auto_answers_its_steps_and_counts_what_missed_the_tolerance(meter
     )
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        met, missed = handler.handle([{"body": png_bytes()}, {"body": png_bytes()}], context)
+        met, missed = handle_json(handler, [{"body": png_bytes()}, {"body": png_bytes()}], context)
         handler.service.recorder.flush()
     assert (met["steps"], met["delta_tolerance"], met["converged"]) == (17, 1.0, True)
     assert abs(met["delta"]) <= 1

@@ -8,7 +8,7 @@ import torch
 
 from benchmarks.gpu_proof import FP32, Tolerances, answer_problems, tf32
 from fashion_serve.torchserve_runtime import TorchServeHandler
-from tests.handler.helpers import make_context, png_bytes, set_requests
+from tests.handler.helpers import handle_json, make_context, png_bytes, set_requests
 
 pytestmark = [
     pytest.mark.gpu,
@@ -26,7 +26,7 @@ def answers(tiny_export_dir, gpu_id):
     handler.initialize(context)
     requests = [{"body": png_bytes()}, {"body": b"not an image"}, {"body": png_bytes()}]
     set_requests(context, [{}, {}, {**EXPLAIN, "X-Target": "Bag", "X-Steps": "16"}])
-    responses = handler.handle(requests, context)
+    responses = handle_json(handler, requests, context)
     statuses = [context.get_response_status(i)[0] for i in range(len(requests))]
     return handler.service.device, responses, statuses
 

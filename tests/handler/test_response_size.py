@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 
-from tests.handler.helpers import encode, noise, set_requests
+from tests.handler.helpers import encode, handle_json, noise, set_requests
 from tests.support.servers import REPO_ROOT, model_config, read_properties
 
 CONFIGS = ("config.properties", "docker/config.properties", "docker/kserve/config.properties")
@@ -19,9 +19,9 @@ def test_an_explanation_of_the_most_images_a_request_may_carry_fits(handler_and_
     # Noise: the input panel of each heatmap PNG compresses about as badly as any picture.
     images = [base64.b64encode(encode(noise(28, 28, seed=i), "PNG")).decode() for i in range(count)]
     set_requests(context, [{"explain": "True"}])
-    (answer,) = handler.handle([{"body": json.dumps({"data": images}).encode()}], context)
+    (answer,) = handle_json(handler, [{"body": json.dumps({"data": images}).encode()}], context)
     assert context.get_response_status(0)[0] == 200 and len(answer) == count
-    size = len(json.dumps(answer, indent=2).encode())  # how TorchServe's worker sends it
+    size = len(json.dumps(answer, separators=(",", ":")).encode())  # as the handler sends it
     assert size > 1 << 20  # more than the 1 MiB these configs once allowed
     for name in CONFIGS:
         config = read_properties((REPO_ROOT / name).read_text())
