@@ -155,7 +155,7 @@ def test_tritonclient_explanations_with_steps_auto(server_tiny, images):
         assert response.status_code == 200, response.text
         result = triton.InferenceServerClient.parse_response_body(response.content)
         assert result.as_numpy("converged").tolist() == [converged]
-        assert result.as_numpy("steps").tolist() == [17 if converged else 129]
+        assert result.as_numpy("steps").tolist() == [7 if converged else 127]
         assert (abs(result.as_numpy("delta")[0]) <= tolerance) == converged
 
 

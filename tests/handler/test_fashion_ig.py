@@ -213,17 +213,17 @@ def test_steps_auto_gives_more_points_only_to_the_image_that_needs_them():
     # -1: below the baseline, no unit turns on along the path: the first points are exact;
     # 0.2: the units turn on at alpha 5/7, never a node: each halving brings delta closer.
     chain, inputs, baseline = kinked_probe_paths([-1.0, 0.2])
-    tolerance = 0.5  # a gain of 78.4: |delta| 1.23, 3.06, 0.92, then 0.15 at 129 points
+    tolerance = 1.0  # a gain of 78.4: |delta| 19.7 at 7 points, 6.4 at 15, 0.006 at 31
     attributions, deltas, points = chain.integrated_gradients_to_tolerance(
         inputs, baseline, [0, 0], tolerance, max_points=1000
     )
-    assert points.tolist() == [17, 129]
+    assert points.tolist() == [7, 31]
     assert (deltas.abs() <= tolerance).all()
     # The known answer: (x - b) * w * the share of the path where the pixel is on.
     weight = positive_probe()[3].weight.detach()[0].view(SHAPE)
     on_share = torch.where(inputs > baseline, 1 - 0.5 / (inputs + 0.5), 0.0)
     expected = (inputs - baseline) * weight * on_share
-    assert torch.allclose(attributions, expected, atol=0.01)  # the rule's step: 1/128
+    assert torch.allclose(attributions, expected, atol=0.01)
     # The image that needed more took the fewest halvings that meet the tolerance.
     _, fewer, _ = chain.integrated_gradients_to_tolerance(
         inputs[1:], baseline, [0], 0.0, max_points=int(points[1]) - 1
@@ -236,20 +236,19 @@ def test_steps_auto_stops_at_the_cap_and_says_by_its_delta():
     _, deltas, points = chain.integrated_gradients_to_tolerance(
         inputs, baseline, [0], 1e-6, max_points=40
     )
-    assert points.tolist() == [33] and deltas.abs().item() > 1e-6  # 65 would pass the cap
+    assert points.tolist() == [31] and deltas.abs().item() > 1e-6  # 63 would pass the cap
 
 
 def test_steps_auto_keeps_every_point_it_computed(exported):
-    """Refining reuses the earlier points: 16 intervals halved once give the 33-point
-    trapezoid rule's attributions, computed afresh here."""
+    """Refining reuses the earlier points: 8 intervals halved once give the 15-point rule's
+    attributions (16 intervals), computed afresh here."""
     model, contract, baseline = exported
     chain = ReluChain.from_model(model, contract.input_shape, torch.device("cpu"))
     inputs = torch.randn(2, *contract.input_shape)
-    refined, _, points = chain.integrated_gradients_to_tolerance(inputs, baseline, [1, 7], 0.0, 33)
-    assert points.tolist() == [33, 33]
+    refined, _, points = chain.integrated_gradients_to_tolerance(inputs, baseline, [1, 7], 0.0, 15)
+    assert points.tolist() == [15, 15]
     fresh = fashion_ig._Path(chain, inputs, baseline, [1, 7], None)
-    alphas = torch.linspace(0, 1, 33)
-    weights = torch.full((33,), 1 / 32)
-    weights[[0, -1]] /= 2
-    fresh.add(torch.arange(2).repeat_interleave(33), alphas.repeat(2), weights.repeat(2), None)
+    t = torch.arange(1, 16) / 16
+    alphas, weights = (1 - torch.cos(torch.pi * t)) / 2, torch.pi / 2 * torch.sin(torch.pi * t) / 16
+    fresh.add(torch.arange(2).repeat_interleave(15), alphas.repeat(2), weights.repeat(2), None)
     assert torch.allclose(refined, fresh.attributions_and_deltas()[0], atol=1e-5)

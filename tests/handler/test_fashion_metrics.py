@@ -268,11 +268,11 @@ def test_steps_auto_answers_its_steps_and_counts_what_missed_the_tolerance(meter
     with caplog.at_level(logging.INFO):
         met, missed = handle_json(handler, [{"body": png_bytes()}, {"body": png_bytes()}], context)
         handler.service.recorder.flush()
-    assert (met["steps"], met["delta_tolerance"], met["converged"]) == (17, 1.0, True)
+    assert (met["steps"], met["delta_tolerance"], met["converged"]) == (7, 1.0, True)
     assert abs(met["delta"]) <= 1
-    # 17, 33, 65 and 129 points; 257 would pass max_ig_steps (200)
-    assert (missed["steps"], missed["converged"]) == (129, False)
+    # 7, 15, 31, 63 and 127 points; 255 would pass max_ig_steps (200)
+    assert (missed["steps"], missed["converged"]) == (127, False)
     assert abs(missed["delta"]) > 1e-9
     lines = metric_lines(caplog)
     assert totals(lines, fm.UNCONVERGED.name) == {(): 1}
-    assert totals(lines, fm.EXPLANATION_STEPS.name) == {(): 17 + 129}
+    assert totals(lines, fm.EXPLANATION_STEPS.name) == {(): 7 + 127}
