@@ -113,12 +113,11 @@ def test_tritonclient_options_as_parameters_and_named_outputs(
         ]
 
 
-def test_tritonclient_explanations(server_tiny, images, solo_answers):
-    """tritonclient builds and parses the bodies; /explain is a route it has no method for."""
-    server = server_tiny
-    tensor = triton_input([images["bag.png"], images["trouser.png"]], binary=True)
+def triton_explain(server, tensor, parameters: dict):
+    """POST /explain with a body tritonclient builds (it has no method for the route), and
+    the result as tritonclient parses it."""
     body, json_size = triton.InferenceServerClient.generate_request_body(
-        [tensor], parameters={"target": "Trouser", "steps": 8}
+        [tensor], parameters=parameters
     )
     response = requests.post(
         f"{server.inference_url}/v2/models/{MODEL}/explain",
@@ -127,7 +126,13 @@ def test_tritonclient_explanations(server_tiny, images, solo_answers):
         timeout=TIMEOUT_S,
     )
     assert response.status_code == 200, response.text
-    result = triton.InferenceServerClient.parse_response_body(response.content)
+    return triton.InferenceServerClient.parse_response_body(response.content)
+
+
+def test_tritonclient_explanations(server_tiny, images, solo_answers):
+    """tritonclient builds and parses the bodies; /explain is a route it has no method for."""
+    tensor = triton_input([images["bag.png"], images["trouser.png"]], binary=True)
+    result = triton_explain(server_tiny, tensor, {"target": "Trouser", "steps": 8})
     attributions = result.as_numpy("attributions")
     assert attributions.dtype == np.float32 and attributions.shape == (2, 28, 28)
     assert np.isfinite(attributions).all()
@@ -140,20 +145,10 @@ def test_tritonclient_explanations(server_tiny, images, solo_answers):
 def test_tritonclient_explanations_with_steps_auto(server_tiny, images):
     """Steps chosen per image to meet a tolerance: the steps each took and whether it met it
     (1e-9 is out of reach within max_ig_steps, so the answer says so)."""
-    server = server_tiny
     tensor = triton_input([images["bag.png"]], binary=True)
     for tolerance, converged in ((10.0, True), (1e-9, False)):
-        body, json_size = triton.InferenceServerClient.generate_request_body(
-            [tensor], parameters={"steps": "auto", "delta_tolerance": tolerance}
-        )
-        response = requests.post(
-            f"{server.inference_url}/v2/models/{MODEL}/explain",
-            data=body,
-            headers={**server.inference_headers, "Inference-Header-Content-Length": str(json_size)},
-            timeout=TIMEOUT_S,
-        )
-        assert response.status_code == 200, response.text
-        result = triton.InferenceServerClient.parse_response_body(response.content)
+        parameters = {"steps": "auto", "delta_tolerance": tolerance}
+        result = triton_explain(server_tiny, tensor, parameters)
         assert result.as_numpy("converged").tolist() == [converged]
         assert result.as_numpy("steps").tolist() == [7 if converged else 127]
         assert (abs(result.as_numpy("delta")[0]) <= tolerance) == converged
