@@ -281,8 +281,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=256, help="test images besides the samples")
     parser.add_argument("--reference-steps", type=int, default=400)
     parser.add_argument(
-        "--tolerances", type=float, nargs="*", default=[0.02, 0.05, 0.1],
-        help='delta tolerances of the steps "auto" rows (default 0.02 0.05 0.1)',
+        "--tolerances", type=float, nargs="*", default=[0.1, 0.15, 0.2],
+        help='delta tolerances of the steps "auto" rows (default 0.1 0.15 0.2)',
     )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=3, help="timing per setting and batch")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -298,7 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--sign", help="heatmap: positive (default) or all")
     explain.add_argument("--steps", help="integrated-gradients steps, or auto (default: server's)")
-    explain.add_argument("--delta-tolerance", type=float, help="with --steps auto (default 0.05)")
+    explain.add_argument(
+        "--delta-tolerance",
+        type=float,
+        help="with --steps auto (default: the server's, 0.15 as shipped)",
+    )
     explain.add_argument(
         "--out-dir", type=Path, default=None, help="where heatmaps go (default: RUN_DIR/heatmaps)"
     )

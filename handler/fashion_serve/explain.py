@@ -92,7 +92,7 @@ def attribute(
     chain: ReluChain | None = None,
     logits: torch.Tensor | None = None,
     threads: PathThreads | None = None,
-    tolerance: float = 0.05,
+    tolerance: float = 0.15,
     max_steps: int = 200,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Attributions (N, C, H, W) for each example's own target, and for integrated gradients

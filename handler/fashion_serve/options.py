@@ -40,7 +40,7 @@ class RequestOptions:
     method: str = INTEGRATED_GRADIENTS  # explanation method, one of METHODS
     sign: str = "positive"  # heatmap: "positive" evidence only, or "all"
     heatmap: bool = True  # draw the heatmap (most of a cheap method's cost); false: numbers only
-    delta_tolerance: float = 0.05  # steps "auto": the |convergence delta| to reach
+    delta_tolerance: float = 0.15  # steps "auto": the |convergence delta| to reach
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class OptionLimits:
     default_topk: int
     default_steps: int | str  # a count, or AUTO_STEPS
     max_steps: int
-    default_tolerance: float = 0.05
+    default_tolerance: float = 0.15
     max_images: int = 16  # images in one request (a JSON list, instances, an OIP tensor)
 
 

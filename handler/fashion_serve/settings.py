@@ -37,7 +37,7 @@ class HandlerSettings:
         200, "the most integrated-gradients steps a request may ask, or `auto` may use"
     )
     delta_tolerance: float = setting(
-        0.05,
+        0.15,
         "`steps: auto`: the |convergence delta| (logits) each explanation is refined to meet, "
         "unless the request asks",
     )
