@@ -3,6 +3,7 @@ as a worker initializes it (tests.support.handler_context), called without a ser
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import statistics
 import time
@@ -46,7 +47,7 @@ class Pipeline:
     def _handle(self, images: list[bytes], explain: bool) -> list[str]:
         set_requests(self.context, [{"explain": "True"} if explain else {}] * len(images))
         answers = self.handler.handle([{"body": image} for image in images], self.context)
-        return [answer.decode() for answer in answers]  # the JSON the handler sends
+        return [json.dumps(answer, indent=2) for answer in answers]  # as TorchServe sends it
 
     def predict(self, images: list[bytes]) -> list[str]:
         return self._handle(images, explain=False)

@@ -54,5 +54,6 @@ __all__ = ["encode", "garment", "make_context", "noise", "png_bytes", "set_reque
 
 
 def handle_json(handler, requests: list[dict], context) -> list:
-    """handler.handle's answers as TorchServe sends them (JSON bytes), parsed."""
-    return [json.loads(body) for body in handler.handle(requests, context)]
+    """handler.handle's answers as objects (the describe call answers a JSON string)."""
+    answers = handler.handle(requests, context)
+    return [json.loads(a) if isinstance(a, (str, bytes)) else a for a in answers]
