@@ -21,33 +21,15 @@ import json
 import statistics
 import threading
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import torch
-
 from benchmarks.traffic import Client, predict_headers, same_answer
-from fashion_serve.contract import load_torchscript, save_torchscript
 from tests.support.servers import TorchServe, http_call, rss_kib
+from tests.support.versions import next_version_export
 
 VERSION_HEADER = "X-Model-Version"
-MODEL_FILE = "model.pt"
-BIAS_SHIFT = 2.0  # added to the first class's logit: the new version answers visibly otherwise
 RSS_LIMIT = 1.25  # worker memory after a swap, relative to before it
-
-
-def next_version_export(export_dir: Path, out_dir: Path) -> str:
-    """Write the served model again into out_dir as the next version (version + "-next"),
-    with its last bias shifted; returns that version."""
-    model, contract = load_torchscript(export_dir / MODEL_FILE)
-    last_bias = [t for name, t in model.named_parameters() if name.endswith("bias")][-1]
-    with torch.no_grad():
-        last_bias[0] += BIAS_SHIFT
-    new_contract = replace(contract, version=f"{contract.version}-next")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_torchscript(model, out_dir / MODEL_FILE, new_contract)
-    return new_contract.version
 
 
 @dataclass

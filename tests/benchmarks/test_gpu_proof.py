@@ -12,6 +12,7 @@ import torch
 
 from benchmarks import gpu_proof
 from fashion_serve.service import Answer
+from tests.support.parity import FP32
 from tests.training.idx_files import write_dataset
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -109,7 +110,7 @@ def answers(prediction=PREDICTION, explained=None, refusal_status=400) -> list[A
 
 def compare(candidate: list[Answer], reference: list[Answer] | None = None) -> dict:
     names = ["predict", "explain", "refused"]
-    return gpu_proof.compare(names, reference or answers(), candidate, gpu_proof.FP32)
+    return gpu_proof.compare(names, reference or answers(), candidate, FP32)
 
 
 def test_equal_answers_pass():

@@ -323,7 +323,7 @@ def check_serving(smoke: Smoke, sample: Path, expect: str | None) -> dict:
 def check_update(smoke: Smoke, export_dir: Path, sample: Path) -> dict:
     """The documented container update: archive on the host, put it in the store, swap with
     fashion-serve-rollout inside the container, then roll back."""
-    from benchmarks.update import next_version_export  # torch: only for this step
+    from tests.support.versions import next_version_export  # torch: only for this step
 
     image_bytes = sample.read_bytes()
     token = smoke.inference_key()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.gpu_proof import FP32, Tolerances, answer_problems, tf32
 from fashion_serve.torchserve_runtime import TorchServeHandler
 from tests.handler.helpers import handle_json, make_context, png_bytes, set_requests
+from tests.support.parity import FP32, Tolerances, answer_problems, tf32
 
 pytestmark = [
     pytest.mark.gpu,
