@@ -36,7 +36,7 @@ CHANNELS_LAST = torch.channels_last
 # on one thread were slower (docs/performance.md#explanations).
 POINTS_PER_PASS = 50
 # steps "auto" (ReluChain.integrated_gradients_to_tolerance): the first intervals of its
-# nested rule, 15 points an image, then halved while the delta is over the tolerance.
+# nested rule, 7 points an image, then halved while the delta is over the tolerance.
 AUTO_FIRST_INTERVALS = 8
 # The fewest path points a thread is given: two passes of 4 (8 steps on two threads) were
 # slower than one pass of 8 (docs/performance.md#explanations).
@@ -167,9 +167,9 @@ class ReluChain:
         """integrated_gradients with as many path points as each image needs, on a nested
         rule: the path position alpha = (1 - cos(pi t)) / 2 (points crowd near both ends, as
         Gauss-Legendre's do) integrated by the trapezoid rule in t, whose end points weigh
-        nothing. First AUTO_FIRST_INTERVALS intervals (15 points); then, for the images whose
+        nothing. First AUTO_FIRST_INTERVALS intervals (7 points); then, for the images whose
         |delta| is over `tolerance`, the intervals halved (the midpoints added, every point
-        computed so far kept: 31, 63, 127...) until it is met or another halving would pass
+        computed so far kept: 15, 31, 63, 127...) until it is met or another halving would pass
         `max_points`. Returns attributions, deltas and the points each image used (N,)."""
         device = inputs.device
         path = _Path(self, inputs, baseline, targets, logits)
@@ -199,7 +199,8 @@ class ReluChain:
         ms (one image through the convolutions) computing it again."""
         kept = self._baseline_logits
         if kept is None or not torch.equal(kept[0], baseline):
-            kept = self._baseline_logits = (baseline.clone(), self._forward(z_baseline)[0][0])
+            logits = self._forward(z_baseline.clone())[0][0]  # _forward overwrites its input
+            kept = self._baseline_logits = (baseline.clone(), logits)
         return kept[1]
 
     def _forward(self, z: torch.Tensor) -> tuple[torch.Tensor, list]:
@@ -267,16 +268,17 @@ class _Path:
             ends = torch.cat([inputs, baseline.unsqueeze(0)]).contiguous(
                 memory_format=CHANNELS_LAST
             )
-            self.z_ends = F.conv2d(ends, first.weight, first.bias, padding=first.size)
-            self.shape = self.z_ends.shape[1:]  # (K, H, W)
+            z_ends = F.conv2d(ends, first.weight, first.bias, padding=first.size)
+            self.shape = z_ends.shape[1:]  # (K, H, W)
             # Rows of (H, W, K) values, the channels-last memory order: views, no copies.
-            z_rows = self.z_ends.permute(0, 2, 3, 1).reshape(self.count + 1, -1)
+            z_rows = z_ends.permute(0, 2, 3, 1).reshape(self.count + 1, -1)
             self.z_base = z_rows[self.count :]  # (1, H*W*K)
             self.z_span = z_rows[: self.count] - self.z_base  # (N, H*W*K)
             self.summed = torch.zeros_like(self.z_span)  # sum over points of weight * d t / d z
+            # _forward overwrites the rows it is given, and later points start from these.
             if logits is None:
-                logits = chain._forward(self.z_ends[: self.count].clone())[0]
-            at_baseline = chain._logits_at(baseline, self.z_ends[self.count :].clone())
+                logits = chain._forward(z_ends[: self.count].clone())[0]
+            at_baseline = chain._logits_at(baseline, z_ends[self.count :])
             rows = torch.arange(self.count, device=inputs.device)
             self.gained = logits[rows, self.targets] - at_baseline[self.targets]
 
