@@ -92,10 +92,11 @@ class ManagementApi:
             raise ManagementError(f"no management API at {self.url}: {error}") from None
         return status, body
 
-    def expect(self, method: str, path: str, what: str, timeout_s: float | None = None):
-        """The body of a 200 answer; ManagementError saying `what` failed otherwise."""
+    def expect(self, method: str, path: str, what: str, timeout_s: float | None = None, ok=(200,)):
+        """The body of an answer whose status is in `ok`; ManagementError saying `what`
+        failed otherwise."""
         status, body = self.call(method, path, timeout_s)
-        if status != 200:
+        if status not in ok:
             message = body.get("message", body) if isinstance(body, dict) else body
             raise ManagementError(f"{what}: TorchServe answered {status}: {message}")
         return body
@@ -135,10 +136,10 @@ class ManagementApi:
         query = urllib.parse.urlencode(
             {"url": mar, "model_name": self.model, "synchronous": "false"}
         )
-        status, body = self.call("POST", f"/models?{query}", SLOW_CALL_TIMEOUT_S)
-        if status not in (200, 202):  # 202: "Processing worker updates..."
-            message = body.get("message", body) if isinstance(body, dict) else body
-            raise ManagementError(f"registering {mar}: TorchServe answered {status}: {message}")
+        # 202: "Processing worker updates..."
+        self.expect(
+            "POST", f"/models?{query}", f"registering {mar}", SLOW_CALL_TIMEOUT_S, (200, 202)
+        )
 
     def set_default(self, version: str) -> None:
         self.expect("PUT", f"{self._path(version)}/set-default", f"making {version} the default")
