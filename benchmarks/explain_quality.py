@@ -213,34 +213,49 @@ def run(args) -> dict:
         name = f"{source}, no heatmap"
         rows[name] = dict(rows[source])
         headers_by_name[name] = {**headers_by_name[source], "X-Heatmap": "false"}
+    results = dict(
+        images=len(inputs), reference_steps=args.reference_steps, default_steps=default,
+        served_batch_size=served_batch, rows=rows,
+    )  # fmt: skip
     if args.served:
-        for name, rates in served_rates(args, headers_by_name).items():
-            rows[name]["served_requests_per_s"] = rates
-    return {"images": len(inputs), "reference_steps": args.reference_steps,
-            "served_batch_size": served_batch, "rows": rows}  # fmt: skip
+        rates, results["served_predictions_per_s"] = served_rates(args, headers_by_name)
+        for name, rate in rates.items():
+            rows[name]["served_requests_per_s"] = rate
+    return results
 
 
-def served_rates(args, headers_by_name: dict) -> dict:
-    """{name: {"c1": req/s, ...}}: explanations served by TorchServe for each setting that
-    has request headers (the others are not the handler's)."""
+def served_rates(args, headers_by_name: dict) -> tuple[dict, dict]:
+    """({name: {"c1": req/s, ...}}, {"c1": predictions/s, ...}): explanations served by
+    TorchServe for each setting that has request headers (the others are not the handler's),
+    and predictions of the same image by the same server, which they are compared over."""
     rates = {}
     settings = LoadSettings(args.warmup_s, args.warmup_max_s)  # as benchmarks.bench warms up
     with TorchServe(temp_dir("explain-quality-") / "run", args.export_dir) as server:
         processes = {"frontend": [server.frontend_pid()], "workers": server.ready_worker_pids()}
-        for name, headers in headers_by_name.items():
-            if headers is None:
-                continue
+
+        def served(url: str, name: str, headers: dict) -> dict:
             print(f"  served {name}:", flush=True)
             points, _ = load_points(
-                server.explanations_url, args.image, server.inference_token,
-                "application/octet-stream", args.concurrency, args.served_seconds, settings,
-                processes, headers,
+                url, args.image, server.inference_token, "application/octet-stream",
+                args.concurrency, args.served_seconds, settings, processes, headers,
             )  # fmt: skip
             bad = {point: stats["non_2xx"] for point, stats in points.items() if stats["non_2xx"]}
             if bad:
                 raise RuntimeError(f"{name}: non-2xx answers at {bad}")
-            rates[name] = {point: stats["requests_per_s"] for point, stats in points.items()}
-    return rates
+            return {point: stats["requests_per_s"] for point, stats in points.items()}
+
+        predictions = served(server.predictions_url, "predictions", {})
+        for name, headers in headers_by_name.items():
+            if headers is not None:
+                rates[name] = served(server.explanations_url, name, headers)
+    return rates, predictions
+
+
+def cost_over_prediction(results: dict, name: str, point: str = "c1") -> float:
+    """Milliseconds a served explanation of setting `name` takes beyond a served prediction,
+    one request at a time (`point` c1), from the rates of one run."""
+    explained = results["rows"][name]["served_requests_per_s"][point]
+    return 1000 / explained - 1000 / results["served_predictions_per_s"][point]
 
 
 def markdown(results: dict) -> str:
@@ -273,6 +288,17 @@ def markdown(results: dict) -> str:
             f"| {name} | {batch_1:.1f} | {batched:.1f} | {mean:.1f} |{served} {delta} | {steps} "
             f"| {distance} |"
         )
+    predictions = results.get("served_predictions_per_s")
+    if predictions and "c1" in predictions:
+        cheap, default = "saliency", f"integrated_gradients, {results['default_steps']} steps"
+        cheap_ms, default_ms = (cost_over_prediction(results, n) for n in (cheap, default))
+        served = ", ".join(f"{point} {rate:.1f}" for point, rate in predictions.items())
+        lines += [
+            "",
+            f"Served predictions/s of the same image by the same server: {served}. Over a "
+            f"prediction at c1, {cheap} with its heatmap costs {cheap_ms:.1f} ms and {default} "
+            f"{default_ms:.1f} ms: a ratio of {cheap_ms / default_ms:.2f}.",
+        ]
     return "\n".join(lines) + "\n"
 
 

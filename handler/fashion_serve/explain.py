@@ -24,7 +24,6 @@ from copy import deepcopy
 
 import numpy as np
 import torch
-from PIL import Image
 
 from fashion_serve.contract import quiet_jit
 from fashion_serve.ig import POINTS_PER_PASS, PathThreads, ReluChain
@@ -37,7 +36,7 @@ OCCLUSION_STRIDE = 3
 OCCLUSION_PATCHES_PER_PASS = 64  # occluded copies per forward pass
 
 ATTRIBUTION_SIGNIFICANT_DIGITS = 4
-HEATMAP_SCALE = 6  # 28x28 -> 168x168 per panel: larger costs PNG-encoding time per answer
+HEATMAP_SCALE = 6  # 28x28 -> 168x168 per panel, each input pixel a 6x6 block
 HEATMAP_GAP_PX = 4
 # Captum's visualization convention: scale by the value below which 98 % of the total
 # |attribution| lies, so one extreme pixel does not wash the rest out (outlier_perc=2).
@@ -267,11 +266,9 @@ def heatmap_png(
     both `scale`x larger, as PNG bytes. Red marks evidence for the target class, blue (with
     sign="all") evidence against it; colour and opacity grow with strength.
 
-    Colour and opacity are worked out at the input's 28x28 and upsampled smoothly by Pillow
-    (bicubic), which also composites: the picture costs about a millisecond."""
-    height, width = pixels.shape
-    size = (width * scale, height * scale)
-    gray = Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC)  # mode L
+    Everything is worked out at the input's 28x28 and each input pixel is drawn as a
+    `scale`x`scale` block: the picture shows the pixels the model saw, and its rows repeat,
+    which png_bytes encodes as runs of zeros (well under a millisecond, docs/performance.md)."""
     strength = gaussian_blur(scaled_attributions(attributions, sign), HEATMAP_BLUR_PX)
     peak = float(np.abs(strength).max())
     strength = (strength / peak if peak > 0 else strength)[..., None]  # (H, W, 1)
@@ -281,30 +278,33 @@ def heatmap_png(
         _POSITIVE_RGB[0] + magnitude * (_POSITIVE_RGB[1] - _POSITIVE_RGB[0]),
         _NEGATIVE_RGB[0] + magnitude * (_NEGATIVE_RGB[1] - _NEGATIVE_RGB[0]),
     )
-    opacity = 255 * MAX_OVERLAY_OPACITY * magnitude**OPACITY_GAMMA
-    rgba = np.rint(np.concatenate([colour, opacity], axis=-1)).clip(0, 255).astype(np.uint8)
-    overlay = Image.fromarray(rgba, mode="RGBA").resize(size, Image.Resampling.BICUBIC)
-    dimmed = gray.point(lambda value: round(value * BACKGROUND_DIM)).convert("RGBA")
-    canvas = Image.new("RGB", (2 * size[0] + HEATMAP_GAP_PX, size[1]), "white")
-    canvas.paste(gray.convert("RGB"), (0, 0))
-    canvas.paste(
-        Image.alpha_composite(dimmed, overlay).convert("RGB"), (size[0] + HEATMAP_GAP_PX, 0)
+    opacity = MAX_OVERLAY_OPACITY * magnitude**OPACITY_GAMMA
+    gray = pixels[..., None].astype(np.float32)  # (H, W, 1)
+    overlaid = colour * opacity + gray * BACKGROUND_DIM * (1 - opacity)  # "over" a dimmed input
+    height, width = pixels.shape
+    rows = np.full((height, 2 * width * scale + HEATMAP_GAP_PX, 3), 255, np.uint8)  # white gap
+    rows[:, : width * scale] = np.repeat(pixels, scale, axis=1)[..., None]
+    rows[:, width * scale + HEATMAP_GAP_PX :] = np.repeat(
+        np.rint(overlaid).clip(0, 255).astype(np.uint8), scale, axis=1
     )
-    return png_bytes(np.asarray(canvas))
+    return png_bytes(rows, repeat=scale)
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """An (H, W, 3) uint8 image as PNG: every row "Up"-filtered (minus the row above), zlib
-    at its fastest level. Pillow's encoder tries every filter on every row, about twice the
-    time for the same size (docs/performance.md#explanations); the heatmap's rows mostly
-    repeat the row above (it is upsampled), which the "Up" filter turns into zeros."""
+def png_bytes(rgb: np.ndarray, repeat: int = 1) -> bytes:
+    """An (H, W, 3) uint8 image as PNG, each row shown `repeat` times (H * repeat rows high).
+
+    A row is "Sub"-filtered (minus the pixel to its left: zeros along a block of one colour)
+    and its repeats "Up"-filtered (minus the row above: all zeros), then zlib at its fastest
+    level compresses what is mostly runs of zeros. Pillow's encoder would try every filter on
+    every row of the full-size picture (docs/performance.md#explanations)."""
     height, width, _ = rgb.shape
     rows = rgb.reshape(height, width * 3)
-    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
-    filtered[:, 0] = 2  # PNG filter type 2, "Up"
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG defines it
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    filtered = np.zeros((height, repeat, width * 3 + 1), dtype=np.uint8)
+    filtered[:, 0, 0] = 1  # PNG filter type 1, "Sub"
+    filtered[:, 1:, 0] = 2  # PNG filter type 2, "Up"
+    filtered[:, 0, 1:4] = rows[:, :3]
+    np.subtract(rows[:, 3:], rows[:, :-3], out=filtered[:, 0, 4:])  # modulo 256, as PNG says
+    header = struct.pack(">IIBBBBB", width, height * repeat, 8, 2, 0, 0, 0)  # 8-bit RGB
     return b"".join((
         b"\x89PNG\r\n\x1a\n",
         _png_chunk(b"IHDR", header),

@@ -28,7 +28,10 @@ def test_every_setting_is_measured_in_process_and_each_handler_setting_served(
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+    results = json.loads(out.read_text())
+    rows = results["rows"]
+    predictions = results["served_predictions_per_s"]
+    assert set(predictions) == {"c1", "c2"} and all(rate > 0 for rate in predictions.values())
     assert sum(name.endswith("no heatmap") for name in rows) == 2
     assert {name.split(",")[0] for name in rows} == {
         "before: integrated_gradients", "integrated_gradients via Captum",
@@ -47,4 +50,5 @@ def test_every_setting_is_measured_in_process_and_each_handler_setting_served(
             assert row["delta_median"] <= row["delta_p95"]
     lines = table.read_text().splitlines()
     assert "served/s c1 | served/s c2 |" in lines[0]
-    assert len(lines) == 2 + len(rows)
+    assert len(lines) == 2 + len(rows) + 2  # the table, a blank line, the costs over a prediction
+    assert lines[-1].startswith("Served predictions/s") and "a ratio of" in lines[-1]

@@ -203,7 +203,21 @@ def test_heatmap_of_zero_attributions_is_the_input_twice():
 
 def test_png_bytes_decode_to_the_same_pixels():
     rgb = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
-    rgb[1:] = rgb[:-1] // 2  # rows below brighter rows: the "Up" filter wraps around 256
+    rgb[:, 1:] = rgb[:, :-1] // 2  # pixels darker than their left neighbour: "Sub" wraps at 256
     image = Image.open(io.BytesIO(png_bytes(rgb)))
     assert image.format == "PNG" and image.mode == "RGB" and image.size == (7, 5)
     assert (np.asarray(image) == rgb).all()
+    tall = np.asarray(Image.open(io.BytesIO(png_bytes(rgb, repeat=3))))
+    assert tall.shape == (15, 7, 3) and (tall == np.repeat(rgb, 3, axis=0)).all()
+
+
+def test_heatmap_draws_each_input_pixel_as_one_block():
+    pixels = np.random.default_rng(1).integers(0, 256, size=(28, 28), dtype=np.uint8)
+    attributions = np.random.default_rng(2).normal(size=(28, 28)).astype(np.float32)
+    image = np.asarray(Image.open(io.BytesIO(heatmap_png(pixels, attributions, sign="all"))))
+    for panel in (image[:, :PANEL], image[:, PANEL + 4 :]):
+        blocks = panel.reshape(28, HEATMAP_SCALE, 28, HEATMAP_SCALE, 3)
+        assert (blocks == blocks[:, :1, :, :1]).all()
+    assert (
+        image[:, :PANEL, 0] == np.repeat(np.repeat(pixels, HEATMAP_SCALE, 0), HEATMAP_SCALE, 1)
+    ).all()
