@@ -22,7 +22,9 @@ in batches of 8, for
 With --served, also explanations/s served by TorchServe (the repository's archive, config
 and model-config.yaml) for each of the handler's settings, chosen per request with the
 X-Method and X-Steps headers: wrk POSTs --image at each --concurrency, as benchmarks.bench
-loads it. --markdown FILE writes the table for docs/performance.md.
+loads it; and predictions of the same image by the same server, which the table's last line
+compares the cheap method (saliency) and the default integrated gradients over.
+--markdown FILE writes the table for docs/performance.md.
 """
 
 from __future__ import annotations
