@@ -294,10 +294,10 @@ def markdown(results: dict) -> str:
     if predictions and "c1" in predictions:
         cheap, default = "saliency", f"integrated_gradients, {results['default_steps']} steps"
         cheap_ms, default_ms = (cost_over_prediction(results, n) for n in (cheap, default))
-        served = ", ".join(f"{point} {rate:.1f}" for point, rate in predictions.items())
+        rates = ", ".join(f"{point} {rate:.1f}" for point, rate in predictions.items())
         lines += [
             "",
-            f"Served predictions/s of the same image by the same server: {served}. Over a "
+            f"Served predictions/s of the same image by the same server: {rates}. Over a "
             f"prediction at c1, {cheap} with its heatmap costs {cheap_ms:.1f} ms and {default} "
             f"{default_ms:.1f} ms: a ratio of {cheap_ms / default_ms:.2f}.",
         ]

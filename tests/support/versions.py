@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from fashion_serve.contract import load_torchscript, save_torchscript
+from training.export import MODEL_FILE
 
-MODEL_FILE = "model.pt"
 BIAS_SHIFT = 2.0  # added to the first class's logit: the new version answers visibly otherwise
 
 
