@@ -5,6 +5,7 @@ Recorder on the frontend.
     python -m benchmarks.profile_served                     # c1, 10 s windows
     python -m benchmarks.profile_served --connections 32 --out artifacts/profile-c32
     python -m benchmarks.profile_served --explain           # /explanations, the default method
+    python -m benchmarks.profile_served --method saliency   # /explanations, by another method
 
 One TorchServe (scripts/serve.sh, the archive as users get it) is warmed up until its JIT
 settles (benchmarks.load.warm_up), then:
@@ -94,18 +95,21 @@ def jfr_summary(recording: Path) -> dict:
 
 
 def profile(server: TorchServe, args) -> dict:
-    url = server.explanations_url if args.explain else server.predictions_url
+    explain = args.explain or args.method is not None
+    url = server.explanations_url if explain else server.predictions_url
+    headers = {"X-Method": args.method} if args.method else None
     token = server.inference_token
     settings = LoadSettings(warmup_s=5, warmup_max_s=args.warmup_max_s)
     warm_up(url, args.image, token, "application/octet-stream", 32, settings,
-            jvm_pid=server.frontend_pid())  # fmt: skip
+            jvm_pid=server.frontend_pid(), headers=headers)  # fmt: skip
     workers = server.ready_worker_pids()
     pids = {"frontend": server.frontend_pid()} | {f"worker {pid}": pid for pid in workers}
 
     def run_load() -> dict:
-        return wrk(url, args.image, token, connections=args.connections, duration_s=args.seconds)
+        return wrk(url, args.image, token, connections=args.connections,
+                   duration_s=args.seconds, headers=headers)  # fmt: skip
 
-    wrk(url, args.image, token, connections=args.connections, duration_s=5)  # this shape warm
+    wrk(url, args.image, token, connections=args.connections, duration_s=5, headers=headers)
     plain = cpu_per_request(pids, run_load)
     args.out.mkdir(parents=True, exist_ok=True)
     for stale in args.out.glob("worker-*.txt"):  # from an earlier run's workers
@@ -145,7 +149,9 @@ def profile(server: TorchServe, args) -> dict:
             raise RuntimeError(f"py-spy failed: {err.decode()[-500:]}")
     return {
         "connections": args.connections,
-        "endpoint": "explanations" if args.explain else "predictions",
+        "endpoint": f"explanations ({args.method or 'default method'})"
+        if explain
+        else "predictions",
         "plain": plain,
         "profiled": profiled,
         "workers": {pid: collapsed_shares(args.out / f"worker-{pid}.txt") for pid in workers},
@@ -179,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=1, help="wrk connections")
     parser.add_argument("--seconds", type=float, default=10, help="per window")
     parser.add_argument("--explain", action="store_true", help="load /explanations instead")
+    parser.add_argument("--method", default=None, help="explanations by this method (X-Method)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="raw profiles + JSON")
     parser.add_argument(
         "--warmup-max-s", type=float, default=60, help="c32 warm-up until the JIT settles"

@@ -8,7 +8,8 @@
 #   --export-dir DIR  pack model.pt with scripts/archive.sh
 #                     (default artifacts/export)
 #   --mar FILE        use an archive made already (e.g. model_store/fashion-cnn.mar)
-#   --protocol v1     KServe v1 through TorchServe's kserve envelope, batchSize 1 (default)
+#   --protocol v1     KServe v1 through TorchServe's kserve envelope, batchSize 1, answers
+#                     encoded by TorchServe (default)
 #   --protocol v2     Open Inference Protocol answered by the handler itself: no envelope
 #                     (the runtime's TS_SERVICE_ENVELOPE=kservev2 is ignored), batching kept
 # Settings (environment variables): MODEL_NAME=fashion-cnn, VENV=.venv
@@ -27,7 +28,7 @@ while [[ $# -gt 0 ]]; do
         --export-dir) export_dir=${2:?--export-dir needs a value}; shift ;;
         --mar) mar=${2:?--mar needs a value}; shift ;;
         --protocol) protocol=${2:?--protocol needs v1 or v2}; shift ;;
-        -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) fail "unknown option $1" ;;
         *) out_dir=$1 ;;
     esac
@@ -48,7 +49,9 @@ else
 fi
 
 # v1: KServe's request envelope reads only the first request of a batch, so the archive gets
-# batchSize 1 (its model-config.yaml is rewritten in place; everything else is kept).
+# batchSize 1, and it wraps the handler's answers, so they go to TorchServe as objects
+# (handler.compact_explanations false); its model-config.yaml is rewritten in place,
+# everything else is kept.
 # v2: the handler answers the Open Inference Protocol itself, so no envelope and the
 # archive's batching stays; envvars config is turned off so that the runtime's
 # TS_SERVICE_ENVELOPE=kservev2 cannot put the envelope back.
@@ -75,6 +78,12 @@ with zipfile.ZipFile(mar_path + ".tmp", "w", zipfile.ZIP_DEFLATED) as archive:
             text = data.decode()
             if protocol == "v1":
                 text = re.sub(r"(?m)^batchSize:\s*\d+", "batchSize: 1", text)
+                text = re.sub(r"(?m)^\s+compact_explanations:.*\n", "", text)
+                objects = "  compact_explanations: false  # the kserve envelope wraps objects\n"
+                if re.search(r"(?m)^handler:\s*$", text):
+                    text = re.sub(r"(?m)^handler:\s*\n", "handler:\n" + objects, text, count=1)
+                else:
+                    text += "\nhandler:\n" + objects
             model_config = yaml.safe_load(text)
             data = text.encode()
         archive.writestr(info, data)

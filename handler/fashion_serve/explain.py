@@ -1,8 +1,8 @@
 """Explanations, and a heatmap a person can read.
 
-Integrated gradients run on fashion_serve.ig's chain, written out for the FashionCNN's plain
-chain of layers (the default); Captum computes them on a model that is no such chain, and
-computes the other methods.
+Integrated gradients, saliency and input x gradient run on fashion_serve.ig's chain, written
+out for the FashionCNN's plain chain of layers; Captum computes them on a model that is no
+such chain, and computes occlusion.
 
 Methods (the request's `method` option; docs/api.md says what each shows and costs):
 - integrated_gradients (default): attributions along the straight path from a black image,
@@ -99,9 +99,9 @@ def attribute(
     f(baseline), near zero when the steps were enough, and the steps each image took (N,).
     `steps` AUTO_STEPS: as many as each image needs for |delta| <= `tolerance`, within
     `max_steps`. `baseline` is one (C, H, W) input (a black image, normalized).
-    `forward_model` needs no gradients (occlusion uses it); integrated gradients run on
-    `chain` where the model is one (fashion_serve.ig, which takes f(input) from `logits`
-    where given, and splits the path points across `threads` where given), else on
+    `forward_model` needs no gradients (occlusion uses it); the gradient methods run on
+    `chain` where the model is one (fashion_serve.ig; integrated gradients take f(input) from
+    `logits` where given, and split the path points across `threads` where given), else on
     `gradient_model` through Captum."""
     targets = list(targets)
     if method == INTEGRATED_GRADIENTS:
@@ -124,6 +124,9 @@ def attribute(
         return attributions, deltas, torch.full((len(targets),), steps)
     if method == "occlusion":
         return occlusion(forward_model, inputs, baseline, targets), None, None
+    if chain is not None:
+        gradients = chain.input_gradients(inputs, targets)
+        return (gradients.abs() if method == "saliency" else inputs * gradients), None, None
     attr = captum_attr()
     explainer = (attr.Saliency if method == "saliency" else attr.InputXGradient)(gradient_model)
     with torch.enable_grad():
@@ -217,11 +220,24 @@ def black_baseline(
 
 
 def round_attributions(attributions: np.ndarray) -> list[list[float]]:
-    """(H, W) attributions -> nested lists with 4 significant digits (JSON stays small)."""
-    return [
-        [float(f"{v:.{ATTRIBUTION_SIGNIFICANT_DIGITS}g}") for v in row]
-        for row in attributions.tolist()
-    ]
+    """(H, W) attributions -> nested lists with 4 significant digits (JSON stays small).
+
+    A tenth of the cost of float(f"{v:.4g}") for each value, with the same digits but where
+    v * 10**k lies within float rounding of a half: each value is rounded to an integer of 4
+    digits times 10**-k. For -16 <= k <= 22 both are exact doubles, and the quotient (or
+    product) is the double nearest that decimal, so its shortest repr, the one json writes, is
+    the decimal itself. The rare others (zero aside: below 1e-19 or from 1e19 on, or not
+    finite) take the f-string."""
+    values = attributions.astype(np.float64)
+    magnitude = np.abs(values)
+    exact = (magnitude == 0) | ((magnitude >= 1e-19) & (magnitude < 1e19))
+    exponents = np.floor(np.log10(np.where(exact & (magnitude > 0), magnitude, 1.0)))
+    decimals = ATTRIBUTION_SIGNIFICANT_DIGITS - 1 - exponents  # digits after the point
+    up, down = 10.0 ** np.maximum(decimals, 0), 10.0 ** np.maximum(-decimals, 0)
+    rounded = (np.rint(values * up / down) * down / up).tolist()
+    for row, column in np.argwhere(~exact):
+        rounded[row][column] = float(f"{values[row, column]:.{ATTRIBUTION_SIGNIFICANT_DIGITS}g}")
+    return rounded
 
 
 def outlier_threshold(magnitudes: np.ndarray, outlier_percent: float) -> float:

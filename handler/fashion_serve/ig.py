@@ -63,7 +63,8 @@ class _Layer:
     kind: str  # "conv", "relu", "maxpool", "flatten" or "linear"
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
-    backward_weight: torch.Tensor | None = None  # conv: flipped, in/out swapped, backward dtype
+    flipped: torch.Tensor | None = None  # conv: the weight flipped, in/out swapped (fp32)
+    backward_weight: torch.Tensor | None = None  # conv: `flipped` in the backward dtype
     size: int = 0  # conv: padding; maxpool: kernel = stride
 
 
@@ -110,7 +111,8 @@ class ReluChain:
             if layer.kind == "conv":
                 layer.weight = layer.weight.contiguous(memory_format=CHANNELS_LAST)
                 flipped = layer.weight.transpose(0, 1).flip(2, 3)
-                layer.backward_weight = flipped.to(dtype).contiguous(memory_format=CHANNELS_LAST)
+                layer.flipped = flipped.contiguous(memory_format=CHANNELS_LAST)
+                layer.backward_weight = layer.flipped.to(dtype)  # the same tensor for fp32
         chain = cls(layers, dtype)
         with torch.inference_mode():
             seeded = torch.Generator(device=device).manual_seed(0)  # the global RNG untouched
@@ -131,6 +133,19 @@ class ReluChain:
         z = F.conv2d(inputs.contiguous(memory_format=CHANNELS_LAST), first.weight, first.bias,
                      padding=first.size)  # fmt: skip
         return self._forward(z)[0]
+
+    def input_gradients(self, inputs: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+        """d logit[target] / d input (N, C, H, W) for each input's own target: saliency's and
+        input x gradient's, one forward and one backward pass without autograd. In fp32
+        whatever the backward dtype: these methods show the gradients themselves, where
+        integrated gradients sum many."""
+        first = self.first
+        with torch.inference_mode():
+            z = F.conv2d(inputs.contiguous(memory_format=CHANNELS_LAST), first.weight, first.bias,
+                         padding=first.size)  # fmt: skip
+            targets = torch.as_tensor(list(targets), device=inputs.device)
+            gradient = self._target_gradient(z, targets, exact=True)
+            return F.conv_transpose2d(gradient, first.weight, padding=first.size)
 
     def integrated_gradients(
         self,
@@ -227,8 +242,12 @@ class ReluChain:
                 saved.append(None)
         return x, saved
 
-    def _target_gradient(self, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """d logit[target] / d z for each row of `z` (the first layer's output)."""
+    def _target_gradient(
+        self, z: torch.Tensor, targets: torch.Tensor, exact: bool = False
+    ) -> torch.Tensor:
+        """d logit[target] / d z for each row of `z` (the first layer's output); `exact`: the
+        backward convolutions in fp32 whatever the chain's backward dtype."""
+        dtype = torch.float32 if exact else self.backward_dtype
         _, saved = self._forward(z)
         layers = self.rest
         gradient = layers[-1].weight[targets]  # the last linear layer's row for each target
@@ -243,8 +262,8 @@ class ReluChain:
                 )
             elif layer.kind == "conv":
                 gradient = F.conv2d(
-                    gradient.to(self.backward_dtype).contiguous(memory_format=CHANNELS_LAST),
-                    layer.backward_weight,
+                    gradient.to(dtype).contiguous(memory_format=CHANNELS_LAST),
+                    layer.flipped if exact else layer.backward_weight,
                     padding=layer.size,
                 ).float()
             elif layer.kind == "flatten":

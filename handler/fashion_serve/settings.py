@@ -66,6 +66,14 @@ class HandlerSettings:
     metrics: bool = setting(
         True, "the handler's Prometheus metrics ([monitoring.md](monitoring.md)); false: none"
     )
+    compact_explanations: bool = setting(
+        True,
+        "the TorchServe runtime sends explanations as compact JSON, encoded by the handler "
+        "(TorchServe would pretty-print each number on a line of its own: 40 % more bytes "
+        "and slower, [performance.md](performance.md#explanations)); false: TorchServe "
+        "encodes them, as KServe's `kserve` and `kservev2` service envelopes need "
+        "(`make-storage.sh --protocol v1` sets it)",
+    )
     bf16_gradients: bool = setting(
         True,
         "on a CPU that computes bf16 natively (AVX512-BF16 or AMX), integrated gradients' "

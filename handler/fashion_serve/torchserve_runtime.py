@@ -7,6 +7,9 @@ maps TorchServe's side of a batch onto `FashionService.run` and back:
   stock BaseHandler.handle looks at request 0 only, so a batch here may mix both);
 - each answer's status per request (context.set_response_status by index: a refused request
   gets its 4xx, its batch-mates their 200), its content type and the model version header;
+- each explanation's encoding: compact JSON (handler.compact_explanations), where TorchServe
+  would pretty-print it; predictions keep TorchServe's pretty-printed JSON, small and
+  readable from curl;
 - the handler's metrics as TorchServe metric lines (declared in monitoring/metrics.yaml);
 - the management API's describe (GET /models/{m}?customized=true): the OIP metadata.
 
@@ -31,6 +34,7 @@ from fashion_serve.settings import HandlerSettings
 JSON = "application/json"
 # Every answer names the model version that made it (a rollout serves two versions at once).
 VERSION_HEADER = "X-Model-Version"
+COMPACT = (",", ":")  # json.dumps separators: no spaces
 _METRIC_TYPES = {
     COUNTER: MetricTypes.COUNTER,
     GAUGE: MetricTypes.GAUGE,
@@ -107,9 +111,15 @@ class TorchServeHandler(BaseHandler):
                 context.set_response_status(answer.status, answer.phrase, idx)
             context.set_response_content_type(idx, JSON)
             context.set_response_header(idx, VERSION_HEADER, self.service.model_version)
-        # Objects, not encoded JSON: KServe's TorchServe runtime wraps them in its envelope
-        # (service_envelope=kservev1/kservev2), which cannot take bytes.
-        return [answer.body for answer in answers]
+        if not self.service.settings.compact_explanations:
+            return [answer.body for answer in answers]
+        # TorchServe's worker would send an object as json.dumps(indent=2): an explanation's
+        # 784 attributions one a line, twice the bytes, and about 1.2 ms of pure-Python
+        # encoding (docs/performance.md). A string goes as it is.
+        return [
+            json.dumps(answer.body, separators=COMPACT) if request.explain else answer.body
+            for request, answer in zip(requests, answers, strict=True)
+        ]
 
     @staticmethod
     def _is_describe(data: list[dict], context) -> bool:

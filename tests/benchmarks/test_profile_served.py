@@ -26,7 +26,8 @@ def test_collapsed_stacks_give_each_frame_its_inclusive_share(tmp_path):
 @pytest.mark.parametrize(
     ("options", "endpoint", "frame"),
     [([], "predictions", "TorchServeHandler.handle"),
-     (["--explain"], "explanations", "ReluChain.integrated_gradients")],
+     (["--explain"], "explanations (default method)", "ReluChain.integrated_gradients"),
+     (["--method", "saliency"], "explanations (saliency)", "ReluChain.input_gradients")],
 )  # fmt: skip
 def test_profiles_a_real_torchserve_at_c1(export_dir, tmp_path, capsys, options, endpoint, frame):
     out = tmp_path / "profile"

@@ -197,6 +197,9 @@ def test_make_storage_builds_the_layout_the_stock_runtime_reads(tiny_export_dir,
         model_config = yaml.safe_load(archive.read(manifest["model"]["configFile"]))
         names = set(archive.namelist())
     assert model_config["batchSize"] == 1
+    # The envelope wraps the handler's answers: objects, which TorchServe encodes.
+    repo_config = yaml.safe_load((REPO_ROOT / "handler" / "model-config.yaml").read_text())
+    assert model_config["handler"] == {**repo_config["handler"], "compact_explanations": False}
     assert entry["minWorkers"] == model_config["minWorkers"]
     assert {"model.pt", "fashion_handler.py"} <= names
 
@@ -236,6 +239,7 @@ def test_make_storage_v2_keeps_batching_and_sets_no_envelope(tiny_export_dir, tm
         model_config = yaml.safe_load(archive.read(manifest["model"]["configFile"]))
     repo_config = yaml.safe_load((REPO_ROOT / "handler" / "model-config.yaml").read_text())
     assert model_config["batchSize"] == entry["batchSize"] == repo_config["batchSize"] > 1
+    assert model_config["handler"] == repo_config["handler"]  # compact explanations: no envelope
 
 
 def mode(manifest: dict) -> str:

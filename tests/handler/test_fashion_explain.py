@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -143,6 +144,17 @@ def test_round_attributions_is_json_ready():
     rounded = round_attributions(np.array([[0.123456789, -1e-9], [12345.678, 0.0]]))
     assert rounded == [[0.1235, -1e-09], [1.235e04, 0.0]]
     assert all(type(v) is float for row in rounded for v in row)
+
+
+def test_round_attributions_writes_the_digits_of_a_four_digit_format():
+    generator = np.random.default_rng(0)
+    for scale in (1e-25, 1e-9, 1e-3, 1.0, 1e4, 1e21):  # past both ends of the exact range
+        values = (generator.standard_normal((28, 28)) * scale).astype(np.float32)
+        values[0, :4] = (0.0, 1.0625, -2.5e-5, np.float32(1e-19))  # a tie, an edge
+        expected = [[float(f"{v:.4g}") for v in row] for row in values.tolist()]
+        rounded = round_attributions(values)
+        assert rounded == expected
+        assert json.dumps(rounded) == json.dumps(expected)  # the same shortest reprs
 
 
 def overlay_pixel(image: Image.Image, row: int, column: int) -> tuple:

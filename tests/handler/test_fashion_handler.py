@@ -161,6 +161,29 @@ def test_explanations_use_each_requests_own_target(handler_and_context):
     assert first["attributions"] != second["attributions"]
 
 
+@pytest.mark.parametrize("compact", [True, False])
+def test_explanations_go_as_compact_json_unless_an_envelope_needs_objects(tiny_export_dir, compact):
+    context = make_context(
+        tiny_export_dir, {"handler": {"ig_steps": 4, "compact_explanations": compact}}
+    )
+    handler = TorchServeHandler()
+    handler.initialize(context)
+    requests = [{"body": png_bytes()}, {"body": b"not an image"}, {"body": png_bytes()}]
+    set_requests(context, [EXPLAIN, EXPLAIN, {}])
+    explained, refused, predicted = handler.handle(requests, context)
+    assert isinstance(predicted, dict)  # TorchServe pretty-prints it: small, read from curl
+    if not compact:  # objects, for KServe's envelope to wrap; TorchServe encodes them
+        assert isinstance(explained, dict) and isinstance(refused, dict)
+        return
+    # Strings go out as they are: no spaces, no newlines, the same JSON.
+    assert isinstance(explained, str) and isinstance(refused, str)
+    answer = json.loads(explained)
+    assert explained == json.dumps(answer, separators=(",", ":"))
+    assert answer["method"] == "integrated_gradients" and len(answer["attributions"]) == 28
+    assert json.loads(refused)["type"] == "InvalidImage"
+    assert context.get_response_status(1)[0] == 400
+
+
 def test_explanations_split_across_the_path_threads_only_while_no_other_worker_runs(
     handler_and_context, monkeypatch
 ):

@@ -100,6 +100,26 @@ def test_bf16_gradients_stay_within_rounding_of_fp32(exported):
     assert (bf16_deltas - fp32_deltas).abs().max() < 0.01
 
 
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_saliency_and_input_x_gradient_are_captums_in_fp32_on_any_chain(exported, method, bf16):
+    model, contract, baseline = exported
+    chain = ReluChain.from_model(
+        model, contract.input_shape, torch.device("cpu"), bf16_backward=bf16
+    )
+    copy = gradient_model(model, torch.device("cpu"))
+    inputs = torch.randn(3, *contract.input_shape, generator=torch.Generator().manual_seed(3))
+    targets = [7, 0, 7]
+    expected, _, _ = attribute(method, copy, model, inputs, baseline, targets, 0)  # Captum
+    attributions, deltas, steps = attribute(
+        method, copy, model, inputs, baseline, targets, 0, chain
+    )
+    assert deltas is None and steps is None
+    # fp32 whichever backward dtype the chain's integrated gradients use: a bf16 backward
+    # would be ~1e-3 off, the last of the answer's 4 significant digits.
+    assert torch.allclose(attributions, expected, rtol=1e-4, atol=1e-6 * expected.abs().max())
+
+
 class Residual(nn.Module):
     """The same layers as a chain, but the forward adds a skip: not a chain."""
 
