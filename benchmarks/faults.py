@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 
 from benchmarks.traffic import count_statuses, predict_headers, run_load, same_answer
 from tests.support.servers import TorchServe, http_call
@@ -72,6 +73,9 @@ def check_kill(server, image, reference, args) -> dict:
                 "failed": len(failed),
                 "failed_statuses": count_statuses(failed),
                 "failed_sent_before_kill": sum(o.sent_s < killed for o in failed),
+                "most_failed_on_one_client": max(
+                    Counter(o.client for o in failed).values(), default=0
+                ),
                 "new_worker_ready_after_s": round(kill_at["ready_s"] - killed, 2)
                 if "ready_s" in kill_at
                 else None,
@@ -82,20 +86,25 @@ def check_kill(server, image, reference, args) -> dict:
                 "failed_sent_after_new_worker_ready": after_ready,
             }
         )
-    # Behind TorchServe's frontend a client's connection outlives the worker: once serving
-    # resumed, nothing may fail. The kserve runtime has no frontend: the killed worker's open
-    # connections are reset, each failing once, on its request in flight or on the next one
-    # sent over it, which may come after others succeeded; none may fail once the new worker
-    # is ready.
+    # Behind TorchServe's frontend a client's connection outlives the worker: only requests
+    # in flight at the kill may fail (at most one batch a connection), and nothing once
+    # serving resumed. The kserve runtime has no frontend, and each of its workers listens on
+    # the port with a socket of its own (SO_REUSEPORT): the killed worker's open connections
+    # are reset, each failing on its request in flight or on the next one sent over it, which
+    # may come after others succeeded; and a client that reconnects at once can land in the
+    # dying worker's accept queue before the kernel closes it, and fail once more (Linux moves
+    # such connections to a live socket only with net.ipv4.tcp_migrate_req=1). There: at most
+    # two failures a connection, and none once the new worker is ready.
     if server.worker_death_resets_connections:
         settled = [k["failed_sent_after_new_worker_ready"] == 0 for k in kills]
+        bounded = [k["most_failed_on_one_client"] <= 2 for k in kills]
     else:
         settled = [k["all_ok_after_resume"] for k in kills]
+        bounded = [k["failed"] <= args.concurrency for k in kills]
     return {
         "passed": all(k["new_pid"] and k["serving_resumed_after_s"] is not None for k in kills)
         and all(settled)
-        # Only requests in flight at the kill may fail: at most one batch per connection.
-        and all(k["failed"] <= args.concurrency for k in kills),
+        and all(bounded),
         "concurrency": args.concurrency,
         "kills": kills,
     }

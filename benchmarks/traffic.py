@@ -75,6 +75,7 @@ class Outcome:
     done_s: float
     status: int  # 0: connection error
     valid: bool
+    client: int = 0  # which of the load's threads (each its own connection) sent it
 
 
 def run_load(
@@ -99,7 +100,7 @@ def run_load(
     remaining = [requests if requests is not None else float("inf")]
     started = time.perf_counter()
 
-    def worker() -> None:
+    def worker(index: int) -> None:
         client = Client(server.inference_url)
         while True:
             with lock:
@@ -114,12 +115,14 @@ def run_load(
                 valid = status == 200 and is_valid(body)
             except (OSError, http.client.HTTPException):
                 status, valid = 0, False
-            outcome = Outcome(now, time.perf_counter() - started, status, valid)
+            outcome = Outcome(now, time.perf_counter() - started, status, valid, index)
             with lock:
                 outcomes.append(outcome)
         client.close()
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    threads = [
+        threading.Thread(target=worker, args=(index,), daemon=True) for index in range(concurrency)
+    ]
     for thread in threads:
         thread.start()
     if on_start is not None:

@@ -73,6 +73,12 @@ args=(run --rm --name "$name" "${detach[@]}"
     --stop-timeout 30)
 if [[ "$runtime" == kserve ]]; then
     args+=(--publish "${bind}:${grpc_port}:7070")  # /metrics is on the REST port
+    # Each worker has a listening socket of its own: when one dies, connections waiting in
+    # its accept queue move to a live one instead of being reset (Linux 5.14+; the
+    # container's network namespace only; docs/reliability.md).
+    if [[ -e /proc/sys/net/ipv4/tcp_migrate_req ]]; then
+        args+=(--sysctl net.ipv4.tcp_migrate_req=1)
+    fi
     published="${bind}:${port} (REST and metrics), ${bind}:${grpc_port} (OIP gRPC)"
 else
     args+=(--publish "${bind}:${metrics_port}:8082")

@@ -437,6 +437,8 @@ def test_run_kserve_publishes_rest_and_grpc_on_loopback(fake_engine):
     assert args[args.index("--env") + 1] == "RUNTIME=kserve"
     published = [args[i + 1] for i, arg in enumerate(args) if arg == "--publish"]
     assert published == ["127.0.0.1:8080:8080", "127.0.0.1:7070:7070"]
+    if Path("/proc/sys/net/ipv4/tcp_migrate_req").exists():  # the kernel has it: asked for
+        assert args[args.index("--sysctl") + 1] == "net.ipv4.tcp_migrate_req=1"
 
 
 def test_run_kserve_has_no_management_port_to_publish(fake_engine):
