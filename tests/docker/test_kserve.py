@@ -43,7 +43,7 @@ KUBERNETES_VERSION = "1.33"  # the core kinds' schemas, from the kubernetes-vali
 RUNTIME_MANIFEST = "inferenceservice-torchserve-runtime.yaml"
 RUNTIME_V2_MANIFEST = "inferenceservice-torchserve-runtime-v2.yaml"
 ALL_MANIFESTS = (*IMAGE_MANIFESTS, RUNTIME_MANIFEST, RUNTIME_V2_MANIFEST)
-KSERVE_RUNTIME_SOURCE = REPO_ROOT / "handler" / "fashion_serve" / "kserve_runtime.py"
+KSERVE_GATES_SOURCE = REPO_ROOT / "handler" / "fashion_serve" / "kserve_gates.py"
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # A label value: empty, or up to 63 of [A-Za-z0-9-_.] starting and ending alphanumeric.
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
@@ -348,13 +348,13 @@ def test_authorization_policy_matches_strict_istio_schema():
 def kserve_runtime_open_paths() -> set[str]:
     """The routes the KServe runtime answers without a token (OPEN_PATHS), read from its
     source: checking a manifest needs neither kserve nor torch imported."""
-    tree = ast.parse(KSERVE_RUNTIME_SOURCE.read_text())
+    tree = ast.parse(KSERVE_GATES_SOURCE.read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
             isinstance(target, ast.Name) and target.id == "OPEN_PATHS" for target in node.targets
         ):
             return set(ast.literal_eval(node.value))
-    raise AssertionError(f"no OPEN_PATHS in {KSERVE_RUNTIME_SOURCE}")
+    raise AssertionError(f"no OPEN_PATHS in {KSERVE_GATES_SOURCE}")
 
 
 def kserve_image_ports() -> dict[str, int]:
