@@ -78,7 +78,7 @@ with zipfile.ZipFile(mar_path + ".tmp", "w", zipfile.ZIP_DEFLATED) as archive:
             text = data.decode()
             if protocol == "v1":
                 text = re.sub(r"(?m)^batchSize:\s*\d+", "batchSize: 1", text)
-                text = re.sub(r"(?m)^\s+compact_explanations:.*\n", "", text)
+                text = re.sub(r"(?m)^[ \t]+compact_explanations:.*\n", "", text)
                 objects = "  compact_explanations: false  # the kserve envelope wraps objects\n"
                 if re.search(r"(?m)^handler:\s*$", text):
                     text = re.sub(r"(?m)^handler:\s*\n", "handler:\n" + objects, text, count=1)
