@@ -27,7 +27,7 @@ import torch
 
 from fashion_serve.contract import quiet_jit
 from fashion_serve.ig import POINTS_PER_PASS, PathThreads, ReluChain
-from fashion_serve.options import AUTO_STEPS, INTEGRATED_GRADIENTS
+from fashion_serve.options import AUTO_STEPS, DEFAULT_DELTA_TOLERANCE, INTEGRATED_GRADIENTS
 
 OCCLUSION_WINDOW = 4  # px, a square patch
 # px between patches: (28 - 4) / 3 + 1 = 9 positions per side, 81 occluded copies. Captum
@@ -91,7 +91,7 @@ def attribute(
     chain: ReluChain | None = None,
     logits: torch.Tensor | None = None,
     threads: PathThreads | None = None,
-    tolerance: float = 0.15,
+    tolerance: float = DEFAULT_DELTA_TOLERANCE,
     max_steps: int = 200,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Attributions (N, C, H, W) for each example's own target, and for integrated gradients

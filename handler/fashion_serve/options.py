@@ -19,6 +19,9 @@ OPTION_KEYS = ("topk", "target", "invert", "steps", "delta_tolerance", "method",
 # steps "auto": integrated gradients add path points to each image until its |convergence
 # delta| is within delta_tolerance, or the next round would pass max_ig_steps.
 AUTO_STEPS = "auto"
+# steps "auto": the |convergence delta| (logits) each explanation is refined to meet, unless
+# the settings or the request say (docs/performance.md#steps-auto: why 0.15).
+DEFAULT_DELTA_TOLERANCE = 0.15
 INTEGRATED_GRADIENTS = "integrated_gradients"
 METHODS = (INTEGRATED_GRADIENTS, "saliency", "input_x_gradient", "occlusion")
 METHOD_ALIASES = {"ig": INTEGRATED_GRADIENTS, "ixg": "input_x_gradient"}
@@ -40,7 +43,7 @@ class RequestOptions:
     method: str = INTEGRATED_GRADIENTS  # explanation method, one of METHODS
     sign: str = "positive"  # heatmap: "positive" evidence only, or "all"
     heatmap: bool = True  # draw the heatmap (most of a cheap method's cost); false: numbers only
-    delta_tolerance: float = 0.15  # steps "auto": the |convergence delta| to reach
+    delta_tolerance: float = DEFAULT_DELTA_TOLERANCE  # steps "auto": the |delta| to reach
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class OptionLimits:
     default_topk: int
     default_steps: int | str  # a count, or AUTO_STEPS
     max_steps: int
-    default_tolerance: float = 0.15
+    default_tolerance: float = DEFAULT_DELTA_TOLERANCE
     max_images: int = 16  # images in one request (a JSON list, instances, an OIP tensor)
 
 

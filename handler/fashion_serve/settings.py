@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from fashion_serve.options import DEFAULT_DELTA_TOLERANCE
+
 
 def setting(default, help: str):
     """A field with its one explanation: docs/deployment.md's table is made from these."""
@@ -37,7 +39,7 @@ class HandlerSettings:
         200, "the most integrated-gradients steps a request may ask, or `auto` may use"
     )
     delta_tolerance: float = setting(
-        0.15,
+        DEFAULT_DELTA_TOLERANCE,
         "`steps: auto`: the |convergence delta| (logits) each explanation is refined to meet, "
         "unless the request asks",
     )
