@@ -75,7 +75,7 @@ class Outcome:
     done_s: float
     status: int  # 0: connection error
     valid: bool
-    client: int = 0  # which of the load's threads (each its own connection) sent it
+    client: int  # which of the load's threads (each its own connection) sent it
 
 
 def run_load(

@@ -159,9 +159,9 @@ def test_explanation_from_json_body(server_tiny, sample_bytes):
 
 
 def test_the_largest_explanation_request_is_answered_and_no_worker_restarts(server_tiny):
-    """As many noisy images as a request may carry: an answer of about 0.4 MB (noise
-    compresses worst), which the frontend must pass (max_response_size) rather than drop and
-    restart the worker."""
+    """As many noisy images as a request may carry: an answer of about 0.28 MB in compact
+    JSON (0.4 MB pretty-printed; noise compresses worst), which the frontend must pass
+    (max_response_size) rather than drop and restart the worker."""
     server = server_tiny
     count = model_config()["handler"]["max_images_per_request"]
     images = [b64(encode(noise(28, 28, seed=i), "PNG")) for i in range(count)]
